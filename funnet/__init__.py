@@ -1,0 +1,123 @@
+"""funnet: functional neural networks on JAX with hand-derived, cross-checked gradients."""
+
+from . import activations as activations
+from . import backprop as backprop
+from . import data as data
+from . import layers as layers
+from . import losses as losses
+from ._types import Layer as Layer
+from ._types import LayerError as LayerError
+from ._types import NoBackwardRuleError as NoBackwardRuleError
+from ._types import ParamsError as ParamsError
+from .activations import Activation as Activation
+from .activations import define_activation as define_activation
+from .activations import elu as elu
+from .activations import forward_mode as forward_mode
+from .activations import hard_logistic as hard_logistic
+from .activations import hard_tanh as hard_tanh
+from .activations import leaky_relu as leaky_relu
+from .activations import logistic as logistic
+from .activations import prelu as prelu
+from .activations import relu as relu
+from .activations import set_forward_mode as set_forward_mode
+from .activations import sigmoid as sigmoid
+from .activations import softplus as softplus
+from .activations import step as step
+from .activations import tanh as tanh
+from .data import Dataset as Dataset
+from .data import load_digits as load_digits
+from .data import load_mnist as load_mnist
+from .layers import ActivationLayer as ActivationLayer
+from .layers import Dense as Dense
+from .layers import Dropout as Dropout
+from .layers import Elu as Elu
+from .layers import FanInConcat as FanInConcat
+from .layers import FanInSum as FanInSum
+from .layers import Flatten as Flatten
+from .layers import HardLogistic as HardLogistic
+from .layers import HardTanh as HardTanh
+from .layers import LeakyRelu as LeakyRelu
+from .layers import Logistic as Logistic
+from .layers import LogSoftmax as LogSoftmax
+from .layers import PRelu as PRelu
+from .layers import Relu as Relu
+from .layers import Sigmoid as Sigmoid
+from .layers import Softmax as Softmax
+from .layers import Softplus as Softplus
+from .layers import Step as Step
+from .layers import Tanh as Tanh
+from .layers import fanout as fanout
+from .layers import parallel as parallel
+from .layers import param_count as param_count
+from .layers import serial as serial
+from .layers import summary as summary
+from .losses import Loss as Loss
+from .losses import accuracy as accuracy
+from .losses import binary_cross_entropy as binary_cross_entropy
+from .losses import l2_penalty as l2_penalty
+from .losses import max_margin as max_margin
+from .losses import mse as mse
+from .losses import softmax_cross_entropy as softmax_cross_entropy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Activation",
+    "ActivationLayer",
+    "Dataset",
+    "Dense",
+    "Dropout",
+    "Elu",
+    "FanInConcat",
+    "FanInSum",
+    "Flatten",
+    "HardLogistic",
+    "HardTanh",
+    "Layer",
+    "LayerError",
+    "LeakyRelu",
+    "LogSoftmax",
+    "Logistic",
+    "Loss",
+    "NoBackwardRuleError",
+    "PRelu",
+    "ParamsError",
+    "Relu",
+    "Sigmoid",
+    "Softmax",
+    "Softplus",
+    "Step",
+    "Tanh",
+    "accuracy",
+    "activations",
+    "backprop",
+    "binary_cross_entropy",
+    "data",
+    "define_activation",
+    "elu",
+    "fanout",
+    "forward_mode",
+    "hard_logistic",
+    "hard_tanh",
+    "l2_penalty",
+    "layers",
+    "leaky_relu",
+    "load_digits",
+    "load_mnist",
+    "logistic",
+    "losses",
+    "max_margin",
+    "mse",
+    "param_count",
+    "parallel",
+    "prelu",
+    "relu",
+    "serial",
+    "set_forward_mode",
+    "sigmoid",
+    "softmax_cross_entropy",
+    "softplus",
+    "step",
+    "summary",
+    "tanh",
+]

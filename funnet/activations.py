@@ -1,0 +1,539 @@
+r"""Activations with hand-derived derivatives (math.md §2).
+
+Every activation is an :class:`Activation`: the forward formula ``f`` and the derivative
+``f'`` written out by hand, side by side. Calling it evaluates ``f``; its reverse-mode
+derivative (``jax.grad``, ``jax.vjp``) is the hand-written ``f'``, wired in with
+:func:`jax.custom_vjp` — it never differentiates the forward formula.
+
+One way to get ``f'(x)`` for any activation: ``act.derivative(x)``.
+
+Kink convention (one rule for all): at a kink the derivative is the value of the
+``else`` branch of math.md's table, i.e. the inequalities are strict::
+
+    relu'(0) = 0        leaky_relu'(0) = slope     prelu'(0) = slope
+    hard_tanh'(±1) = 0  hard_logistic'(±2) = 0     elu'(0) = alpha
+    step'(x) = 0 everywhere (step(0) = 0)
+
+Each value is a valid subgradient, matches the table literally, and agrees with PyTorch for
+``relu`` and ``hard_tanh`` (jax.nn gives 1 at ±1 for ``hard_tanh`` and 1 at 0 for
+``leaky_relu``/``elu``).
+
+Forward mode: JAX refuses ``jax.jvp``/``jax.jacfwd``/``jax.hessian`` on a custom_vjp
+function. Inside ``with funnet.forward_mode():`` every activation is wired with
+:func:`jax.custom_jvp` instead, built from the *same* derivative ``f'``, so forward mode,
+Hessians and Hessian-vector products work on every activation and model.
+
+NaN in gives NaN out, for values and derivatives; ``±inf`` give the limits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+__all__ = [
+    "Activation",
+    "define_activation",
+    "forward_mode",
+    "set_forward_mode",
+    "forward_mode_enabled",
+    "logistic",
+    "sigmoid",
+    "tanh",
+    "hard_logistic",
+    "hard_tanh",
+    "relu",
+    "leaky_relu",
+    "prelu",
+    "elu",
+    "softplus",
+    "step",
+    "ACTIVATIONS",
+]
+
+# ---------------------------------------------------------------------------------------
+# The forward-mode switch.
+
+_state = threading.local()
+
+
+def forward_mode_enabled() -> bool:
+    """Whether activations are currently wired with ``custom_jvp`` (forward mode)."""
+    return getattr(_state, "forward", False)
+
+
+def set_forward_mode(enabled: bool) -> None:
+    """Wire activations with ``custom_jvp`` (``True``) or ``custom_vjp`` (``False``).
+
+    The wiring is chosen when a function is traced, so JAX's trace caches are cleared
+    whenever the switch changes: a function jitted before is traced again afterwards.
+    """
+    enabled = bool(enabled)
+    if enabled != forward_mode_enabled():
+        _state.forward = enabled
+        jax.clear_caches()
+
+
+@contextlib.contextmanager
+def forward_mode(enabled: bool = True) -> Iterator[None]:
+    """Context manager: inside it, ``jax.jvp``/``jacfwd``/``hessian`` work on activations.
+
+    >>> import jax, funnet
+    >>> with funnet.forward_mode():
+    ...     float(jax.jacfwd(funnet.relu)(2.0))
+    1.0
+    """
+    before = forward_mode_enabled()
+    set_forward_mode(enabled)
+    try:
+        yield
+    finally:
+        set_forward_mode(before)
+
+
+_JVP_HELP = (
+    "{name} is wired with jax.custom_vjp, which JAX cannot differentiate in forward mode "
+    "(jvp, jacfwd, hessian). Wrap the call in `with funnet.forward_mode():` (or call "
+    "funnet.set_forward_mode(True)) to use the custom_jvp twin built from the same "
+    "hand-derived derivative."
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Small helpers shared by the formulas.
+
+
+def _keep_nan(x: jax.Array, v: jax.Array) -> jax.Array:
+    """``v`` where ``x`` is a number, NaN where ``x`` is NaN (piecewise formulas drop NaN)."""
+    return jnp.where(jnp.isnan(x), x, v)
+
+
+def _piecewise(cond: jax.Array, a: ArrayLike, b: ArrayLike, like: jax.Array) -> jax.Array:
+    """``a`` where ``cond`` else ``b``, in ``like``'s dtype, NaN where ``like`` is NaN."""
+    dtype = like.dtype
+    return _keep_nan(like, jnp.where(cond, jnp.asarray(a, dtype), jnp.asarray(b, dtype)))
+
+
+def _sech2_from_exp(e: jax.Array) -> jax.Array:
+    """``e / (1 + e)^2``: with ``e = exp(-|x|)`` this is ``σ(x)(1 - σ(x))`` without cancellation."""
+    return e / jnp.square(1 + e)
+
+
+def _as_float(x: ArrayLike) -> jax.Array:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    return x
+
+
+# ---------------------------------------------------------------------------------------
+# The Activation type: a forward formula and its hand derivative, two wirings.
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Activation:
+    r"""An elementwise activation ``f`` with its hand-derived derivative ``f'``.
+
+    Attributes:
+      name: the name used in layer names and error messages.
+      f: ``f(x, **hyper) -> y``, the forward formula.
+      df: ``df(x, y, **hyper) -> f'(x)``, the hand-derived derivative; ``y = f(x)`` is
+        passed so formulas such as ``σ' = σ(1 - σ)`` can reuse it.
+      defaults: the keyword hyperparameters and their defaults (e.g. ``{"slope": 0.01}``).
+
+    ``act(x, **hyper)`` evaluates ``f``; ``act.derivative(x, **hyper)`` evaluates ``f'``.
+    Hyperparameters are static Python numbers (``custom_vjp`` ``nondiff_argnums``).
+    """
+
+    name: str
+    f: Callable[..., jax.Array]
+    df: Callable[..., jax.Array]
+    defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "__doc__", self.doc or None)
+        object.__setattr__(self, "_vjp", _wire_vjp(self.f, self.df))
+        object.__setattr__(self, "_jvp", _wire_jvp(self.f, self.df))
+
+    def _hyper(self, hyper: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+        unknown = set(hyper) - set(self.defaults)
+        if unknown:
+            raise TypeError(
+                f"{self.name}() got unexpected keyword(s) {sorted(unknown)}; "
+                f"it takes {sorted(self.defaults) or 'none'}"
+            )
+        merged = {**self.defaults, **hyper}
+        for k, v in merged.items():
+            if isinstance(v, jax.core.Tracer) or not isinstance(v, (int, float)):
+                raise TypeError(
+                    f"{self.name}(): hyperparameter {k}={v!r} must be a Python number "
+                    "(use prelu for a learnable slope)"
+                )
+        return tuple(sorted(merged.items()))
+
+    def __call__(self, x: ArrayLike, **hyper: Any) -> jax.Array:
+        x = _as_float(x)
+        h = self._hyper(hyper)
+        if forward_mode_enabled():
+            return self._jvp(x, h)
+        try:
+            return self._vjp(x, h)
+        except TypeError as e:
+            if "forward-mode" in str(e):
+                raise TypeError(_JVP_HELP.format(name=self.name)) from e
+            raise
+
+    def derivative(self, x: ArrayLike, **hyper: Any) -> jax.Array:
+        """The hand-derived ``f'(x)``, elementwise."""
+        x = _as_float(x)
+        h = dict(self._hyper(hyper))
+        return self.df(x, self.f(x, **h), **h)
+
+    def __repr__(self) -> str:
+        return f"<activation {self.name}>"
+
+
+def _wire_vjp(f: Callable[..., jax.Array], df: Callable[..., jax.Array]):
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+    def act(x, hyper):
+        return f(x, **dict(hyper))
+
+    def fwd(x, hyper):
+        y = f(x, **dict(hyper))
+        return y, (x, y)
+
+    def bwd(hyper, res, dy):
+        x, y = res
+        return (dy * df(x, y, **dict(hyper)),)  # dx = dy ⊙ f'(x)
+
+    act.defvjp(fwd, bwd)
+    return act
+
+
+def _wire_jvp(f: Callable[..., jax.Array], df: Callable[..., jax.Array]):
+    @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+    def act(x, hyper):
+        return f(x, **dict(hyper))
+
+    @act.defjvp
+    def act_jvp(hyper, primals, tangents):
+        (x,), (t,) = primals, tangents
+        y = f(x, **dict(hyper))
+        return y, df(x, y, **dict(hyper)) * t  # dy = f'(x) · dx
+
+    return act
+
+
+def define_activation(
+    name: str,
+    f: Callable[..., jax.Array],
+    df: Callable[..., jax.Array],
+    **defaults: Any,
+) -> Activation:
+    r"""Make a new activation from its formula and its hand-derived derivative.
+
+    Args:
+      name: used in layer names and errors.
+      f: ``f(x, **hyper)``.
+      df: ``df(x, y, **hyper)`` with ``y = f(x)``; must not differentiate ``f``.
+      **defaults: keyword hyperparameters and their default values.
+
+    The result works everywhere a built-in activation does: ``jax.grad`` uses ``df``
+    (custom_vjp), :func:`forward_mode` gives the custom_jvp twin,
+    :func:`funnet.layers.Activation_layer` and :func:`funnet.check` accept it.
+
+    Example: swish, ``f(x) = x σ(x)``, ``f'(x) = σ(x) + x σ(x)(1 - σ(x))``.
+
+    >>> import jax, jax.numpy as jnp, funnet
+    >>> swish = funnet.define_activation(
+    ...     "swish",
+    ...     lambda x: x * jax.nn.sigmoid(x),
+    ...     lambda x, y: jax.nn.sigmoid(x) * (1 + x * (1 - jax.nn.sigmoid(x))),
+    ... )
+    >>> round(float(jax.grad(swish)(1.0)), 6)
+    0.927671
+    """
+    return Activation(name=name, f=f, df=df, defaults=dict(defaults))
+
+
+# ---------------------------------------------------------------------------------------
+# The activations of math.md §2: formula, derivative, wiring, side by side.
+
+
+def _logistic(x):
+    return jax.nn.sigmoid(x)  # σ(x) = 1 / (1 + exp(-x))
+
+
+def _dlogistic(x, y):
+    # σ'(x) = σ(x)(1 - σ(x)); evaluated as e/(1+e)² with e = exp(-|x|): exact in both tails.
+    return _sech2_from_exp(jnp.exp(-jnp.abs(x)))
+
+
+logistic = Activation("logistic", _logistic, _dlogistic, doc="""
+Logistic sigmoid ``σ(x) = 1 / (1 + exp(-x))``; ``σ'(x) = σ(x)(1 - σ(x)) ≤ 0.25``.
+
+Smooth, no kink. ``σ'`` is evaluated as ``e/(1+e)²``, ``e = exp(-|x|)``.
+
+>>> float(logistic(0.0)), float(logistic.derivative(0.0))
+(0.5, 0.25)
+""")
+sigmoid = logistic
+
+
+def _tanh(x):
+    return jnp.tanh(x)  # (e^x - e^-x) / (e^x + e^-x)
+
+
+def _dtanh(x, y):
+    # tanh'(x) = 1 - tanh(x)²; evaluated as 4e/(1+e)² with e = exp(-2|x|): no cancellation.
+    return 4 * _sech2_from_exp(jnp.exp(-2 * jnp.abs(x)))
+
+
+tanh = Activation("tanh", _tanh, _dtanh, doc="""
+Hyperbolic tangent ``tanh(x) = 2σ(2x) - 1``; ``tanh'(x) = 1 - tanh(x)²``.
+
+Smooth, no kink. ``tanh'`` is evaluated as ``4e/(1+e)²``, ``e = exp(-2|x|)``.
+
+>>> float(tanh.derivative(0.0))
+1.0
+""")
+
+
+def _hard_logistic(x):
+    return jnp.clip(0.25 * x + 0.5, 0, 1)  # max(min(0.25x + 0.5, 1), 0)
+
+
+def _dhard_logistic(x, y):
+    return _piecewise((x > -2) & (x < 2), 0.25, 0, x)  # 0.25 on (-2, 2), else 0
+
+
+hard_logistic = Activation("hard_logistic", _hard_logistic, _dhard_logistic, doc="""
+Hard logistic ``max(min(0.25x + 0.5, 1), 0)`` (σ's first-order Taylor at 0, clipped).
+
+``f'(x) = 0.25`` on ``(-2, 2)``, else ``0``; kink convention: ``f'(±2) = 0``.
+Not ``jax.nn.hard_sigmoid`` (slope 1/6).
+
+>>> hard_logistic.derivative(jnp.array([-2.0, 0.0, 2.0])).tolist()
+[0.0, 0.25, 0.0]
+""")
+
+
+def _hard_tanh(x):
+    return jnp.clip(x, -1, 1)  # max(min(x, 1), -1)
+
+
+def _dhard_tanh(x, y):
+    return _piecewise((x > -1) & (x < 1), 1, 0, x)  # 1 on (-1, 1), else 0
+
+
+hard_tanh = Activation("hard_tanh", _hard_tanh, _dhard_tanh, doc="""
+Hard tanh ``max(min(x, 1), -1)`` (tanh's first-order Taylor at 0, clipped).
+
+``f'(x) = 1`` on ``(-1, 1)``, else ``0``; kink convention: ``f'(±1) = 0``.
+
+>>> hard_tanh.derivative(jnp.array([-1.0, 0.5, 1.0])).tolist()
+[0.0, 1.0, 0.0]
+""")
+
+
+def _relu(x):
+    return jnp.maximum(x, 0)  # max(0, x)
+
+
+def _drelu(x, y):
+    return _piecewise(x > 0, 1, 0, x)  # 1 if x > 0 else 0
+
+
+relu = Activation("relu", _relu, _drelu, doc="""
+Rectified linear unit ``max(0, x)``; ``f'(x) = 1 if x > 0 else 0``; ``relu'(0) = 0``.
+
+>>> relu.derivative(jnp.array([-1.0, 0.0, 2.0])).tolist()
+[0.0, 0.0, 1.0]
+""")
+
+
+def _leaky_relu(x, slope):
+    return jnp.where(x > 0, x, slope * x)  # x if x > 0 else γx
+
+
+def _dleaky_relu(x, y, slope):
+    return _piecewise(x > 0, 1, slope, x)  # 1 if x > 0 else γ
+
+
+leaky_relu = Activation("leaky_relu", _leaky_relu, _dleaky_relu, {"slope": 0.01}, doc="""
+Leaky ReLU ``x if x > 0 else γx`` (``slope=γ``, default 0.01).
+
+``f'(x) = 1 if x > 0 else γ``; kink convention: ``f'(0) = γ``.
+
+>>> leaky_relu.derivative(jnp.array([-1.0, 0.0, 2.0]), slope=0.5).tolist()
+[0.5, 0.5, 1.0]
+""")
+
+
+def _elu(x, alpha):
+    safe = jnp.minimum(x, 0)  # expm1 only sees x ≤ 0: no overflow, no NaN from where
+    return jnp.where(x > 0, x, alpha * jnp.expm1(safe))  # x if x > 0 else γ(e^x - 1)
+
+
+def _delu(x, y, alpha):
+    # 1 if x > 0 else γ e^x (= ELU(x) + γ; computed as γ e^x so that e.g. elu'(-40) is exact)
+    return _keep_nan(x, jnp.where(x > 0, jnp.ones_like(x), alpha * jnp.exp(jnp.minimum(x, 0))))
+
+
+elu = Activation("elu", _elu, _delu, {"alpha": 1.0}, doc="""
+Exponential linear unit ``x if x > 0 else α(exp(x) - 1)`` (``alpha=α``, default 1).
+
+``f'(x) = 1 if x > 0 else α exp(x)`` (``= ELU(x) + α``); kink convention: ``f'(0) = α``.
+
+>>> float(elu.derivative(0.0, alpha=0.5))
+0.5
+""")
+
+
+def _softplus(x):
+    return jnp.logaddexp(x, 0)  # log(1 + e^x), stable at ±1e4
+
+
+def _dsoftplus(x, y):
+    return jax.nn.sigmoid(x)  # softplus'(x) = σ(x)
+
+
+softplus = Activation("softplus", _softplus, _dsoftplus, doc="""
+Softplus ``log(1 + exp(x))``, a smooth ReLU; ``f'(x) = σ(x)``.
+
+>>> float(softplus.derivative(0.0))
+0.5
+""")
+
+
+def _step(x):
+    return _piecewise(x > 0, 1, 0, x)  # 1 if x > 0 else 0
+
+
+def _dstep(x, y):
+    return _keep_nan(x, jnp.zeros_like(x))  # 0 everywhere (no gradient to descend)
+
+
+step = Activation("step", _step, _dstep, doc="""
+Heaviside step (the MP neuron): ``1 if x > 0 else 0``; ``step(0) = 0``.
+
+``f'(x) = 0`` everywhere (at 0 by convention): gradient descent cannot train it.
+
+>>> step(jnp.array([-1.0, 0.0, 2.0])).tolist()
+[0.0, 0.0, 1.0]
+""")
+
+
+# ---------------------------------------------------------------------------------------
+# PReLU: the slope is a learnable parameter, so it is an argument, not a hyperparameter.
+
+
+def _unbroadcast(g: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Sum ``g`` over the axes that broadcasting added to an array of ``shape``."""
+    extra = g.ndim - len(shape)
+    g = g.sum(axis=tuple(range(extra))) if extra > 0 else g
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    return g.sum(axis=axes, keepdims=True) if axes else g
+
+
+def _prelu_f(x, slope):
+    return jnp.where(x > 0, x, slope * x)  # x if x > 0 else γ_i x
+
+
+def _prelu_dx(x, slope):
+    return _keep_nan(x, jnp.where(x > 0, jnp.ones_like(x), slope * jnp.ones_like(x)))  # 1 or γ_i
+
+
+def _prelu_dslope(x):
+    return jnp.where(x > 0, jnp.zeros_like(x), x)  # ∂f/∂γ_i = 0 if x > 0 else x
+
+
+@jax.custom_vjp
+def _prelu_vjp(x, slope):
+    return _prelu_f(x, slope)
+
+
+def _prelu_fwd(x, slope):
+    return _prelu_f(x, slope), (x, slope)
+
+
+def _prelu_bwd(res, dy):
+    x, slope = res
+    dx = dy * _prelu_dx(x, slope)
+    dslope = _unbroadcast(dy * _prelu_dslope(x), jnp.shape(slope)).astype(slope.dtype)
+    return dx, dslope
+
+
+_prelu_vjp.defvjp(_prelu_fwd, _prelu_bwd)
+
+
+@jax.custom_jvp
+def _prelu_jvp(x, slope):
+    return _prelu_f(x, slope)
+
+
+@_prelu_jvp.defjvp
+def _prelu_jvp_rule(primals, tangents):
+    (x, slope), (tx, tslope) = primals, tangents
+    y = _prelu_f(x, slope)
+    return y, _prelu_dx(x, slope) * tx + _prelu_dslope(x) * tslope
+
+
+class _PRelu:
+    """PReLU ``f(x) = x if x > 0 else γ_i x`` with a learnable slope per neuron.
+
+    ``∂f/∂x = 1 if x > 0 else γ_i`` (``prelu.derivative``), ``∂f/∂γ_i = 0 if x > 0 else x``
+    (``prelu.slope_derivative``). ``slope`` broadcasts against ``x`` (shape ``[features]``).
+
+    >>> import jax.numpy as jnp
+    >>> prelu(jnp.array([-2.0, 3.0]), jnp.array([0.25, 0.25])).tolist()
+    [-0.5, 3.0]
+    """
+
+    name = "prelu"
+
+    def __call__(self, x: ArrayLike, slope: ArrayLike) -> jax.Array:
+        x = _as_float(x)
+        slope = jnp.asarray(slope, x.dtype)
+        if forward_mode_enabled():
+            return _prelu_jvp(x, slope)
+        try:
+            return _prelu_vjp(x, slope)
+        except TypeError as e:
+            if "forward-mode" in str(e):
+                raise TypeError(_JVP_HELP.format(name=self.name)) from e
+            raise
+
+    def derivative(self, x: ArrayLike, slope: ArrayLike) -> jax.Array:
+        """``∂f/∂x``: 1 if x > 0 else γ_i."""
+        x = _as_float(x)
+        return _prelu_dx(x, jnp.asarray(slope, x.dtype))
+
+    def slope_derivative(self, x: ArrayLike) -> jax.Array:
+        """``∂f/∂γ_i`` elementwise: 0 if x > 0 else x."""
+        return _prelu_dslope(_as_float(x))
+
+    def __repr__(self) -> str:
+        return "<activation prelu>"
+
+
+prelu = _PRelu()
+
+
+#: Every built-in elementwise activation with static hyperparameters, by name.
+ACTIVATIONS: dict[str, Activation] = {
+    a.name: a
+    for a in (logistic, tanh, hard_logistic, hard_tanh, relu, leaky_relu, elu, softplus, step)
+}
+
+# doctest does not look inside instances: list their docstrings explicitly.
+__test__ = {name: act.__doc__ for name, act in ACTIVATIONS.items()}
