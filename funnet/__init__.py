@@ -2,6 +2,7 @@
 
 from . import activations as activations
 from . import backprop as backprop
+from . import checkpoint as checkpoint
 from . import data as data
 from . import layers as layers
 from . import losses as losses
@@ -92,6 +93,7 @@ __all__ = [
     "activations",
     "backprop",
     "binary_cross_entropy",
+    "checkpoint",
     "data",
     "define_activation",
     "elu",
