@@ -2,6 +2,7 @@
 
 from . import activations as activations
 from . import backprop as backprop
+from . import check as check
 from . import checkpoint as checkpoint
 from . import data as data
 from . import layers as layers
@@ -25,6 +26,8 @@ from .activations import sigmoid as sigmoid
 from .activations import softplus as softplus
 from .activations import step as step
 from .activations import tanh as tanh
+from .check import GradientCheckError as GradientCheckError
+from .check import check_model as check_model
 from .data import Dataset as Dataset
 from .data import load_digits as load_digits
 from .data import load_mnist as load_mnist
@@ -71,6 +74,7 @@ __all__ = [
     "Elu",
     "FanInConcat",
     "FanInSum",
+    "GradientCheckError",
     "Flatten",
     "HardLogistic",
     "HardTanh",
@@ -93,6 +97,8 @@ __all__ = [
     "activations",
     "backprop",
     "binary_cross_entropy",
+    "check",
+    "check_model",
     "checkpoint",
     "data",
     "define_activation",
