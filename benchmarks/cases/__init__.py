@@ -1,0 +1,7 @@
+"""Benchmark cases; each module has ``run(ctx: Ctx) -> CaseResult``.
+
+``CASES`` is the run order. ``compile`` calls ``jax.clear_caches()`` and so runs after
+the steady-state cases; ``multidevice`` is last.
+"""
+
+CASES = ("digits", "wide", "activations", "backprop", "gradmethods", "compile", "multidevice")

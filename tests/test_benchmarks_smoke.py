@@ -1,0 +1,243 @@
+"""The benchmark harness's logic (interleaving, rotation, ratios), not its timings."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `benchmarks/` is not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import _timing as T
+from benchmarks._common import Table
+from benchmarks.run import parse_args
+
+
+class FakeClock:
+    """A clock that only moves when a competitor says how long its call took."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.calls: list[str] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def competitor(self, name: str, durations):
+        """Each call advances the clock by the next of ``durations`` (cycled at the end)."""
+        seq = list(durations)
+        count = [0]
+
+        def call():
+            self.calls.append(name)
+            self.now += seq[min(count[0], len(seq) - 1)]
+            count[0] += 1
+            return name
+
+        return call
+
+
+def run(clock: FakeClock, comps, **kw):
+    kw.setdefault("warmup", 0)
+    return T.interleaved(comps, timer=clock, sync=lambda out: out, collect=False, **kw)
+
+
+@pytest.mark.parametrize(
+    ("names", "r", "want"),
+    [
+        (["a", "b", "c"], 0, ["a", "b", "c"]),
+        (["a", "b", "c"], 1, ["b", "c", "a"]),
+        (["a", "b", "c"], 2, ["c", "a", "b"]),
+        (["a", "b", "c"], 3, ["a", "b", "c"]),
+        (["a"], 5, ["a"]),
+        ([], 2, []),
+    ],
+)
+def test_rotation(names, r, want):
+    assert T.rotation(names, r) == want
+
+
+def test_rounds_rotate_call_order():
+    clock = FakeClock()
+    comps = {n: clock.competitor(n, [1.0]) for n in "abc"}
+    cmp = run(clock, comps, baseline="a", rounds=4)
+    assert cmp.orders == [list("abc"), list("bca"), list("cab"), list("abc")]
+    assert clock.calls == list("abc" "bca" "cab" "abc")
+
+
+def test_ratio_is_median_of_per_round_ratios_not_ratio_of_medians():
+    clock = FakeClock()
+    # the machine slows down 10x in round 1: it hits both, and b/a stays 2 in every round
+    a, b = [1.0, 10.0, 1.0], [2.0, 20.0, 2.0]
+    cmp = run(clock, {"a": clock.competitor("a", a), "b": clock.competitor("b", b)},
+              baseline="a", rounds=3)
+    assert cmp.results["a"].times == a and cmp.results["b"].times == b
+    assert cmp.ratios("b") == [2.0, 2.0, 2.0]
+    assert cmp.ratio("b") == 2.0
+    # per-round ratios 1, 1, 10 -> median 1, while median(x) / median(a) = 2 / 1 = 2
+    clock = FakeClock()
+    a, x = [1.0, 2.0, 1.0], [1.0, 2.0, 10.0]
+    cmp = run(clock, {"a": clock.competitor("a", a), "x": clock.competitor("x", x)},
+              baseline="a", rounds=3)
+    assert cmp.ratio("x") == 1.0
+    assert cmp.results["x"].median_s / cmp.results["a"].median_s == 2.0
+    assert T.median_ratio([2.0, 3.0, 10.0], [1.0, 1.0, 1.0]) == 3.0
+    assert T.median_ratio([1.0, None], [None, 1.0]) is None
+
+
+def test_ratio_to_other_competitor_and_fastest():
+    clock = FakeClock()
+    comps = {"base": clock.competitor("base", [4.0]), "x": clock.competitor("x", [2.0]),
+             "y": clock.competitor("y", [1.0])}
+    cmp = run(clock, comps, baseline="base", rounds=3)
+    assert cmp.ratio("x") == 0.5
+    assert cmp.ratio("x", to="y") == 2.0
+    assert cmp.fastest(["base", "x", "y"]) == "y"
+    assert cmp.fastest(["base", "x"]) == "x"
+    assert cmp.fastest(["nope"]) is None
+
+
+def test_first_call_reported_apart_from_steady_state():
+    clock = FakeClock()
+    comps = {"a": clock.competitor("a", [10.0, 1.0]), "b": clock.competitor("b", [7.0, 2.0])}
+    cmp = run(clock, comps, baseline="a", rounds=3, warmup=1)
+    assert cmp.results["a"].first_s == 10.0
+    assert cmp.results["b"].first_s == 7.0
+    assert cmp.results["a"].times == [1.0, 1.0, 1.0]
+    assert cmp.results["b"].median_s == 2.0
+    assert clock.calls[:2] == ["a", "b"]  # warm-up in name order, before any round
+
+
+def test_inner_calls_are_interleaved_within_a_round():
+    clock = FakeClock()
+    comps = {"a": clock.competitor("a", [1.0]), "b": clock.competitor("b", [3.0])}
+    cmp = run(clock, comps, baseline="a", rounds=2, fixed_inner={"a": 2, "b": 2})
+    # round 0: sub-rounds [a, b], [b, a]; round 1 starts with b: [b, a], [a, b]
+    assert clock.calls == list("abba" "baab")
+    assert cmp.results["a"].times == [1.0, 1.0]  # seconds per call, not per round
+    assert cmp.results["b"].times == [3.0, 3.0]
+    assert cmp.ratio("b") == 3.0
+
+
+@pytest.mark.parametrize(("inner", "slots"), [(1, 1), (1, 5), (2, 6), (3, 7), (7, 7), (4, 9)])
+def test_spread_picks_inner_of_slots_evenly(inner, slots):
+    got = T.spread(inner, slots)
+    assert len(got) == inner
+    assert got == sorted(set(got)) and all(0 <= k < slots for k in got)
+    if inner > 1:
+        gaps = [b - a for a, b in itertools.pairwise(got)]
+        assert max(gaps) - min(gaps) <= 1
+
+
+def test_min_time_calibrates_inner_per_competitor():
+    clock = FakeClock()
+    comps = {"fast": clock.competitor("fast", [0.01]), "slow": clock.competitor("slow", [0.5])}
+    cmp = run(clock, comps, baseline="fast", rounds=2, min_time=0.1)
+    assert cmp.results["fast"].inner == 10
+    assert cmp.results["slow"].inner == 1
+    assert cmp.results["fast"].median_s == pytest.approx(0.01)
+    assert cmp.ratio("slow") == pytest.approx(50.0)
+
+
+def test_timed_output_overrides_wall_clock():
+    clock = FakeClock()
+
+    def self_timed():
+        clock.now += 100.0  # e.g. a fit call that also compiles
+        return T.Timed(0.25, {"mode": "history"})
+
+    comps = {"a": clock.competitor("a", [1.0]), "t": self_timed}
+    cmp = run(clock, comps, baseline="a", rounds=3, fixed_inner={"t": 1})
+    assert cmp.results["t"].times == [0.25, 0.25, 0.25]
+    assert cmp.results["t"].extras == [{"mode": "history"}] * 3
+    assert cmp.ratio("t") == 0.25
+
+
+def test_failing_competitor_is_recorded_and_the_others_go_on():
+    clock = FakeClock()
+    count = [0]
+
+    def flaky():
+        count[0] += 1
+        if count[0] == 2:
+            raise RuntimeError("boom\nsecond line")
+        clock.now += 2.0
+        return 0
+
+    comps = {"a": clock.competitor("a", [1.0]), "f": flaky}
+    cmp = run(clock, comps, baseline="a", rounds=4)
+    f = cmp.results["f"]
+    assert f.error == "RuntimeError: boom"
+    assert f.times == [2.0, None, None, None]
+    assert not f.ok or f.valid_times == [2.0]
+    assert cmp.results["a"].times == [1.0] * 4
+    assert cmp.ratio("f") == 2.0  # only the paired round counts
+    assert cmp.orders[2] == ["a"]  # dropped from later rounds
+
+
+def test_failing_at_warmup_never_runs():
+    clock = FakeClock()
+
+    def broken():
+        raise AttributeError("module 'funnet' has no attribute 'fit'")
+
+    cmp = run(clock, {"a": clock.competitor("a", [1.0]), "x": broken}, baseline="a",
+              rounds=2, warmup=1)
+    assert cmp.results["x"].error.startswith("AttributeError")
+    assert cmp.results["x"].times == [None, None]
+    assert cmp.ratio("x") is None and cmp.results["x"].median_s is None
+    assert cmp.fastest(["a", "x"]) == "a"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"baseline": "zz", "rounds": 1}, "baseline"),
+        ({"baseline": "a", "rounds": 0}, "rounds"),
+        ({"baseline": "a", "rounds": 1, "warmup": -1}, "warmup"),
+        ({"baseline": "a", "rounds": 1, "fixed_inner": {"q": 1}}, "fixed_inner"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        T.interleaved({"a": lambda: 0}, **kwargs)
+
+
+def test_real_clock_on_a_trivial_jax_function():
+    x = jnp.arange(1000.0)
+    cmp = T.interleaved({"sum": lambda: x.sum(), "mul": lambda: (x * 2).sum()},
+                        baseline="sum", rounds=3, min_time=0.001)
+    for r in cmp.results.values():
+        assert r.error is None and r.first_s is not None and r.first_s > 0
+        assert len(r.times) == 3 and all(t is not None and t > 0 for t in r.times)
+        assert r.inner >= 1
+    assert cmp.ratio("sum") == 1.0
+    assert cmp.ratio("mul") > 0
+    d = cmp.to_dict()
+    assert set(d["results"]) == {"sum", "mul"} and d["baseline"] == "sum"
+    seconds, out = T.measure(lambda: x + 1, inner=3)
+    assert seconds > 0 and out.shape == (1000,)
+
+
+def test_table_and_cli():
+    t = Table("t", ["a", "b"])
+    t.add("x|y", 1)
+    assert "| x\\|y | 1 |" in t.to_markdown()
+    assert t.to_text().splitlines()[0] == "t"
+    with pytest.raises(ValueError, match="expected 2"):
+        t.add("only one")
+    assert parse_args(["--only", "wide,digits", "--quick"]).cases == ["digits", "wide"]
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "nope"])
+
+
+def test_timing_doctests():
+    import doctest
+
+    result = doctest.testmod(T)
+    assert result.attempted >= 5 and result.failed == 0
