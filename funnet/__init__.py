@@ -7,6 +7,7 @@ from . import checkpoint as checkpoint
 from . import data as data
 from . import layers as layers
 from . import losses as losses
+from . import train as train
 from ._types import Layer as Layer
 from ._types import LayerError as LayerError
 from ._types import NoBackwardRuleError as NoBackwardRuleError
@@ -62,6 +63,12 @@ from .losses import l2_penalty as l2_penalty
 from .losses import max_margin as max_margin
 from .losses import mse as mse
 from .losses import softmax_cross_entropy as softmax_cross_entropy
+from .train import NonFiniteLossError as NonFiniteLossError
+from .train import TrainState as TrainState
+from .train import evaluate as evaluate
+from .train import fit as fit
+from .train import make_step as make_step
+from .train import predict as predict
 
 __version__ = "0.1.0"
 
@@ -84,6 +91,7 @@ __all__ = [
     "LogSoftmax",
     "Logistic",
     "Loss",
+    "NonFiniteLossError",
     "NoBackwardRuleError",
     "PRelu",
     "ParamsError",
@@ -93,6 +101,7 @@ __all__ = [
     "Softplus",
     "Step",
     "Tanh",
+    "TrainState",
     "accuracy",
     "activations",
     "backprop",
@@ -103,7 +112,9 @@ __all__ = [
     "data",
     "define_activation",
     "elu",
+    "evaluate",
     "fanout",
+    "fit",
     "forward_mode",
     "hard_logistic",
     "hard_tanh",
@@ -114,10 +125,12 @@ __all__ = [
     "load_mnist",
     "logistic",
     "losses",
+    "make_step",
     "max_margin",
     "mse",
     "param_count",
     "parallel",
+    "predict",
     "prelu",
     "relu",
     "serial",
@@ -128,4 +141,5 @@ __all__ = [
     "step",
     "summary",
     "tanh",
+    "train",
 ]

@@ -1,0 +1,184 @@
+"""Tests for the ``funnet`` command line (funnet.cli): train, check, usage and runtime errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import funnet.check
+from funnet import cli
+from funnet.activations import ACTIVATIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--hidden", "32", "--batch-size", "64", "--no-progress"]
+
+
+def run_cli(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def usage_error(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as info:
+        cli.main(list(argv))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: funnet" in err and "Traceback" not in err
+    return err
+
+
+def test_train_prints_the_history_and_the_test_accuracy(capsys):
+    code, out, err = run_cli(capsys, "train", "--epochs", "3", "--lr", "0.01", "--devices", "1",
+                             "--schedule", "constant", *TINY)
+    assert code == 0, err
+    assert "data: digits: train 1258, valid 269, test 270" in out
+    assert "model: serial(Dense(32), Relu, Dense(10))" in out
+    assert re.search(r"epoch\s+train loss\s+train acc\s+valid loss\s+valid acc\s+lr\s+seconds",
+                     out)
+    accuracy = float(re.search(r"test accuracy: ([0-9.]+)", out).group(1))
+    assert 0.7 < accuracy <= 1.0
+    assert err == ""  # progress only on a terminal
+
+
+def test_train_checkpoint_resume_plot_and_hand_gradients(capsys, tmp_path):
+    common = ["train", "--checkpoint", str(tmp_path / "run"), "--grad", "hand",
+              "--optimizer", "momentum", "--schedule", "step", "--activation", "prelu", *TINY]
+    code, out, err = run_cli(capsys, *common, "--epochs", "1")
+    assert code == 0, err
+    assert "optimizer: momentum, lr 0.02 (step)" in out and "grad hand" in out
+    code, out, err = run_cli(capsys, *common, "--epochs", "2", "--resume",
+                             "--plot", str(tmp_path / "curves.png"))
+    assert code == 0, err
+    table = out[out.index("epoch "):out.index("test accuracy")]
+    assert len([line for line in table.splitlines() if re.match(r"\s+\d+\*?\s", line)]) == 2
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    code, out, err = run_cli(capsys, *common, "--epochs", "3")  # no --resume: refuse
+    assert code == 1 and "already holds checkpoints" in err and "Traceback" not in err
+
+
+def test_train_reads_mnist_npz_with_a_test_set(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (120, 4, 4), dtype=np.uint8)
+    labels = (images.reshape(120, -1).mean(axis=1) > 127).astype(np.uint8)
+    path = tmp_path / "mnist.npz"
+    np.savez(path, x_train=images[:100], y_train=labels[:100], x_test=images[100:],
+             y_test=labels[100:])
+    code, out, err = run_cli(capsys, "train", "--data", f"mnist:{path}", "--epochs", "1",
+                             "--hidden", "4", "--batch-size", "16", "--no-progress")
+    assert code == 0, err
+    assert "train 90, valid 10, test 20" in out and "Dense(2)" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--activation", "swish"], "invalid choice: 'swish'"),
+    (["train", "--hidden", "12,x"], "'x' is not an int"),
+    (["train", "--hidden", "12,-3"], "must be positive"),
+    (["train", "--lr", "-0.1"], "'-0.1': must be > 0"),
+    (["train", "--lr", "nan"], "must be finite"),
+    (["train", "--epochs", "0"], "must be > 0"),
+    (["train", "--batch-size", "ten"], "'ten' is not a valid int"),
+    (["train", "--l2", "-1"], "must be ≥ 0"),
+    (["train", "--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
+    (["train", "--schedule", "linear"], "invalid choice: 'linear'"),
+    (["train", "--grad", "numerical"], "invalid choice: 'numerical'"),
+    (["train", "--data", "cifar"], "expected 'digits' or 'mnist:PATH'"),
+    (["train", "--devices", "99"], "--devices 99: only 1 device(s) available"),
+    (["train", "--devices", "0"], "must be > 0"),
+    (["train", "--resume"], "--resume needs --checkpoint DIR"),
+    (["check", "--methods", "hand"], "give two or more different methods"),
+    (["check", "--methods", "hand,symbolic"], "unknown method(s) symbolic"),
+    (["check", "--activation", "gelu"], "invalid choice: 'gelu'"),
+    (["fly"], "invalid choice: 'fly'"),
+    ([], "usage: funnet"),
+])
+def test_bad_flags_are_usage_errors(capsys, argv, message):
+    assert message in usage_error(capsys, *argv)
+
+
+def test_every_activation_and_optimizer_is_accepted():
+    parser = cli.build_parser()
+    for name in [*ACTIVATIONS, "prelu"]:
+        assert parser.parse_args(["train", "--activation", name]).activation == name
+        assert parser.parse_args(["check", "--activation", name]).activation == name
+    for name in ("sgd", "momentum", "adagrad", "adadelta", "rmsprop", "adam"):
+        tx, lr = cli._optimizer(name, None, "cosine", epochs=2, steps_per_epoch=3)
+        assert lr == cli.OPTIMIZERS[name][2]
+        state = tx.init({"W": np.ones(2, np.float32)})
+        assert float(state.hyperparams["learning_rate"]) == pytest.approx(lr)
+    args = cli.build_parser().parse_args(["train"])
+    assert (args.hidden, args.activation, args.optimizer, args.data) == (
+        (128, 128), "relu", "adam", ("digits", None))
+
+
+def test_help_exits_cleanly(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--help"])
+    assert info.value.code == 0 and "--batch-size" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("mnist:/no/such/dir", "no/such/dir: no such file or directory"),
+    ("mnist:{tmp}/bad.npz", "expected arrays x/y, images/labels or x_train/y_train"),
+])
+def test_runtime_errors_exit_1_without_traceback(capsys, tmp_path, spec, message):
+    np.savez(tmp_path / "bad.npz", pixels=np.zeros((3, 2)))
+    code, _out, err = run_cli(capsys, "train", "--data", spec.format(tmp=tmp_path), *TINY)
+    assert code == 1
+    assert err.startswith("funnet train: error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_check_prints_the_table_in_float64_and_restores_x64(capsys):
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", False)
+    try:
+        code, out, err = run_cli(capsys, "check", "--hidden", "4", "--batch-size", "4",
+                                 "--activation", "prelu")
+        assert jax.config.jax_enable_x64 is False
+    finally:
+        jax.config.update("jax_enable_x64", before)
+    assert code == 0, err
+    assert "gradient check (float64" in out and out.rstrip().endswith("OK")
+    for pair in ("hand vs reverse", "forward vs reverse", "numerical vs reverse"):
+        assert pair in out
+    assert "[0]['W']" in out and "[1]['slope']" in out
+
+
+def test_failed_check_exits_1(capsys, monkeypatch):
+    def failing(*args, **kwargs):
+        raise funnet.check.GradientCheckError("hand vs reverse: leaf [0]['W'] off by 1e-3")
+
+    monkeypatch.setattr(funnet.check, "check_model", failing)
+    code, _out, err = run_cli(capsys, "check", "--hidden", "4", "--methods", "hand,reverse")
+    assert code == 1
+    assert "gradient check failed: hand vs reverse: leaf [0]['W']" in err
+    assert "Traceback" not in err
+
+
+def _subprocess(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "funnet", *argv], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=timeout, check=False)
+
+
+def test_python_dash_m_funnet_train_one_epoch():
+    proc = _subprocess("train", "--epochs", "1", "--hidden", "16", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy:" in proc.stdout
+    bad = _subprocess("train", "--hidden", "12,x")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_defaults_reach_96_percent_on_digits():
+    proc = _subprocess("train", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    accuracy = float(re.search(r"test accuracy: ([0-9.]+)", proc.stdout).group(1))
+    assert accuracy >= 0.96, proc.stdout

@@ -1,0 +1,539 @@
+"""Tests for funnet.train: the step, masking, fit (epochs, early stopping, checkpoints,
+non-finite losses, input checks, optimizers), evaluate/predict and History."""
+
+from __future__ import annotations
+
+import doctest
+import math
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from _registry import assert_trees_close
+
+import funnet
+from funnet import checkpoint, train
+from funnet.train import History, NonFiniteLossError, TrainState, evaluate, fit, make_step, predict
+
+CE = funnet.softmax_cross_entropy
+
+
+def blobs(n: int = 60, d: int = 6, k: int = 3, *, seed: int = 0, dtype=np.float64):
+    """``k`` separable Gaussian blobs: x ``[n, d]``, integer labels ``[n]``."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n).astype(np.int32)
+    centres = rng.normal(0, 3, (k, d))
+    return (centres[y] + rng.normal(0, 1, (n, d))).astype(dtype), y
+
+
+def mlp(k: int = 3, act=funnet.Tanh, hidden: int = 8):
+    return funnet.serial(funnet.Dense(hidden), act, funnet.Dense(k))
+
+
+def init(model, d: int = 6, seed: int = 0, dtype=jnp.float64):
+    _, params = model.init(jax.random.PRNGKey(seed), (-1, d))
+    return jax.tree.map(lambda a: a.astype(dtype), params)
+
+
+def leaves_equal(a, b) -> bool:
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(np.array_equal(np.asarray(u), np.asarray(v))
+                                      for u, v in zip(la, lb))
+
+
+MLP = mlp()  # shared, with ADAM: fits of the same shapes reuse one compiled epoch
+ADAM = optax.adam(0.05)
+
+
+def quiet_fit(model, params, data, **kw):
+    kw.setdefault("loss", CE)
+    kw.setdefault("optimizer", ADAM)
+    kw.setdefault("epochs", 3)
+    kw.setdefault("batch_size", 16)
+    kw.setdefault("key", jax.random.PRNGKey(1))
+    return fit(model, params, data, progress=False, **kw)
+
+
+def test_doctests():
+    result = doctest.testmod(train)
+    assert result.attempted > 0 and result.failed == 0
+
+
+# --- TrainState and make_step ----------------------------------------------------------
+
+
+def test_train_state_create_takes_raw_or_typed_keys():
+    params = {"W": jnp.ones((2, 2)), "b": jnp.zeros(2)}
+    raw = TrainState.create(params, optax.adam(0.1), jax.random.PRNGKey(3))
+    typed = TrainState.create(params, optax.adam(0.1), jax.random.key(3))
+    assert raw.key.dtype == jnp.uint32 and np.array_equal(raw.key, typed.key)
+    assert int(raw.step) == 0 and raw.step.dtype == jnp.int32
+    assert jax.tree.structure(raw.opt_state) == jax.tree.structure(optax.adam(0.1).init(params))
+    with pytest.raises(TypeError, match="PRNG key"):
+        TrainState.create(params, optax.adam(0.1), jnp.ones(3))
+
+
+@pytest.mark.parametrize("l2", [0.0, 0.1])
+def test_hand_and_autodiff_steps_agree_over_several_steps(l2):
+    x, y = blobs(24)
+    model = mlp(act=funnet.Elu)
+    params = init(model)
+    tx = optax.adam(0.05)
+    states = {g: TrainState.create(params, tx, jax.random.PRNGKey(0)) for g in train.GRADS}
+    steps = {g: make_step(model, CE, tx, l2=l2, grad=g) for g in train.GRADS}
+    for i in range(5):
+        batch = (x[4 * i: 4 * i + 8], y[4 * i: 4 * i + 8])
+        out = {g: steps[g](states[g], batch) for g in train.GRADS}
+        states = {g: out[g][0] for g in train.GRADS}
+        np.testing.assert_allclose(out["hand"][1]["loss"], out["autodiff"][1]["loss"], rtol=1e-12)
+        assert out["hand"][1]["accuracy"] == out["autodiff"][1]["accuracy"]
+    assert_trees_close(states["hand"].params, states["autodiff"].params, rtol=1e-10, atol=1e-12)
+    assert int(states["hand"].step) == 5
+    assert not np.array_equal(states["hand"].key, jax.random.PRNGKey(0))  # the key advances
+
+
+# (loss, targets of the real rows, model output width)
+MASK_CASES = {
+    "labels-ce": (CE, lambda y, k: y, 3),
+    "onehot-ce": (CE, lambda y, k: np.eye(k)[y], 3),
+    "mse": (funnet.mse, lambda y, k: np.eye(k)[y] * 2.0 - 1.0, 3),
+    "bce": (funnet.binary_cross_entropy, lambda y, k: (y[:, None] == 1).astype(np.float64), 1),
+}
+
+
+@pytest.mark.parametrize("grad", train.GRADS)
+@pytest.mark.parametrize("case", sorted(MASK_CASES))
+def test_masked_batch_gives_exactly_the_gradient_of_the_real_rows(case, grad):
+    loss, targets, k = MASK_CASES[case]
+    x, labels = blobs(11, k=3, seed=1)
+    t = targets(labels, 3)
+    junk_x, junk_labels = blobs(5, k=3, seed=2)
+    junk_t = targets((junk_labels + 1) % 3, 3)  # padding rows with other targets
+    x_pad, t_pad = np.concatenate([x, 10 * junk_x]), np.concatenate([t, junk_t])
+    mask = np.r_[np.ones(11), np.zeros(5)]
+    model = mlp(k=k)
+    params = init(model)
+    tx = optax.sgd(1.0)  # new params = params - ∇R: compares the gradients themselves
+    step = make_step(model, loss, tx, l2=0.01, grad=grad)
+    state = TrainState.create(params, tx, jax.random.PRNGKey(0))
+    ref_state, ref = step(state, (x, t))
+    got_state, got = step(state, (x_pad, t_pad, mask))
+    np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-13)
+    assert_trees_close(got_state.params, ref_state.params, rtol=1e-12, atol=1e-14)
+    half_mask_state, _ = step(state, (x_pad, t_pad, np.r_[np.ones(13), np.zeros(3)]))
+    assert not np.allclose(half_mask_state.params[0]["W"], ref_state.params[0]["W"])
+    if "accuracy" in ref:
+        np.testing.assert_allclose(got["accuracy"], ref["accuracy"], rtol=1e-12)
+
+
+def test_make_step_metrics_without_accuracy_for_regression():
+    model = mlp(k=2)
+    tx = optax.sgd(0.1)
+    state = TrainState.create(init(model), tx, jax.random.PRNGKey(0))
+    _, metrics = make_step(model, funnet.mse, tx)(state, (np.ones((4, 6)), np.ones((4, 2))))
+    assert sorted(metrics) == ["loss"]
+
+
+def test_make_step_rejects_bad_options():
+    with pytest.raises(ValueError, match="grad must be one of"):
+        make_step(mlp(), CE, optax.sgd(0.1), grad="symbolic")
+    with pytest.raises(ValueError, match="l2 must be"):
+        make_step(mlp(), CE, optax.sgd(0.1), l2=-1.0)
+    with pytest.raises(funnet.NoBackwardRuleError):
+        stax_pair = (lambda k, s: (s, ()), lambda p, x, **kw: x)
+        make_step(stax_pair, CE, optax.sgd(0.1), grad="hand")
+
+
+# --- fit: epochs, padding, shuffling ---------------------------------------------------
+
+
+def test_shuffle_is_a_permutation_that_depends_on_the_key():
+    shuffle = jax.jit(train.shuffle, static_argnums=1)
+    for n in (1, 7, 70_000):  # 70 000 rows: two rounds of sorting
+        p = np.asarray(shuffle(jax.random.PRNGKey(n), n))
+        assert p.dtype == np.int32 and np.array_equal(np.sort(p), np.arange(n))
+    perms = np.asarray(jax.vmap(lambda k: train.shuffle(k, 50))(
+        jax.random.split(jax.random.PRNGKey(0), 400)))
+    assert all(np.array_equal(np.sort(p), np.arange(50)) for p in perms)
+    assert len({p.tobytes() for p in perms}) == 400
+    # each row lands in each position about equally often: 400/50 = 8 per cell on average
+    counts = np.zeros((50, 50))
+    np.add.at(counts, (perms, np.arange(50)), 1)
+    assert counts.max() < 25 and abs(counts[:, 0].mean() - 8) < 1e-9
+
+
+def test_every_sample_counts_once_per_epoch_with_a_padded_last_batch():
+    # lr 0: params never change, so epoch 1's train loss (averaged over the scan, the last
+    # batch padded: 50 = 3·16 + 2) must be the plain mean over the whole training set.
+    x, y = blobs(50)
+    model = mlp()
+    params = init(model)
+    out, history = quiet_fit(model, params, (x, y), optimizer=optax.sgd(0.0), epochs=2)
+    full = evaluate(model, params, (x, y), loss=CE)
+    for record in history:
+        np.testing.assert_allclose(record["train_loss"], full["loss"], rtol=1e-6)
+        np.testing.assert_allclose(record["train_accuracy"], full["accuracy"], rtol=1e-6)
+    assert leaves_equal(out, params)
+
+
+def test_fit_traces_the_epoch_once(monkeypatch):
+    traces = []
+    original = chex.assert_max_traces
+
+    def counting(fn, n):
+        traces.append(0)
+
+        def wrapped(*args, **kwargs):
+            traces[-1] += 1
+            return fn(*args, **kwargs)
+
+        return original(wrapped, n=n)
+
+    monkeypatch.setattr(train.chex, "assert_max_traces", counting)
+    x, y = blobs(40)
+    _, history = quiet_fit(mlp(), init(mlp()), (x, y), valid=(x[:10], y[:10]), epochs=4,
+                           optimizer=optax.inject_hyperparams(optax.adam)(learning_rate=0.01))
+    assert len(history) == 4 and traces == [1]
+
+
+def test_the_epoch_guard_raises_on_a_retrace():
+    x, y = blobs(32)
+    model = mlp()
+    lag = train._loss_and_grads(model, CE, l2=0.0, grad="autodiff")
+    run = train._make_epoch(lag, optax.sgd(0.1), CE, n=32, batch_size=8, acc_kind="labels",
+                            valid_kind=None, model=model, placement=None, eval_chunk=None)
+    state = train._fresh(TrainState.create(init(model), optax.sgd(0.1), jax.random.PRNGKey(0)),
+                         jax.devices()[0])
+    key = jax.random.PRNGKey(1)
+    _, state, _ = run(state, jnp.asarray(x), jnp.asarray(y), key, np.int32(0), None, None)
+    with pytest.raises(AssertionError, match="traced > 1 times"):
+        run(state, jnp.asarray(x[:16]), jnp.asarray(y[:16]), key, np.int32(1), None, None)
+
+
+def test_fit_leaves_the_callers_params_alone_and_is_deterministic():
+    x, y = blobs(40)
+    model = funnet.serial(funnet.Dense(8), funnet.Relu, funnet.Dropout(0.3), funnet.Dense(3))
+    params = init(model)
+    before = jax.tree.map(np.array, params)
+    a, ha = quiet_fit(model, params, (x, y))
+    b, hb = quiet_fit(model, params, (x, y))
+    assert leaves_equal(params, before)  # not donated away, not modified
+    assert leaves_equal(a, b) and ha.column("train_loss") == hb.column("train_loss")
+    c, _ = quiet_fit(model, params, (x, y), key=jax.random.PRNGKey(2))
+    assert not leaves_equal(a, c)
+
+
+def test_fit_with_hand_gradients_matches_autodiff():
+    x, y = blobs(45)
+    model = mlp(act=funnet.Logistic)
+    params = init(model)
+    # 45 = 5·8 + 5: the last batch is padded
+    kw = {"valid": (x[:9], y[:9]), "l2": 0.01, "epochs": 3, "batch_size": 8}
+    a, ha = quiet_fit(model, params, (x, y), grad="autodiff", **kw)
+    h, hh = quiet_fit(model, params, (x, y), grad="hand", **kw)
+    assert_trees_close(h, a, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(hh.column("train_loss"), ha.column("train_loss"), rtol=1e-10)
+
+
+def test_zero_epochs_returns_the_params():
+    x, y = blobs(10)
+    params = init(mlp())
+    out, history = quiet_fit(mlp(), params, (x, y), epochs=0)
+    assert leaves_equal(out, params) and len(history) == 0
+
+
+# --- optimizers ------------------------------------------------------------------------
+
+OPTIMIZERS = {
+    "sgd": optax.sgd(0.1),
+    "momentum": optax.sgd(0.05, momentum=0.9),
+    "adagrad": optax.adagrad(0.1),
+    "adadelta": optax.adadelta(1.0),
+    "rmsprop": optax.rmsprop(0.01),
+    "adam": optax.adam(0.01),
+    "adam-cosine": optax.adam(optax.cosine_decay_schedule(0.02, decay_steps=40)),
+    "sgd-step": optax.sgd(optax.exponential_decay(0.2, 10, 0.5, staircase=True)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_fit_decreases_the_loss_with_every_optimizer(name):
+    x, y = blobs(64, seed=3)
+    model = mlp()
+    _, history = quiet_fit(model, init(model), (x, y), optimizer=OPTIMIZERS[name], epochs=5)
+    losses = history.column("train_loss")
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert all(math.isfinite(v) for v in losses)
+
+
+def test_learning_rate_shows_with_inject_hyperparams_only():
+    x, y = blobs(32)
+    schedule = optax.exponential_decay(0.1, transition_steps=2, decay_rate=0.5)
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=schedule)
+    _, history = quiet_fit(mlp(), init(mlp()), (x, y), optimizer=tx, epochs=2, batch_size=16)
+    # the rate used by the last step of each epoch: steps 1 and 3
+    expected = [0.1 * 0.5 ** 0.5, 0.1 * 0.5 ** 1.5]
+    np.testing.assert_allclose(history.column("learning_rate"), expected, rtol=1e-6)
+    _, plain = quiet_fit(mlp(), init(mlp()), (x, y), epochs=1)
+    assert plain.column("learning_rate") == [None]
+    assert "lr" in history.table() and "lr" not in plain.table()
+
+
+# --- early stopping --------------------------------------------------------------------
+
+
+def test_early_stopping_returns_the_best_params():
+    x, y = blobs(80, seed=4)
+    valid = blobs(12, seed=5)
+    model = mlp()
+    params, history = quiet_fit(model, init(model), (x, y), valid=valid, patience=2,
+                                epochs=60, optimizer=optax.adam(0.1))
+    assert history.stopped_early and len(history) < 60
+    best = history.best_epoch
+    errors = [1 - r["valid_accuracy"] for r in history]
+    assert best == 1 + int(np.argmin(errors))  # first epoch with the lowest error
+    assert len(history) == best + 2  # exactly `patience` epochs without improvement
+    np.testing.assert_allclose(evaluate(model, params, valid, loss=CE)["loss"],
+                               history[best - 1]["valid_loss"], rtol=1e-6)
+    assert "stopped early; best epoch" in history.table()
+
+
+def test_early_stopping_on_the_validation_loss_without_accuracy():
+    x, _ = blobs(40)
+    t = np.sin(x[:, :2])
+    model = mlp(k=2)
+    params, history = quiet_fit(model, init(model), (x, t), valid=(x[:8], t[:8]), patience=1,
+                                epochs=30, loss=funnet.mse, optimizer=optax.sgd(1.5))
+    losses = history.column("valid_loss")
+    assert history.column("valid_accuracy") == [None] * len(history)
+    assert history.best_epoch == 1 + int(np.argmin(losses))
+    if history.stopped_early:
+        assert len(history) == history.best_epoch + 1
+    got = evaluate(model, params, (x[:8], t[:8]), loss=funnet.mse)
+    assert "accuracy" not in got
+    np.testing.assert_allclose(got["loss"], min(losses), rtol=1e-6)
+
+
+def test_without_patience_all_epochs_run_and_the_last_params_return():
+    x, y = blobs(40)
+    last, history = quiet_fit(MLP, init(MLP), (x, y), valid=(x[:8], y[:8]), epochs=4)
+    assert len(history) == 4 and not history.stopped_early and history.best_epoch is not None
+    np.testing.assert_allclose(evaluate(MLP, last, (x[:8], y[:8]), loss=CE)["loss"],
+                               history[-1]["valid_loss"], rtol=1e-6)
+
+
+# --- non-finite losses -----------------------------------------------------------------
+
+
+def test_non_finite_loss_stops_with_the_last_good_state(tmp_path):
+    x, _ = blobs(32, dtype=np.float32)
+    t = np.ones((32, 2), np.float32)
+    model = mlp(k=2)
+    params = init(model, dtype=jnp.float32)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 1 \(global step 1\)") as info:
+        quiet_fit(model, params, (x, t), loss=funnet.mse, optimizer=optax.sgd(1e30),
+                  batch_size=8, checkpoint=tmp_path / "run")
+    err = info.value
+    assert isinstance(err, FloatingPointError)
+    assert (err.epoch, err.step, err.global_step) == (1, 1, 1)
+    assert int(err.last_good_state.step) == 1
+    chex.assert_tree_all_finite(err.last_good_params)
+    assert err.last_good_params is err.last_good_state.params
+    assert len(err.history) == 0
+    saved = checkpoint.load(err.path, like=err.last_good_state)
+    assert leaves_equal(saved, err.last_good_state)
+    assert checkpoint.latest_step(tmp_path / "run") is None  # no epoch completed
+
+
+def test_non_finite_in_a_later_epoch_keeps_the_history(tmp_path):
+    x, y = blobs(24, dtype=np.float32)
+    model = mlp()
+    params = init(model, dtype=jnp.float32)
+    # lr grows 1e6× per epoch: fine in epoch 1, explodes later
+    tx = optax.sgd(optax.exponential_decay(1e-3, transition_steps=3, decay_rate=1e6))
+    with pytest.raises(NonFiniteLossError) as info:
+        quiet_fit(model, params, (x, y), optimizer=tx, batch_size=8, epochs=10,
+                  checkpoint=tmp_path)
+    err = info.value
+    assert err.epoch >= 2 and len(err.history) == err.epoch - 1
+    assert checkpoint.latest_step(tmp_path) == err.epoch - 1
+    chex.assert_tree_all_finite(err.last_good_state)
+
+
+# --- checkpoints -----------------------------------------------------------------------
+
+
+def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
+    x, y = blobs(50)
+    model = funnet.serial(funnet.Dense(8), funnet.Relu, funnet.Dropout(0.2), funnet.Dense(3))
+    params = init(model)
+    kw = {"valid": (x[:10], y[:10]), "patience": 50, "batch_size": 16,
+          "optimizer": optax.inject_hyperparams(optax.adam)(learning_rate=0.02)}
+    full, h_full = quiet_fit(model, params, (x, y), epochs=4, **kw)
+    _, h_half = quiet_fit(model, params, (x, y), epochs=2, checkpoint=tmp_path, **kw)
+    assert len(h_half) == 2 and checkpoint.latest_step(tmp_path) == 2
+    resumed, h_res = quiet_fit(model, params, (x, y), epochs=4, checkpoint=tmp_path,
+                               resume=True, key=jax.random.PRNGKey(99), **kw)
+    assert leaves_equal(resumed, full)
+    assert h_res.column("train_loss") == h_full.column("train_loss")
+    assert h_res.column("valid_loss") == h_full.column("valid_loss")
+    assert h_res.best_epoch == h_full.best_epoch
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"ckpt_{i:08d}.funnet" for i in (2, 3, 4)]  # keep=3
+
+
+def test_resume_keeps_the_early_stopping_bookkeeping(tmp_path):
+    x, y = blobs(60, seed=4)
+    valid = blobs(12, seed=5)
+    model = mlp()
+    kw = {"valid": valid, "patience": 2, "epochs": 60, "optimizer": optax.adam(0.1)}
+    best, h = quiet_fit(model, init(model), (x, y), **kw)
+    assert h.stopped_early
+    stop = len(h)
+    # interrupted one epoch before the end, then resumed: same stop, same best params
+    quiet_fit(model, init(model), (x, y), **{**kw, "epochs": stop - 1}, checkpoint=tmp_path)
+    resumed, h2 = quiet_fit(model, init(model), (x, y), **kw, checkpoint=tmp_path, resume=True)
+    assert h2.stopped_early and len(h2) == stop and h2.best_epoch == h.best_epoch
+    assert leaves_equal(resumed, best)
+    # resuming a finished run trains no more and returns the best params again
+    again, h3 = quiet_fit(model, init(model), (x, y), **kw, checkpoint=tmp_path, resume=True)
+    assert leaves_equal(again, best) and len(h3) == stop
+
+
+def test_checkpoint_directory_rules(tmp_path):
+    x, y = blobs(20)
+    model = mlp()
+    quiet_fit(model, init(model), (x, y), epochs=1, checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        quiet_fit(model, init(model), (x, y), epochs=1, checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="different fit: batch_size=16 there, 8 here"):
+        quiet_fit(model, init(model), (x, y), epochs=2, checkpoint=tmp_path, resume=True,
+                  batch_size=8)
+    with pytest.raises(ValueError, match="resume=True needs checkpoint"):
+        quiet_fit(model, init(model), (x, y), resume=True)
+    # resume=True with nothing saved yet starts afresh
+    _, h = quiet_fit(model, init(model), (x, y), epochs=1, checkpoint=tmp_path / "new",
+                     resume=True)
+    assert len(h) == 1
+
+
+# --- input checks ----------------------------------------------------------------------
+
+
+def _nan_x(x, y):
+    x = x.copy()
+    x[3, 1] = np.nan
+    return x, y
+
+
+BAD_INPUTS = {
+    "nan in train.x": (lambda x, y: (_nan_x(x, y), None), ValueError, r"train\.x: 1 non-finite"),
+    "label out of range": (lambda x, y: ((x, np.r_[y[:-1], 3]), None), ValueError,
+                           r"train\.y: 1 label outside \[0, 3\)"),
+    "length mismatch": (lambda x, y: ((x, y[:-1]), None), ValueError,
+                        r"train\.x has 20 samples but train\.y has 19"),
+    "nan in valid.x": (lambda x, y: ((x, y), _nan_x(x, y)), ValueError, r"valid\.x"),
+    "one-hot of the wrong width": (lambda x, y: ((x, np.eye(4)[y]), None), ValueError,
+                                   r"train\.y has shape \(20, 4\).*\(16, 3\)"),
+    "wrong input width": (lambda x, y: ((x[:, :4], y), None), ValueError,
+                          r"train\.x of shape \(20, 4\) does not fit the model"),
+    "not a pair": (lambda x, y: ((x,), None), TypeError, r"train must be an \(x, y\) pair"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_data_is_rejected_before_compiling(case):
+    make, error, message = BAD_INPUTS[case]
+    x, y = blobs(20)
+    train_data, valid = make(x, y)
+    with pytest.raises(error, match=message):
+        quiet_fit(mlp(), init(mlp()), train_data, valid=valid)
+
+
+BAD_OPTIONS = {
+    "batch_size 0": ({"batch_size": 0}, r"batch_size must be an int ≥ 1, got 0"),
+    "negative epochs": ({"epochs": -1}, r"epochs must be an int ≥ 0"),
+    "patience without valid": ({"patience": 3}, r"patience .* needs validation data"),
+    "patience 0": ({"patience": 0, "valid": blobs(5)}, r"patience must be an int ≥ 1"),
+    "negative l2": ({"l2": -0.5}, r"l2 must be a finite number ≥ 0"),
+    "unknown grad": ({"grad": "numerical"}, r"grad must be one of"),
+    "devices and batch": ({"devices": jax.devices() * 3, "batch_size": 16},
+                          r"batch_size 16 must be divisible by the number of devices \(3\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OPTIONS))
+def test_bad_options_are_rejected(case):
+    options, message = BAD_OPTIONS[case]
+    x, y = blobs(20)
+    with pytest.raises(ValueError, match=message):
+        quiet_fit(mlp(), init(mlp()), (x, y), **options)
+
+
+# --- evaluate, predict, History, progress ----------------------------------------------
+
+
+def test_evaluate_and_predict_in_chunks_agree_with_one_pass():
+    x, y = blobs(37)
+    model = mlp()
+    params = init(model)
+    whole = evaluate(model, params, funnet.Dataset(x, y), loss=CE)
+    chunked = evaluate(model, params, (x, y), loss=CE, batch_size=10)
+    assert whole.keys() == chunked.keys() == {"loss", "accuracy"}
+    np.testing.assert_allclose(chunked["loss"], whole["loss"], rtol=1e-12)
+    np.testing.assert_allclose(chunked["accuracy"], whole["accuracy"], rtol=1e-12)
+    logits = model.apply(params, x)
+    np.testing.assert_allclose(whole["accuracy"], funnet.accuracy(logits, y), rtol=1e-12)
+    np.testing.assert_allclose(predict(model, params, x, batch_size=8), logits, rtol=1e-12)
+    np.testing.assert_allclose(predict(model, params, x), logits, rtol=1e-12)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        predict(model, params, x, batch_size=0)
+    with pytest.raises(ValueError, match="37 samples but data.y has 36"):
+        evaluate(model, params, (x, y[:-1]), loss=CE)
+
+
+def test_history_table_and_plot(tmp_path, monkeypatch):
+    x, y = blobs(40)
+    _, history = quiet_fit(MLP, init(MLP), (x, y), valid=(x[:8], y[:8]), epochs=3)
+    assert isinstance(history, History) and len(history) == 3
+    assert set(history[0]) == {"epoch", "train_loss", "train_accuracy", "valid_loss",
+                               "valid_accuracy", "learning_rate", "seconds"}
+    lines = history.table().splitlines()
+    assert lines[0].split() == ["epoch", "train", "loss", "train", "acc", "valid", "loss",
+                                "valid", "acc", "seconds"]
+    assert len(lines) == 4 and f"{history.best_epoch}*" in history.table()
+    path = history.plot(tmp_path / "curves.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(ImportError, match=r"funnet\[plot\]"):
+        history.plot(tmp_path / "again.png")
+
+
+class _FakeTTY:
+    def __init__(self, stream):
+        self.stream = stream
+
+    def isatty(self):
+        return True
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def test_progress_only_on_a_terminal_and_without_tqdm_one_line_per_epoch(capsys, monkeypatch):
+    x, y = blobs(20)
+    model, sgd = mlp(), optax.sgd(0.1)
+    fit(model, init(model), (x, y), loss=CE, optimizer=sgd, epochs=2,
+        batch_size=8, key=jax.random.PRNGKey(0), progress=True)
+    assert capsys.readouterr().err == ""  # stderr is not a terminal here
+    monkeypatch.setattr(sys, "stderr", _FakeTTY(sys.stderr))
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # tqdm missing
+    fit(model, init(model), (x, y), loss=CE, optimizer=sgd, epochs=2,
+        batch_size=8, key=jax.random.PRNGKey(0), progress=True)
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split()[:2] for line in err] == [["epoch", "1/2"], ["epoch", "2/2"]]
+    assert "train_accuracy" in err[0]
