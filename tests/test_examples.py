@@ -1,0 +1,237 @@
+"""Every example runs at its small size and its claim holds; its figures are real PNGs.
+
+Each example is imported by path (``examples/`` is not a package) and its
+``main(small=True, out_dir=tmp_path)`` is run; the test then asserts the numbers the example's
+claim rests on, not merely that it ran.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SCRIPTS = sorted(p.stem for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
+
+
+def load(name: str):
+    """Import ``examples/<name>.py`` as a fresh module."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))  # for `from _plumbing import …`
+    spec = importlib.util.spec_from_file_location(f"funnet_example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(name: str, out_dir: Path, **options) -> dict:
+    return load(name).main(small=True, out_dir=str(out_dir), **options)
+
+
+def assert_pngs(out_dir: Path, *names: str) -> None:
+    """Each file exists, is a PNG of some size, and is not a blank canvas."""
+    for name in names:
+        path = out_dir / name
+        assert path.is_file(), f"{name} was not written"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{name} is not a PNG"
+        assert path.stat().st_size > 10_000, f"{name} is suspiciously small"
+        image = matplotlib.image.imread(path)
+        assert image.shape[0] > 200 and image.shape[1] > 200, f"{name}: {image.shape}"
+        assert np.std(image[..., :3]) > 0.02, f"{name} is (nearly) blank"
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def test_every_example_has_a_test_and_a_readme_row():
+    readme = (EXAMPLES / "README.md").read_text(encoding="utf-8")
+    tested = {name[len("test_"):] for name in globals() if name.startswith("test_")}
+    for name in SCRIPTS:
+        assert name in tested, f"examples/{name}.py has no test_{name}"
+        assert f"`{name}.py`" in readme, f"examples/README.md lacks a row for {name}.py"
+
+
+def test_command_line(tmp_path):
+    """``python examples/NAME.py --small --out DIR`` works as documented."""
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "parameters.py"), "--small", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "total" in done.stdout and "17" in done.stdout
+    assert_pngs(tmp_path, "parameters.png")
+
+
+def test_neuron(tmp_path):
+    r = run("neuron", tmp_path)
+    assert r["mp_fires"] == {30: 0.0, 50: 1.0}  # θ = 40
+    for task in ("AND", "OR"):
+        assert r["perceptron_accuracy"][task][-1] == 1.0
+        assert r["perceptron_first_perfect_epoch"][task] <= 10
+    assert max(r["perceptron_accuracy"]["XOR"]) < 1.0  # never, in any epoch
+    assert r["best_line_accuracy"] == {"AND": 1.0, "OR": 1.0, "XOR": 0.75}
+    assert r["two_layer_xor_accuracy"] == 1.0
+    assert_pngs(tmp_path, "neuron_boundaries.png")
+
+
+def test_two_layer_net(tmp_path):
+    r = run("two_layer_net", tmp_path)
+    p = r["probabilities"]
+    assert r["dtype"] == "float64" and p.shape == (10, 3)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(r["predicted"], r["scores"].argmax(axis=1))
+    expected = -np.mean(np.log(p[np.arange(10), r["targets"]]))
+    assert r["loss"] == pytest.approx(expected, rel=1e-12)
+    assert r["loss_funnet"] == pytest.approx(expected, rel=1e-12)
+    for method, diff in r["max_abs_diff"].items():
+        assert diff < 1e-12, method  # hand, funnet layers, funnet.backprop vs jax.grad
+    for node, diff in r["node_max_abs_diff"].items():
+        assert diff < 1e-12, node
+    assert_pngs(tmp_path, "two_layer_net.png")
+
+
+def test_parameters(tmp_path):
+    r = run("parameters", tmp_path)
+    assert r["2-4-1"] == 17
+    assert {"2-4-1", "2-4-3", "20-8-1", "2-4-1 PReLU", "64-32-32-10"} <= set(r["models"])
+    for name, row in r["models"].items():
+        assert row["formula"] == row["param_count"] == row["summary_total"], name
+    assert r["models"]["2-4-3"]["formula"] == 27
+    assert r["models"]["20-8-1"]["formula"] == 177
+    assert r["models"]["2-4-1 PReLU"]["formula"] == 21
+    assert_pngs(tmp_path, "parameters.png")
+
+
+def test_xor(tmp_path):
+    r = run("xor", tmp_path)
+    table = r["table"]
+    assert len(table) == 10
+    step = table["step"]
+    assert step["max_hidden_grad"] == 0.0  # f' = 0: exactly no gradient, at every epoch
+    assert step["hidden_weights_unchanged"]
+    for name in ("logistic", "tanh"):
+        assert table[name]["fraction_learned"] >= 0.8, name
+        assert table[name]["median_epochs_to_100"] is not None
+    for name, row in table.items():
+        if name != "step":
+            assert row["max_hidden_grad"] > 0 and not row["hidden_weights_unchanged"], name
+        losses = r["loss"][name]
+        assert np.all(np.isfinite(losses)), name
+    assert_pngs(tmp_path, "xor_loss_curves.png")
+
+
+def test_nonconvex(tmp_path):
+    r = run("nonconvex", tmp_path)
+    assert set(r) == {"squared error", "cross-entropy"}
+    for name, row in r.items():
+        assert row["most_negative_eigenvalue"] < -1e-3, name
+        assert row["negative_fraction"] > 0.05, name
+        v = row["violation"]
+        assert v["L(mid)"] > (v["L(a)"] + v["L(b)"]) / 2 + 1e-3, name  # not convex
+    assert_pngs(tmp_path, "nonconvex_surfaces.png")
+
+
+def test_vanishing_gradients(tmp_path):
+    r = run("vanishing_gradients", tmp_path)
+    logistic, relu = r["logistic"], r["relu"]
+    assert logistic["fall_per_layer"] >= 3.5  # σ' ≤ 0.25: about 4× or more per layer
+    assert relu["fall_per_layer"] < 2.0
+    for name in ("tanh", "relu", "leaky_relu", "elu", "prelu"):
+        assert r[name]["fall_per_layer"] < logistic["fall_per_layer"] / 2, name
+    # at the first layer the logistic δ is orders of magnitude below ReLU's
+    assert logistic["norms"][0] < 1e-3 * relu["norms"][0]
+    assert np.all(np.diff(np.log(logistic["norms"])) > np.log(2.5))  # falls at every layer
+    assert_pngs(tmp_path, "vanishing_gradients.png")
+
+
+def test_dead_relu(tmp_path):
+    r = run("dead_relu", tmp_path)["adam"]
+    relu = r["relu"]
+    assert relu["active_start"] == relu["active_end"] == 0.0
+    assert relu["max_hidden_grad"] == 0.0 and relu["hidden_unchanged"]
+    assert relu["loss_end"] > 2.0  # ≈ log 10: nothing but the output bias learned
+    for name in ("leaky_relu", "prelu", "elu"):
+        row = r[name]
+        assert row["active_start"] == 0.0 and row["active_end"] > 0.5, name
+        assert row["loss_end"] < 0.5 * row["loss_start"] and row["loss_end"] < 0.2, name
+        assert row["accuracy"] > 0.9, name
+    assert_pngs(tmp_path, "dead_relu.png")
+
+
+def test_max_margin(tmp_path):
+    r = run("max_margin", tmp_path)
+    for name, diff in r["max_abs_diff"].items():
+        assert diff < 1e-12, name
+    hand, auto = r["single_entry"]
+    assert hand == pytest.approx(auto, rel=1e-12)
+    assert r["accuracy_before"] < 0.65
+    assert r["accuracy_after"] > 0.85
+    assert r["loss_end"] < 0.5 * r["loss_start"]
+    assert_pngs(tmp_path, "max_margin.png")
+
+
+def test_gradient_methods(tmp_path):
+    r = run("gradient_methods", tmp_path)
+    err, deltas = r["errors"], r["deltas"]
+    central, one_sided = err["central"], err["one-sided"]
+    assert central.min() < one_sided.min() / 100
+    for e in (central, one_sided):  # the V: rounding error wins at Δ = 1e-12
+        assert deltas[-1] == pytest.approx(1e-12)
+        assert e[-1] > 100 * e.min()
+        assert e[0] > 100 * e.min()  # and truncation error at Δ = 0.1
+    sizes = [row["df"] for row in r["symbolic"]]
+    assert np.all(np.diff(sizes) > 0)
+    assert np.all(np.diff(sizes, n=2) > 0)  # and faster than linearly
+    for row in r["symbolic"]:
+        assert row["value"] == pytest.approx(row["jax"], rel=1e-12)
+        assert row["df_cse"] < row["df"] or row["depth"] == 1
+    n = r["n_params"]
+    assert n == 17
+    counts = r["counts"]
+    assert counts["reverse"] == {"forward": 1, "derivative": 1}
+    assert counts["hand"] == {"forward": 1, "derivative": 1}
+    assert counts["forward"] == {"forward": n, "derivative": n}
+    assert counts["numerical"] == {"forward": 2 * n, "derivative": 0}
+    for name, diff in r["max_abs_diff_vs_reverse"].items():
+        assert diff < (1e-7 if name == "numerical" else 1e-12), name
+    assert len(r["timings"]) >= 2 and all(t["reverse"] > 0 for t in r["timings"])
+    assert_pngs(tmp_path, "gradient_methods_numerical.png", "gradient_methods_symbolic.png",
+                "gradient_methods_autodiff.png")
+
+
+def test_digits(tmp_path):
+    r = run("digits", tmp_path)
+    assert r["test_accuracy"] >= 0.8
+    assert 1 <= r["best_epoch"] <= r["epochs_run"]
+    c = r["confusion"]
+    assert c.shape == (10, 10) and c.sum() == 270
+    assert np.trace(c) / c.sum() == pytest.approx(r["test_accuracy"], abs=1e-6)
+    assert_pngs(tmp_path, "digits_learning_curves.png", "digits_confusion.png",
+                "digits_misclassified.png")
+
+
+def test_optimizers(tmp_path):
+    r = run("optimizers", tmp_path)
+    assert set(r) == {"SGD", "momentum", "AdaGrad", "AdaDelta", "RMSprop", "Adam",
+                      "SGD + cosine"}
+    for name, row in r.items():
+        assert np.all(np.isfinite(row["loss"])), name
+        assert row["loss_end"] < 0.95 * row["loss_start"], name
+    assert r["Adam"]["loss_end"] < r["SGD"]["loss_end"]
+    assert r["momentum"]["loss_end"] < r["SGD"]["loss_end"]
+    assert_pngs(tmp_path, "optimizers.png")
+
+
+def test_custom_activation(tmp_path):
+    r = run("custom_activation", tmp_path)
+    for name, diff in r["max_abs_diff"].items():
+        assert diff < (1e-7 if name == "numerical" else 1e-13), name
+    assert r["check_ok"]
+    assert r["test_accuracy"] > 0.7
+    assert_pngs(tmp_path, "custom_activation.png")
