@@ -16,7 +16,7 @@ Kink convention (one rule for all): at a kink the derivative is the value of the
 
 Each value is a valid subgradient, matches the table literally, and agrees with PyTorch for
 ``relu`` and ``hard_tanh`` (jax.nn gives 1 at ±1 for ``hard_tanh`` and 1 at 0 for
-``leaky_relu``/``elu``).
+``leaky_relu``; its ``elu'(0) = α`` agrees with ours).
 
 Forward mode: JAX refuses ``jax.jvp``/``jax.jacfwd``/``jax.hessian`` on a custom_vjp
 function. Inside ``with funnet.forward_mode():`` every activation is wired with
@@ -37,6 +37,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
 __all__ = [
@@ -362,7 +363,8 @@ Rectified linear unit ``max(0, x)``; ``f'(x) = 1 if x > 0 else 0``; ``relu'(0) =
 
 
 def _leaky_relu(x, slope):
-    return jnp.where(x > 0, x, slope * x)  # x if x > 0 else γx
+    neg = slope * x if slope else jnp.zeros_like(x)  # γx (0 for γ = 0, also at x = -inf)
+    return _keep_nan(x, jnp.where(x > 0, x, neg))  # x if x > 0 else γx
 
 
 def _dleaky_relu(x, y, slope):
@@ -446,7 +448,8 @@ def _unbroadcast(g: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 def _prelu_f(x, slope):
-    return jnp.where(x > 0, x, slope * x)  # x if x > 0 else γ_i x
+    neg = jnp.where(slope == 0, jnp.zeros_like(x), slope * x)  # γ_i x (0 for γ_i = 0, even at -inf)
+    return _keep_nan(x, jnp.where(x > 0, x, neg))  # x if x > 0 else γ_i x
 
 
 def _prelu_dx(x, slope):
@@ -455,6 +458,17 @@ def _prelu_dx(x, slope):
 
 def _prelu_dslope(x):
     return jnp.where(x > 0, jnp.zeros_like(x), x)  # ∂f/∂γ_i = 0 if x > 0 else x
+
+
+def _same_rank(x: jax.Array, slope: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """``x`` and ``slope`` (in ``x``'s dtype) with leading 1-axes added to the lower-rank one.
+
+    Broadcasting is then same-rank only, so it works under ``jax_numpy_rank_promotion="raise"``.
+    """
+    slope = jnp.asarray(slope, x.dtype)
+    nd = max(x.ndim, slope.ndim)
+    return (x.reshape((1,) * (nd - x.ndim) + x.shape),
+            slope.reshape((1,) * (nd - slope.ndim) + slope.shape))
 
 
 @jax.custom_vjp
@@ -481,11 +495,20 @@ def _prelu_jvp(x, slope):
     return _prelu_f(x, slope)
 
 
-@_prelu_jvp.defjvp
 def _prelu_jvp_rule(primals, tangents):
     (x, slope), (tx, tslope) = primals, tangents
     y = _prelu_f(x, slope)
-    return y, _prelu_dx(x, slope) * tx + _prelu_dslope(x) * tslope
+    # dy = ∂f/∂x · tx + ∂f/∂γ · tγ, skipping symbolic-zero tangents (0 · ∂f/∂γ would be NaN
+    # where x = -inf, so jacfwd w.r.t. x alone would give NaN instead of γ)
+    dy = jnp.zeros_like(y)
+    if not isinstance(tx, SymbolicZero):
+        dy = dy + _prelu_dx(x, slope) * tx
+    if not isinstance(tslope, SymbolicZero):
+        dy = dy + _prelu_dslope(x) * tslope
+    return y, dy
+
+
+_prelu_jvp.defjvp(_prelu_jvp_rule, symbolic_zeros=True)
 
 
 class _PRelu:
@@ -502,8 +525,7 @@ class _PRelu:
     name = "prelu"
 
     def __call__(self, x: ArrayLike, slope: ArrayLike) -> jax.Array:
-        x = _as_float(x)
-        slope = jnp.asarray(slope, x.dtype)
+        x, slope = _same_rank(_as_float(x), slope)
         if forward_mode_enabled():
             return _prelu_jvp(x, slope)
         try:
@@ -515,8 +537,7 @@ class _PRelu:
 
     def derivative(self, x: ArrayLike, slope: ArrayLike) -> jax.Array:
         """``∂f/∂x``: 1 if x > 0 else γ_i."""
-        x = _as_float(x)
-        return _prelu_dx(x, jnp.asarray(slope, x.dtype))
+        return _prelu_dx(*_same_rank(_as_float(x), slope))
 
     def slope_derivative(self, x: ArrayLike) -> jax.Array:
         """``∂f/∂γ_i`` elementwise: 0 if x > 0 else x."""
