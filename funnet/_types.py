@@ -71,15 +71,23 @@ class Layer:
             raise TypeError(f"{self.name} is a layer, not a layer constructor; it takes no options")
         return self.configure(**options)
 
+    def _stax_pair(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        # stax combinators call `apply(params, x, rng=rng, **kwargs)`: accept `rng` as `key`
+        # and ignore the other stax keywords, so a funnet layer also works inside stax.serial.
+        def apply(params, x, *, key=None, rng=None, **unused):
+            return self.apply(params, x, key=rng if key is None else key)
+
+        return self.init, apply
+
     def __iter__(self) -> Iterator[Callable[..., Any]]:
         # `init, apply = layer`, exactly as with stax.
-        return iter((self.init, self.apply))
+        return iter(self._stax_pair())
 
     def __len__(self) -> int:
         return 2
 
     def __getitem__(self, i: int) -> Callable[..., Any]:
-        return (self.init, self.apply)[i]
+        return self._stax_pair()[i]
 
     def __repr__(self) -> str:
         return self.name

@@ -154,7 +154,9 @@ def Dense(
 
     def apply(params, x, *, key=None):
         check(params, x)
-        return x @ params["W"] + params["b"]  # z = a W + b
+        z = x @ params["W"]
+        # explicit bias broadcast (no implicit rank promotion): z = a W + b
+        return z + params["b"].reshape((1,) * (z.ndim - 1) + (-1,))
 
     def forward(params, x, *, key=None):
         return apply(params, x), x

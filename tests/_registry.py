@@ -1,0 +1,386 @@
+"""The one registry the core tests are parameterised over: activations and layers.
+
+Every activation case carries, written independently of funnet (math.md §2):
+
+* ``ref``   the plain formula in ``jax.numpy`` (the table's ``f(x)``, literally);
+* ``dref``  the plain derivative formula (the table's ``f'(x)``);
+* ``pieces`` the smooth pieces as sympy expressions on open intervals, so that the hand
+  derivatives can be witnessed against ``sympy.diff``;
+* ``kinks`` the points where ``f'`` is a convention, with the documented value there
+  (activations.py: relu'(0)=0, leaky'(0)=slope, hard_tanh'(±1)=0, hard_logistic'(±2)=0,
+  elu'(0)=alpha, step'=0, prelu'(0)=slope).
+
+Hyperparameter variants (``slope``, ``alpha``) are separate cases. Layer cases give a
+layer, its input shape, the output shape and param shapes expected from ``init``, and a
+plain reference ``apply`` where one exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import mpmath
+import numpy as np
+import sympy as sp
+
+import funnet
+
+X = sp.Symbol("x", real=True)
+OO = sp.oo
+_EXACT: dict[tuple[str, float, int], float] = {}
+
+
+def assert_trees_close(actual: Any, expected: Any, *, rtol: float, atol: float) -> None:
+    """The one helper comparing gradient (or any array) trees: same structure, close leaves."""
+    chex.assert_trees_all_equal_structs(actual, expected)
+    chex.assert_trees_all_close(actual, expected, rtol=rtol, atol=atol)
+
+
+def _sigma(x):
+    return 1 / (1 + jnp.exp(-x))  # σ(x) = 1 / (1 + exp(-x)), math.md §2 literally
+
+
+# ---------------------------------------------------------------------------------------
+# Activations.
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationCase:
+    id: str
+    fn: Callable[[Any], jax.Array]  # funnet, hyperparameters bound
+    derivative: Callable[[Any], jax.Array]  # funnet's hand f', hyperparameters bound
+    ref: Callable[[jax.Array], jax.Array]  # plain jnp f
+    dref: Callable[[jax.Array], jax.Array]  # plain jnp f'
+    pieces: tuple[tuple[sp.Expr, Any, Any], ...]  # (expression, lo, hi): f on (lo, hi)
+    kinks: dict[float, float]  # kink -> documented f'(kink)
+    layer: funnet.Layer  # the layer applying it
+
+    def __repr__(self) -> str:
+        return self.id
+
+    def piece_at(self, x: float) -> sp.Expr:
+        """The sympy expression of ``f`` on the open interval containing ``x`` (±inf allowed)."""
+        for expr, lo, hi in self.pieces:
+            if float(lo) < x < float(hi) or (x == float(lo) == -np.inf) or (
+                x == float(hi) == np.inf
+            ):
+                return expr
+        raise ValueError(f"{self.id}: {x} is a kink, not inside a smooth piece")
+
+    def sym_derivative(self, order: int = 1) -> Callable[[np.ndarray], np.ndarray]:
+        """``d^order f / dx^order`` by ``sympy.diff`` of the pieces, evaluated in float64."""
+        fns = [
+            (np.vectorize(sp.lambdify(X, sp.diff(e, X, order), "numpy"), otypes=[np.float64]),
+             float(lo), float(hi))
+            for e, lo, hi in self.pieces
+        ]
+
+        def evaluate(x):
+            x = np.asarray(x, np.float64)
+            out = np.full(x.shape, np.nan)
+            for fn, lo, hi in fns:
+                inside = (x > lo) & (x < hi)
+                out[inside] = fn(x[inside])
+            return out
+
+        return evaluate
+
+    def exact(self, x: float, order: int = 0) -> float:
+        key = (self.id, float(x), order)
+        if key not in _EXACT:
+            _EXACT[key] = self._exact(x, order)
+        return _EXACT[key]
+
+    def _exact(self, x: float, order: int) -> float:
+        """``f^(order)(x)`` from the sympy piece, correctly rounded to float64.
+
+        Finite ``x`` is evaluated by mpmath at ``2|x| + 50`` digits: the expressions cancel
+        terms of size up to ``exp(2|x|)`` (e.g. ``1 - tanh²``), so this precision leaves 50
+        correct digits. ``±inf`` is ``sympy.limit``.
+        """
+        expr = sp.diff(self.piece_at(x), X, order)
+        if np.isinf(x):
+            return float(sp.limit(expr, X, OO if x > 0 else -OO))
+        fn = sp.lambdify(X, expr, "mpmath")
+        with mpmath.workdps(int(2 * abs(x)) + 50):
+            return float(fn(mpmath.mpf(x)))
+
+
+def _hyper_id(name: str, hyper: dict[str, float]) -> str:
+    return name + "".join(f"[{k}={v}]" for k, v in hyper.items())
+
+
+def _activation_case(name, hyper, ref, dref, pieces, kinks) -> ActivationCase:
+    act = funnet.activations.ACTIVATIONS[name]
+    full = {**act.defaults, **hyper}
+    layer_name = "".join(p.capitalize() for p in name.split("_"))
+    layer = getattr(funnet, layer_name)
+    return ActivationCase(
+        id=_hyper_id(name, hyper),
+        fn=lambda x: act(x, **hyper),
+        derivative=lambda x: act.derivative(x, **hyper),
+        ref=lambda x: ref(x, **full),
+        dref=lambda x: dref(x, **full),
+        pieces=tuple(pieces(**{k: sp.Float(v) for k, v in full.items()})),
+        kinks=kinks(**full),
+        layer=layer(**hyper) if hyper else layer,
+    )
+
+
+def _where(cond, a, b):
+    return jnp.where(cond, a, b)
+
+
+def _activation_cases() -> list[ActivationCase]:
+    half, quarter = sp.Rational(1, 2), sp.Rational(1, 4)
+    cases = [
+        _activation_case(
+            "logistic", {},
+            lambda x: _sigma(x),
+            lambda x: _sigma(x) * (1 - _sigma(x)),
+            lambda: [(1 / (1 + sp.exp(-X)), -OO, OO)],
+            dict,
+        ),
+        _activation_case(
+            "tanh", {},
+            lambda x: (jnp.exp(x) - jnp.exp(-x)) / (jnp.exp(x) + jnp.exp(-x)),
+            lambda x: 1 - ((jnp.exp(x) - jnp.exp(-x)) / (jnp.exp(x) + jnp.exp(-x))) ** 2,
+            lambda: [((sp.exp(X) - sp.exp(-X)) / (sp.exp(X) + sp.exp(-X)), -OO, OO)],
+            dict,
+        ),
+        _activation_case(
+            "hard_logistic", {},
+            lambda x: jnp.maximum(jnp.minimum(0.25 * x + 0.5, 1.0), 0.0),
+            lambda x: _where((-2 < x) & (x < 2), 0.25, 0.0),
+            lambda: [(sp.Integer(0), -OO, -2), (quarter * X + half, -2, 2), (sp.Integer(1), 2, OO)],
+            lambda: {-2.0: 0.0, 2.0: 0.0},
+        ),
+        _activation_case(
+            "hard_tanh", {},
+            lambda x: jnp.maximum(jnp.minimum(x, 1.0), -1.0),
+            lambda x: _where((-1 < x) & (x < 1), 1.0, 0.0),
+            lambda: [(sp.Integer(-1), -OO, -1), (X, -1, 1), (sp.Integer(1), 1, OO)],
+            lambda: {-1.0: 0.0, 1.0: 0.0},
+        ),
+        _activation_case(
+            "relu", {},
+            lambda x: jnp.maximum(0.0, x),
+            lambda x: _where(x > 0, 1.0, 0.0),
+            lambda: [(sp.Integer(0), -OO, 0), (X, 0, OO)],
+            lambda: {0.0: 0.0},
+        ),
+        *[
+            _activation_case(
+                "leaky_relu", hyper,
+                lambda x, slope: _where(x > 0, x, slope * x),
+                lambda x, slope: _where(x > 0, 1.0, slope),
+                lambda slope: [(slope * X, -OO, 0), (X, 0, OO)],
+                lambda slope: {0.0: slope},
+            )
+            for hyper in ({}, {"slope": 0.2})
+        ],
+        *[
+            _activation_case(
+                "elu", hyper,
+                lambda x, alpha: _where(x > 0, x, alpha * (jnp.exp(x) - 1)),
+                lambda x, alpha: _where(x > 0, 1.0, alpha * jnp.exp(x)),
+                lambda alpha: [(alpha * (sp.exp(X) - 1), -OO, 0), (X, 0, OO)],
+                lambda alpha: {0.0: alpha},
+            )
+            for hyper in ({}, {"alpha": 0.5}, {"alpha": 2.0})
+        ],
+        _activation_case(
+            "softplus", {},
+            lambda x: jnp.log(1 + jnp.exp(x)),
+            lambda x: _sigma(x),
+            lambda: [(sp.log(1 + sp.exp(X)), -OO, OO)],
+            dict,
+        ),
+        _activation_case(
+            "step", {},
+            lambda x: _where(x > 0, 1.0, 0.0),
+            lambda x: jnp.zeros_like(x),
+            lambda: [(sp.Integer(0), -OO, 0), (sp.Integer(1), 0, OO)],
+            lambda: {0.0: 0.0},
+        ),
+    ]
+    for slope in (0.25, 0.1, 0.0):  # PReLU with a fixed slope; γ = 0 is ReLU
+        cases.append(ActivationCase(
+            id=f"prelu[slope={slope}]",
+            fn=lambda x, s=slope: funnet.prelu(x, s),
+            derivative=lambda x, s=slope: funnet.prelu.derivative(x, s),
+            ref=lambda x, s=slope: _where(x > 0, x, s * x),
+            dref=lambda x, s=slope: _where(x > 0, 1.0, s),
+            pieces=((sp.Float(slope) * X, -OO, 0), (X, 0, OO)),
+            kinks={0.0: slope},
+            layer=funnet.PRelu(slope_init=slope),
+        ))
+    return cases
+
+
+ACTIVATION_CASES: list[ActivationCase] = _activation_cases()
+
+#: Every kink of every registered activation (checked by a test). Grids share one shape per
+#: kind, so JAX compiles each primitive once for the whole suite, not once per case.
+KINK_POINTS = (-2.0, -1.0, 0.0, 1.0, 2.0)
+
+
+def _grid_away() -> np.ndarray:
+    x = np.concatenate([np.linspace(-6.0, 6.0, 121) + 0.0123, [-12.0, 12.0]])
+    for k in KINK_POINTS:
+        x = x[np.abs(x - k) >= 1e-2]
+    return x
+
+
+#: A float64 grid on [-6, 6] plus ±12, at least 1e-2 from every kink: central differences
+#: with h ≪ 1e-2 never straddle one.
+GRID_AWAY: np.ndarray = _grid_away()
+
+
+# ---------------------------------------------------------------------------------------
+# Layers.
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCase:
+    id: str
+    layer: funnet.Layer
+    input_shape: tuple[int, ...]  # -1 for the batch axis
+    out_shape: Any  # what init returns (with -1 for the batch axis)
+    param_shapes: Any  # the params pytree with each leaf replaced by its shape
+    ref: Callable[[Any, jax.Array], Any] | None = None  # plain jnp apply
+    needs_key: bool = False
+
+    def __repr__(self) -> str:
+        return self.id
+
+
+def dense_ref(p, x):
+    return x @ p["W"] + p["b"][None, :]  # z = a W + b, row form
+
+
+def softmax_ref(x):
+    e = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
+    return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
+def prelu_ref(p, x):
+    return jnp.where(x > 0, x, p["slope"][None, :] * x)
+
+
+def _layer_cases() -> list[LayerCase]:
+    D = 4
+    cases = [
+        LayerCase("Dense(3)", funnet.Dense(3), (-1, D), (-1, 3),
+                  {"W": (D, 3), "b": (3,)}, dense_ref),
+    ]
+    for a in ACTIVATION_CASES:
+        if a.id.startswith("prelu"):
+            continue
+        cases.append(LayerCase(a.layer.name, a.layer, (-1, D), (-1, D), (),
+                               lambda p, x, a=a: a.ref(x)))
+    cases += [
+        LayerCase("PRelu", funnet.PRelu, (-1, D), (-1, D), {"slope": (D,)}, prelu_ref),
+        LayerCase("PRelu(slope_init=0.1)", funnet.PRelu(slope_init=0.1), (-1, D), (-1, D),
+                  {"slope": (D,)}, prelu_ref),
+        LayerCase("Softmax", funnet.Softmax, (-1, D), (-1, D), (), lambda p, x: softmax_ref(x)),
+        LayerCase("LogSoftmax", funnet.LogSoftmax, (-1, D), (-1, D), (),
+                  lambda p, x: jnp.log(softmax_ref(x))),
+        LayerCase("Flatten", funnet.Flatten, (-1, 2, 3), (-1, 6), (),
+                  lambda p, x: x.reshape(x.shape[0], 6)),
+        LayerCase("Dropout(0.3)", funnet.Dropout(0.3), (-1, D), (-1, D), (), needs_key=True),
+        LayerCase(
+            "serial(Dense,Tanh,Dense)",
+            funnet.serial(funnet.Dense(5), funnet.Tanh, funnet.Dense(3)),
+            (-1, D), (-1, 3),
+            ({"W": (D, 5), "b": (5,)}, (), {"W": (5, 3), "b": (3,)}),
+            lambda p, x: dense_ref(p[2], jnp.tanh(dense_ref(p[0], x))),
+        ),
+        LayerCase(
+            "residual: fanout,parallel(Dense,serial(Dense,Elu)),FanInSum",
+            funnet.serial(
+                funnet.fanout(2),
+                funnet.parallel(funnet.Dense(D), funnet.serial(funnet.Dense(D), funnet.Elu)),
+                funnet.FanInSum,
+            ),
+            (-1, D), (-1, D),
+            ((), ({"W": (D, D), "b": (D,)}, ({"W": (D, D), "b": (D,)}, ())), ()),
+            lambda p, x: dense_ref(p[1][0], x)
+            + ACTIVATION_CASES_BY_ID["elu"].ref(dense_ref(p[1][1][0], x)),
+        ),
+        LayerCase(
+            "fanout(3),parallel(Dense,Tanh,PRelu),FanInConcat",
+            funnet.serial(
+                funnet.fanout(3),
+                funnet.parallel(funnet.Dense(2), funnet.Tanh, funnet.PRelu),
+                funnet.FanInConcat(),
+            ),
+            (-1, D), (-1, 2 + D + D),
+            ((), ({"W": (D, 2), "b": (2,)}, (), {"slope": (D,)}), ()),
+            lambda p, x: jnp.concatenate(
+                [dense_ref(p[1][0], x), jnp.tanh(x), prelu_ref(p[1][2], x)], axis=-1),
+        ),
+        LayerCase(
+            "serial(Flatten,Dense,Softmax)",
+            funnet.serial(funnet.Flatten, funnet.Dense(3), funnet.Softmax),
+            (-1, 2, 3), (-1, 3),
+            ((), {"W": (6, 3), "b": (3,)}, ()),
+            lambda p, x: softmax_ref(dense_ref(p[1], x.reshape(x.shape[0], 6))),
+        ),
+        LayerCase(
+            "serial(Dense,Dropout,Dense)",
+            funnet.serial(funnet.Dense(5), funnet.Dropout(0.5), funnet.Dense(2)),
+            (-1, D), (-1, 2),
+            ({"W": (D, 5), "b": (5,)}, (), {"W": (5, 2), "b": (2,)}),
+            needs_key=True,
+        ),
+    ]
+    return cases
+
+
+ACTIVATION_CASES_BY_ID: dict[str, ActivationCase] = {a.id: a for a in ACTIVATION_CASES}
+LAYER_CASES: list[LayerCase] = _layer_cases()
+
+
+def batch_shape(shape: tuple[int, ...], n: int) -> tuple[int, ...]:
+    """``shape`` with its batch axis (-1) set to ``n``."""
+    return (n,) + tuple(shape[1:])
+
+
+def random_input(case: LayerCase, n: int = 5, seed: int = 0) -> jax.Array:
+    """A float64 batch for ``case``, spread (σ = 3) so that both sides of every kink occur."""
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(3.0 * rng.standard_normal(batch_shape(case.input_shape, n)))
+
+
+def init_shapes(layer: funnet.Layer, input_shape) -> tuple[Any, Any]:
+    """``(output_shape, params as ShapeDtypeStructs)`` from ``init`` without running it.
+
+    ``jax.eval_shape`` traces ``init`` abstractly: no random numbers are drawn, nothing is
+    compiled (a real Glorot init costs ~0.5 s of XLA compile per new shape).
+    """
+    box = {}
+
+    def params_only(key):
+        box["out"], params = layer.init(key, input_shape)
+        return params
+
+    params = jax.eval_shape(params_only, jax.random.PRNGKey(0))
+    return box["out"], params
+
+
+def init_params(layer: funnet.Layer, input_shape, seed: int = 0) -> Any:
+    """Random float64 params with ``init``'s structure and shapes (numpy RNG, σ = 0.5).
+
+    Biases and PReLU slopes are random too (not 0 / 0.25), so every gradient is exercised.
+    """
+    _, shapes = init_shapes(layer, input_shape)
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(
+        lambda s: jnp.asarray(0.5 * rng.standard_normal(s.shape)), shapes
+    )

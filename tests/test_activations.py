@@ -1,0 +1,572 @@
+"""Activations (math.md §2), parameterised over the one registry in ``_registry.py``.
+
+Each hand-derived derivative is checked against independent witnesses: autodiff of the
+plain formula, central differences, ``sympy.diff`` of the formula, and high-precision
+(mpmath) values at the extremes.
+
+Speed: every activation is evaluated on two fixed inputs only (``GRID_AWAY`` and
+``SPECIAL``), once per case and dtype (memoised), so JAX compiles each primitive once for
+the module; forward-mode results are computed under ONE ``funnet.forward_mode()`` switch
+by a module fixture, because flipping the switch clears JAX's caches.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import sympy as sp
+from _registry import (
+    ACTIVATION_CASES,
+    ACTIVATION_CASES_BY_ID,
+    GRID_AWAY,
+    KINK_POINTS,
+    X,
+    init_params,
+)
+from jax.flatten_util import ravel_pytree
+
+import funnet
+
+EPS64 = np.finfo(np.float64).eps
+CASES = [pytest.param(c, id=c.id) for c in ACTIVATION_CASES]
+KINKED = [pytest.param(c, id=c.id) for c in ACTIVATION_CASES if c.kinks]
+DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
+
+EXTREMES = [40.0, -40.0, 800.0, -800.0, 1e4, -1e4, np.inf, -np.inf]
+NAN_INPUT = [np.nan, 0.5, -0.5]
+#: the kinks, the extremes and NaN in one input
+SPECIAL = [*KINK_POINTS, *EXTREMES, *NAN_INPUT]
+KINKS_AT = slice(0, len(KINK_POINTS))
+EXTREMES_AT = slice(KINKS_AT.stop, KINKS_AT.stop + len(EXTREMES))
+NAN_AT = slice(EXTREMES_AT.stop, len(SPECIAL))
+
+
+def _grad(fn):
+    return jax.vmap(jax.grad(fn))
+
+
+def _second(fn):
+    return jax.vmap(jax.grad(jax.grad(fn)))  # reverse over reverse
+
+
+def _on_grid(case, x):
+    return {
+        "fn": case.fn(x),
+        "derivative": case.derivative(x),  # the hand f'
+        "grad": _grad(case.fn)(x),  # jax.grad through the custom_vjp
+        "second": _second(case.fn)(x),
+        "ref": case.ref(x),
+        "ref_grad": _grad(case.ref)(x),  # autodiff of the plain formula
+        "dref": case.dref(x),  # the table's f' formula
+    }
+
+
+def _at_special(case, x):
+    _, params = case.layer.init(None, (-1, len(SPECIAL)))  # draws nothing: slope = slope_init
+    _, layer_dx = funnet.backprop.backward(case.layer, params, x[None], jnp.ones_like(x)[None])
+    return {
+        "fn": case.fn(x),
+        "derivative": case.derivative(x),
+        "grad": _grad(case.fn)(x),
+        "second": _second(case.fn)(x),
+        "layer_backward": layer_dx[0],  # the layer's hand backward with dy = 1
+        "ref": case.ref(x),
+    }
+
+
+@functools.cache
+def _all_on_grid() -> dict:
+    return jax.jit(lambda x: {c.id: _on_grid(c, x) for c in ACTIVATION_CASES})(
+        jnp.asarray(GRID_AWAY))
+
+
+@functools.cache
+def _all_at_special(dtype: type) -> dict:
+    return jax.jit(lambda x: {c.id: _at_special(c, x) for c in ACTIVATION_CASES})(
+        jnp.asarray(SPECIAL, dtype))
+
+
+def on_grid(case_id: str) -> dict[str, jax.Array]:
+    """Everything about a case on ``GRID_AWAY`` (float64); one jit for all cases, memoised."""
+    return _all_on_grid()[case_id]
+
+
+def at_special(case_id: str, dtype: type) -> dict[str, jax.Array]:
+    """Everything about a case on ``SPECIAL`` in ``dtype``; one jit for all cases, memoised."""
+    return _all_at_special(dtype)[case_id]
+
+
+def test_registry_covers_every_activation():
+    names = {c.id.split("[")[0] for c in ACTIVATION_CASES}
+    assert names == set(funnet.activations.ACTIVATIONS) | {"prelu"}
+    for case in ACTIVATION_CASES:
+        assert set(case.kinks) <= set(KINK_POINTS), case.id
+    assert not np.any(np.isin(GRID_AWAY, KINK_POINTS))
+
+
+# --- values ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_value_matches_formula(case):
+    r = on_grid(case.id)
+    # The two sides differ only in rounding: e.g. tanh as (eˣ - e⁻ˣ)/(eˣ + e⁻ˣ) vs jnp.tanh,
+    # log(1 + eˣ) vs logaddexp; each is within ~100 ulp of the true value on [-6, 6], ±12.
+    np.testing.assert_allclose(r["fn"], r["ref"], rtol=1e-13, atol=1e-15)
+    special = at_special(case.id, np.float64)  # and at the kinks (step(0) = 0)
+    np.testing.assert_allclose(special["fn"][KINKS_AT], special["ref"][KINKS_AT], rtol=1e-15,
+                               atol=0)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_value_matches_sympy(case):
+    sym = case.sym_derivative(order=0)(GRID_AWAY)
+    np.testing.assert_allclose(on_grid(case.id)["fn"], sym, rtol=1e-13, atol=1e-15)
+
+
+# --- first derivatives ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_derivative_matches_autodiff_of_formula(case):
+    r = on_grid(case.id)
+    # jax.grad goes through the custom_vjp, whose rule is dy ⊙ f'(x) with dy = 1: f' exactly.
+    np.testing.assert_array_equal(r["grad"], r["derivative"])
+    # Against autodiff of the plain formula and the table's f' formula: rounding only. The
+    # plain tanh formula's derivative evaluates 1 - tanh² with absolute error O(ε) (it cancels
+    # for |x| ≫ 1), hence an absolute floor of ~50ε besides the relative 1e-12.
+    np.testing.assert_allclose(r["derivative"], r["ref_grad"], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(r["derivative"], r["dref"], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_derivative_matches_central_differences(case):
+    x, h = GRID_AWAY, 1e-6  # x ≥ 1e-2 from any kink, so x ± h never straddles one
+    numeric = (np.asarray(case.fn(jnp.asarray(x + h))) - np.asarray(case.fn(jnp.asarray(x - h))))
+    numeric = numeric / (2 * h)
+    # Error of the central difference: truncation h²/6·|f'''| ≤ 3.4e-13 (|f'''| ≤ 2 for every
+    # activation here, tanh at 0 being the largest), rounding ≈ ε·|f(x)|/h ≈ 2.2e-10·|f(x)|
+    # (f(x ± h) are each rounded to ε relative). Tolerance: 10× that bound, per point.
+    r = on_grid(case.id)
+    tol = 10 * (EPS64 * (np.abs(r["fn"]) + 1) / h + h**2 * 2 / 6)
+    err = np.abs(r["derivative"] - numeric)
+    assert np.all(err <= tol), (x[np.argmax(err - tol)], np.max(err - tol))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_derivative_matches_sympy_per_piece(case):
+    r = on_grid(case.id)
+    for expr, lo, hi in case.pieces:  # every smooth piece is witnessed, none left out
+        inside = (GRID_AWAY > float(lo)) & (GRID_AWAY < float(hi))
+        assert inside.sum() >= 3, f"{case.id}: piece {expr} on ({lo}, {hi}) not sampled"
+        d = np.vectorize(sp.lambdify(X, sp.diff(expr, X), "numpy"), otypes=[np.float64])
+        expected = d(GRID_AWAY[inside])
+        # sympy's derivative, evaluated in float64, rounds like the formulas above.
+        for name in ("derivative", "grad", "dref"):
+            np.testing.assert_allclose(np.asarray(r[name])[inside], expected, rtol=1e-12,
+                                       atol=1e-14, err_msg=f"{name} on piece {expr}")
+
+
+# --- kinks ------------------------------------------------------------------------------
+
+
+def _documented(case, dtype):
+    mask = np.isin(KINK_POINTS, list(case.kinks))
+    return mask, np.array([case.kinks.get(k, 0.0) for k in KINK_POINTS], dtype)[mask]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", KINKED)
+def test_kink_derivative_is_the_documented_value(case, dtype):
+    r = at_special(case.id, dtype)
+    mask, expected = _documented(case, dtype)
+    # act.derivative, jax.grad, and the layer's hand backward: the same convention
+    for name in ("derivative", "grad", "layer_backward"):
+        np.testing.assert_array_equal(np.asarray(r[name][KINKS_AT])[mask], expected, err_msg=name)
+
+
+def test_documented_kink_table():
+    # The table of activations.py's module docstring, stated once more, literally.
+    table = {
+        "relu": {0.0: 0.0}, "leaky_relu": {0.0: 0.01}, "leaky_relu[slope=0.2]": {0.0: 0.2},
+        "hard_tanh": {-1.0: 0.0, 1.0: 0.0}, "hard_logistic": {-2.0: 0.0, 2.0: 0.0},
+        "elu": {0.0: 1.0}, "elu[alpha=0.5]": {0.0: 0.5}, "step": {0.0: 0.0},
+        "prelu[slope=0.25]": {0.0: 0.25}, "prelu[slope=0.1]": {0.0: 0.1},
+    }
+    for name, kinks in table.items():
+        case = ACTIVATION_CASES_BY_ID[name]
+        assert case.kinks == kinks
+        derivative = np.asarray(at_special(name, np.float64)["derivative"][KINKS_AT])
+        for k, v in kinks.items():
+            assert derivative[KINK_POINTS.index(k)] == v
+    assert float(funnet.step(0.0)) == 0.0 and float(funnet.step(1e-300)) == 1.0
+
+
+# --- extremes, NaN ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES)
+def test_extremes_match_exact_values(case, dtype):
+    r = {k: np.asarray(v[EXTREMES_AT]) for k, v in at_special(case.id, dtype).items()
+         if k != "ref"}  # (the plain formulas overflow at ±800)
+    exact_value = np.array([case.exact(v, 0) for v in EXTREMES]).astype(dtype)
+    exact_deriv = np.array([case.exact(v, 1) for v in EXTREMES]).astype(dtype)
+    # Correctly rounded references (mpmath); allow 16 ulp, and anything below the smallest
+    # normal number (XLA may flush subnormals to zero).
+    tol = {"rtol": 16 * np.finfo(dtype).eps, "atol": np.finfo(dtype).tiny}
+    np.testing.assert_allclose(r["fn"], exact_value, **tol)
+    for name in ("derivative", "grad", "layer_backward"):
+        np.testing.assert_allclose(r[name], exact_deriv, **tol, err_msg=name)
+    assert not np.any(np.isnan(r["fn"]))
+    assert np.all(np.isfinite(r["derivative"])), "every derivative is finite, even at ±inf"
+    # Second derivative (autodiff of the hand f'): finite at every finite extreme, never NaN.
+    assert np.all(np.isfinite(r["second"][:6])) and not np.any(np.isnan(r["second"]))
+
+
+def test_named_extremes():
+    f64, f32 = jnp.float64, jnp.float32
+
+    def named():
+        big, neg = jnp.asarray([1e4, -800.0, -1e4], f64), jnp.asarray([-800.0, -1e4], f64)
+        return {
+            "softplus(1e4)": (funnet.softplus(big[0]), funnet.softplus(big[0].astype(f32))),
+            "logistic(-1e4)": (funnet.logistic(big[2]), jax.grad(funnet.logistic)(big[2])),
+            "elu'(-40)": [jax.grad(lambda x, a=a: funnet.elu(x, alpha=a))(jnp.asarray(-40.0, f64))
+                          for a in (1.0, 0.5)],
+            # no NaN from `where` over exp(-x): gradient and second derivative
+            "grads": [jax.grad(lambda x, f=f: jnp.sum(f(x) * 3.0))(neg)
+                      for f in (funnet.elu, funnet.softplus)],
+            "seconds": [_second(f)(neg) for f in (funnet.elu, funnet.softplus)],
+            # the ±inf limits of the leaky family hold for γ = 0 too (0·(-inf) is not NaN)
+            "-inf": (funnet.leaky_relu(-jnp.inf, slope=0.0), funnet.prelu(-jnp.inf, 0.0),
+                     funnet.leaky_relu(-jnp.inf)),
+        }
+
+    for r in (named(), jax.jit(named)()):
+        assert [float(v) for v in r["softplus(1e4)"]] == [1e4, 1e4]
+        assert [float(v) for v in r["logistic(-1e4)"]] == [0.0, 0.0]
+        for alpha, d in zip((1.0, 0.5), r["elu'(-40)"]):
+            assert d != 0 and float(d) == pytest.approx(alpha * np.exp(-40.0), rel=1e-14)
+        for g in r["grads"]:
+            assert np.all(np.isfinite(g)) and np.all(np.asarray(g) >= 0)
+        for s2 in r["seconds"]:
+            assert np.all(np.isfinite(s2))
+        assert [float(v) for v in r["-inf"]] == [0.0, 0.0, -np.inf]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES)
+def test_nan_in_nan_out(case, dtype):
+    r = at_special(case.id, dtype)  # no exception on the way, NaN only where NaN went in
+    for name in ("fn", "derivative", "grad", "layer_backward"):
+        np.testing.assert_array_equal(np.isnan(r[name][NAN_AT]), np.isnan(NAN_INPUT), name)
+
+
+# --- transformations, dtypes ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_jit_and_vmap(case):
+    # on_grid is jitted (and vmaps the scalar grad); compare with plain eager calls
+    r, x = on_grid(case.id), jnp.asarray(GRID_AWAY)
+    np.testing.assert_allclose(case.fn(x), r["fn"], rtol=1e-15, atol=0)
+    np.testing.assert_allclose(case.derivative(x), r["derivative"], rtol=1e-15, atol=0)
+    grad_of_sum = jax.grad(lambda x: jnp.sum(case.fn(x)))(x)  # one vjp of the whole array
+    np.testing.assert_allclose(grad_of_sum, r["grad"], rtol=1e-15, atol=0)
+    np.testing.assert_array_equal(r["grad"], r["derivative"])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_grad_of_grad_matches_sympy(case):
+    expected = case.sym_derivative(order=2)(GRID_AWAY)
+    # f'' by autodiff of the hand f' vs sympy's f'' in float64: both round terms of size O(1)
+    # (normalised exponentials), so the error is a few ε absolute.
+    np.testing.assert_allclose(on_grid(case.id)["second"], expected, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES)
+def test_dtype_preserved(case, dtype):
+    for name, value in at_special(case.id, dtype).items():
+        if name != "ref":  # (the registry's plain formula, not funnet)
+            assert value.dtype == dtype, name
+
+
+def test_integer_input_becomes_float():
+    assert funnet.relu(jnp.arange(3)).dtype == jnp.float64
+    np.testing.assert_array_equal(funnet.relu(jnp.array([-2, 0, 3])), [0.0, 0.0, 3.0])
+
+
+def test_hyperparameters_are_checked():
+    x = jnp.ones(2)
+    with pytest.raises(TypeError, match=r"relu\(\) got unexpected keyword\(s\) \['slope'\]"):
+        funnet.relu(x, slope=0.1)
+    with pytest.raises(TypeError, match="alpha.*must be a Python number"):
+        funnet.elu(x, alpha=jnp.asarray(0.5))
+    with pytest.raises(TypeError, match="takes \\['alpha'\\]"):
+        funnet.elu.derivative(x, slope=0.5)
+
+
+# --- PReLU's learnable slope --------------------------------------------------------------
+
+PRELU_SHAPES = [((5, 3), (3,)), ((2, 4, 3), (3,)), ((5, 3), ()), ((3,), (3,))]
+
+
+def _prelu_plain(x, slope):
+    slope = jnp.reshape(slope, (1,) * (x.ndim - jnp.ndim(slope)) + jnp.shape(slope))
+    return jnp.where(x > 0, x, slope * x)  # x if x > 0 else γ_i x
+
+
+def _prelu_problem(x_shape, slope_shape):
+    rng = np.random.default_rng(0)
+    x, w = (jnp.asarray(rng.standard_normal(x_shape)) for _ in range(2))
+    slope = jnp.asarray(rng.uniform(-0.5, 0.5, slope_shape))
+    return x, slope, w, lambda prelu: lambda x, s: jnp.sum(w * prelu(x, s))
+
+
+PROBLEMS = [_prelu_problem(*shapes) for shapes in PRELU_SHAPES]
+
+
+@pytest.mark.parametrize("x_shape, slope_shape", PRELU_SHAPES)
+def test_prelu_gradients_broadcast_over_batch(x_shape, slope_shape):
+    x, slope, w, objective = PROBLEMS[PRELU_SHAPES.index((x_shape, slope_shape))]
+    got, ref = jax.jit(lambda x, slope: [
+        jax.grad(objective(prelu), argnums=(0, 1))(x, slope)
+        for prelu in (funnet.prelu, _prelu_plain)
+    ])(x, slope)
+    assert got[1].shape == slope_shape
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-14, atol=0)
+    np.testing.assert_allclose(got[1], ref[1], rtol=1e-13, atol=1e-15)
+    # dγ_i = Σ over the batch of w ⊙ (0 if x > 0 else x)
+    by_hand = jnp.sum(w * funnet.prelu.slope_derivative(x), axis=tuple(range(x.ndim - len(slope_shape))))
+    np.testing.assert_allclose(got[1], jnp.sum(by_hand) if slope_shape == () else by_hand,
+                               rtol=1e-13, atol=1e-15)
+
+
+def test_prelu_at_zero_and_float32():
+    slope = jnp.array([0.3, 0.3], jnp.float32)
+    x = jnp.zeros(2, jnp.float32)
+    gx, gs = jax.grad(lambda x, s: jnp.sum(funnet.prelu(x, s)), argnums=(0, 1))(x, slope)
+    np.testing.assert_array_equal(gx, np.float32([0.3, 0.3]))  # prelu'(0) = slope
+    np.testing.assert_array_equal(gs, [0.0, 0.0])  # ∂f/∂γ at 0 is x = 0
+    assert gx.dtype == gs.dtype == jnp.float32
+    assert funnet.prelu(x, 0.3).dtype == jnp.float32
+
+
+# --- define_activation --------------------------------------------------------------------
+
+SWISH = X / (1 + sp.exp(-X))  # x σ(x)
+
+
+def _swish(df):
+    return funnet.define_activation("swish", lambda x: x * jax.nn.sigmoid(x), df)
+
+
+def _swish_df(x, y):
+    s = jax.nn.sigmoid(x)
+    return s * (1 + x * (1 - s))  # σ(x) + x σ(x)(1 - σ(x))
+
+
+SWISH_RIGHT = _swish(_swish_df)
+SWISH_WRONG = _swish(lambda x, y: jnp.full_like(x, 7.0))  # deliberately wrong f'
+
+
+def test_define_activation_swish():
+    x = jnp.asarray(GRID_AWAY)
+    expected = sp.lambdify(X, sp.diff(SWISH, X), "numpy")(GRID_AWAY)
+    np.testing.assert_allclose(SWISH_RIGHT(x), sp.lambdify(X, SWISH, "numpy")(GRID_AWAY),
+                               rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(_grad(SWISH_RIGHT)(x), expected, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(SWISH_RIGHT.derivative(x), expected, rtol=1e-12, atol=1e-14)
+    assert isinstance(SWISH_RIGHT, funnet.Activation) and repr(SWISH_RIGHT) == "<activation swish>"
+
+
+def test_define_activation_uses_the_given_derivative_not_autodiff():
+    x = jnp.asarray([-2.0, 0.5, 3.0])
+    np.testing.assert_array_equal(_grad(SWISH_WRONG)(x), [7.0, 7.0, 7.0])
+    true = jax.vmap(jax.grad(lambda x: x * jax.nn.sigmoid(x)))(x)
+    assert not np.allclose(true, 7.0)
+    # and so does the layer's hand backward
+    _, dx = funnet.backprop.backward(funnet.ActivationLayer(SWISH_WRONG), (), x[None],
+                                     jnp.ones((1, 3)))
+    np.testing.assert_array_equal(dx, [[7.0, 7.0, 7.0]])
+
+
+def test_define_activation_with_hyperparameter():
+    def df(x, y, beta):
+        s = jax.nn.sigmoid(beta * x)
+        return s * (1 + beta * x * (1 - s))  # σ(βx) + βx σ(βx)(1 - σ(βx))
+
+    swish = funnet.define_activation(
+        "swish_beta", lambda x, beta: x * jax.nn.sigmoid(beta * x), df, beta=1.0
+    )
+    expected = sp.lambdify(X, sp.diff(X / (1 + sp.exp(-2 * X)), X), "numpy")
+    x = jnp.asarray(GRID_AWAY)
+    np.testing.assert_allclose(_grad(lambda x: swish(x, beta=2.0))(x), expected(GRID_AWAY),
+                               rtol=1e-12, atol=1e-14)
+    layer = funnet.ActivationLayer(swish, beta=2.0)
+    assert layer.name == "SwishBeta(beta=2.0)"
+    net = funnet.serial(funnet.Dense(3), layer, funnet.Dense(1))
+    params = init_params(net, (-1, 2))
+    xb, yb = jnp.ones((4, 2)), jnp.zeros((4, 1))
+    _, grads, ref = jax.jit(lambda p: (
+        *funnet.backprop.value_and_grad(net, funnet.mse)(p, xb, yb),
+        jax.grad(lambda p: funnet.mse(net.apply(p, xb), yb))(p)))(params)
+    np.testing.assert_allclose(grads[0]["W"], ref[0]["W"], rtol=1e-12, atol=1e-15)
+    with pytest.raises(TypeError, match="gamma"):
+        swish(x, gamma=1.0)
+
+
+# --- forward mode (at the end of the module: the switch clears JAX's caches) ----------------
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_forward_mode_needs_the_switch(case):
+    assert not funnet.activations.forward_mode_enabled()
+    with pytest.raises(TypeError, match=r"funnet\.forward_mode"):
+        jax.jacfwd(case.fn)(jnp.asarray(0.5))
+    with pytest.raises(TypeError, match=r"funnet\.forward_mode"):
+        jax.jvp(case.fn, (jnp.asarray(0.5),), (jnp.asarray(1.0),))
+
+
+@pytest.fixture(scope="module")
+def forward():
+    """Everything computed in forward mode, under one switch: {case id: {what: array}}."""
+    x = jnp.asarray(GRID_AWAY)
+    special = {dtype: jnp.asarray(SPECIAL, dtype) for dtype in (np.float32, np.float64)}
+    with funnet.forward_mode():
+        assert funnet.activations.forward_mode_enabled()
+
+        def evaluate(f, x, special):
+            jac = jax.vmap(jax.jacfwd(f))
+            return {
+                "jacfwd": jac(x),
+                "hessian": jax.vmap(jax.hessian(f))(x),
+                # Hessian-vector product: forward over reverse
+                "hvp": jax.vmap(lambda xi: jax.jvp(jax.grad(f), (xi,), (3.0,))[1])(x),
+                "special": {k: jac(v) for k, v in special.items()},
+            }
+
+        def everything(x, special, prelu_problems):  # one jit: one compile for all of it
+            out = {case.id: evaluate(case.fn, x, special) for case in ACTIVATION_CASES}
+            for name, act in [("swish", SWISH_RIGHT), ("swish_wrong", SWISH_WRONG)]:
+                out[name] = jax.vmap(jax.jacfwd(act))(x)
+            out["prelu"] = [
+                jax.jacfwd(objective(funnet.prelu), argnums=(0, 1))(x, slope)
+                for (x, slope), (_, _, _, objective) in zip(prelu_problems, PROBLEMS)
+            ]
+            return out
+
+        out = jax.jit(everything)(
+            x, {str(k): v for k, v in special.items()}, [p[:2] for p in PROBLEMS]
+        )
+    assert not funnet.activations.forward_mode_enabled()
+    return out
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_forward_mode_jacfwd_hessian_hvp(case, forward):
+    r, g = forward[case.id], on_grid(case.id)
+    np.testing.assert_allclose(r["jacfwd"], g["derivative"], rtol=1e-15, atol=0)
+    second = case.sym_derivative(order=2)(GRID_AWAY)
+    # as test_grad_of_grad_matches_sympy: rounding of O(1) terms
+    np.testing.assert_allclose(r["hessian"], second, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(r["hvp"], 3.0 * second, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(r["hessian"], g["second"], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES)
+def test_forward_mode_kinks_nan_dtype(case, dtype, forward):
+    r = np.asarray(forward[case.id]["special"][str(dtype)])
+    assert r.dtype == dtype
+    mask, expected = _documented(case, dtype)
+    np.testing.assert_array_equal(r[KINKS_AT][mask], expected)
+    np.testing.assert_array_equal(np.isnan(r[NAN_AT]), np.isnan(NAN_INPUT))
+    np.testing.assert_allclose(r, at_special(case.id, dtype)["derivative"], rtol=1e-15, atol=0)
+
+
+def test_forward_mode_define_activation_and_prelu(forward):
+    expected = sp.lambdify(X, sp.diff(SWISH, X), "numpy")(GRID_AWAY)
+    np.testing.assert_allclose(forward["swish"], expected, rtol=1e-12, atol=1e-14)
+    # the custom_jvp twin uses the given (wrong) df too: it never differentiates f
+    np.testing.assert_array_equal(forward["swish_wrong"], np.full(GRID_AWAY.shape, 7.0))
+    for (x, slope, _, objective), fwd in zip(PROBLEMS, forward["prelu"]):
+        ref = jax.grad(objective(_prelu_plain), argnums=(0, 1))(x, slope)
+        np.testing.assert_allclose(fwd[0], ref[0], rtol=1e-14, atol=0)
+        np.testing.assert_allclose(fwd[1], ref[1], rtol=1e-13, atol=1e-15)
+
+
+def _model_and_reference():
+    refs = ACTIVATION_CASES_BY_ID
+    net = funnet.serial(
+        funnet.Dense(3), funnet.Tanh, funnet.Dense(3), funnet.Elu(alpha=0.5),
+        funnet.Dense(3), funnet.PRelu, funnet.Dense(3), funnet.Softplus, funnet.Dense(1),
+    )
+    plain = {0: refs["tanh"].ref, 2: refs["elu[alpha=0.5]"].ref, 6: refs["softplus"].ref}
+
+    def reference(params, x):  # the same network, written in plain jax.numpy
+        a = x
+        for i in range(0, 8, 2):
+            z = a @ params[i]["W"] + params[i]["b"][None, :]
+            if i == 4:
+                a = jnp.where(z > 0, z, params[5]["slope"][None, :] * z)
+            else:
+                a = plain[i](z)
+        return a @ params[8]["W"] + params[8]["b"][None, :]
+
+    return net, init_params(net, (-1, 3), seed=3), reference
+
+
+def test_forward_mode_on_a_model():
+    net, params, reference = _model_and_reference()
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((2, 3)))
+    flat, unravel = ravel_pytree(params)
+    v = jnp.asarray(rng.standard_normal(flat.shape))
+
+    def loss(flat, apply):
+        return jnp.sum(apply(unravel(flat), x) ** 2)
+
+    def derivatives(apply):  # (d²L/dθ², HVP, Jacobian of the outputs w.r.t. θ)
+        return (jax.hessian(loss)(flat, apply),
+                jax.jvp(jax.grad(lambda f: loss(f, apply)), (flat,), (v,))[1],
+                jax.jacfwd(lambda f: apply(unravel(f), x))(flat))
+
+    with funnet.forward_mode():
+        got = jax.jit(lambda: derivatives(net.apply))()
+    # Reverse over reverse through the custom_vjp wiring (no switch needed), and the plain
+    # reference network by JAX's own autodiff: independent witnesses of the same Hessian.
+    rev = jax.jit(lambda: jax.jacrev(jax.jacrev(loss))(flat, net.apply))()
+    ref = jax.jit(lambda: derivatives(reference))()
+    assert got[0].shape == (flat.size, flat.size) and flat.size > 40
+    assert np.abs(got[0]).max() > 1e-3  # not trivially zero
+    # float64 through nine layers: rounding of O(1) entries stays far below 1e-11.
+    tol = {"rtol": 1e-9, "atol": 1e-11}
+    for name, g, r in zip(["hessian", "hvp", "jacfwd"], got, ref):
+        np.testing.assert_allclose(g, r, **tol, err_msg=name)
+    np.testing.assert_allclose(got[1], got[0] @ v, **tol)
+    np.testing.assert_allclose(got[0], rev, **tol, err_msg="vs reverse over reverse")
+
+
+def test_forward_mode_context_restores_and_retraces():
+    f = jax.jit(funnet.tanh)
+    assert float(f(0.0)) == 0.0  # traced with the custom_vjp wiring
+    with funnet.forward_mode():
+        assert float(jax.jacfwd(f)(0.0)) == 1.0  # caches cleared: retraced with custom_jvp
+        with funnet.forward_mode(False):
+            assert not funnet.activations.forward_mode_enabled()
+        assert funnet.activations.forward_mode_enabled()
+    with pytest.raises(RuntimeError), funnet.forward_mode():
+        raise RuntimeError
+    assert not funnet.activations.forward_mode_enabled()
+    funnet.set_forward_mode(True)
+    assert float(jax.jacfwd(funnet.relu)(2.0)) == 1.0
+    funnet.set_forward_mode(False)
+    with pytest.raises(TypeError, match=r"funnet\.forward_mode"):
+        jax.jacfwd(funnet.relu)(2.0)

@@ -1,0 +1,379 @@
+"""Layers, parameterised over the one layer registry in ``_registry.py``.
+
+Each layer's hand ``backward`` (via ``funnet.backprop.backward``) is checked against
+``jax.vjp`` of its ``apply`` and of an independent plain-``jax.numpy`` reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _registry import (
+    LAYER_CASES,
+    LayerCase,
+    assert_trees_close,
+    batch_shape,
+    init_params,
+    init_shapes,
+    random_input,
+)
+from jax.example_libraries import stax
+
+import funnet
+
+CASES = [pytest.param(c, id=c.id) for c in LAYER_CASES]
+CASES_BY_ID = {c.id: c for c in LAYER_CASES}
+KEY = jax.random.PRNGKey(42)
+# float64 backward vs vjp: the same sums in a different order, a few ulp of O(1) values.
+TIGHT = {"rtol": 1e-10, "atol": 1e-12}
+
+
+def _shapes(tree):
+    return jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)
+
+
+def _key(case: LayerCase):
+    return KEY if case.needs_key else None
+
+
+def _problem(case: LayerCase, n: int = 5):
+    params = init_params(case.layer, case.input_shape)
+    x = random_input(case, n)
+    return params, x
+
+
+def _cotangent(y, seed=1):
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(rng.standard_normal(a.shape)), y)
+
+
+# --- init, apply -------------------------------------------------------------------------
+
+
+def _count(spec) -> int:
+    """Entries in a params-shape spec: dicts hold shapes, tuples hold sub-layers' specs."""
+    if isinstance(spec, dict):
+        return sum(math.prod(shape) for shape in spec.values())
+    return sum(_count(s) for s in spec)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_init_output_shape_and_named_params(case):
+    out_shape, params = init_shapes(case.layer, case.input_shape)
+    assert out_shape == case.out_shape
+    assert _shapes(params) == case.param_shapes  # structure, leaf names and shapes
+    assert funnet.param_count(params) == _count(case.param_shapes)
+    # a concrete batch size goes through unchanged
+    out_shape_5, _ = init_shapes(case.layer, batch_shape(case.input_shape, 5))
+    assert out_shape_5 == batch_shape(case.out_shape, 5)
+
+
+def test_dense_init_values():
+    out_shape, params = funnet.Dense(3).init(jax.random.PRNGKey(0), (-1, 4))
+    assert out_shape == (-1, 3) and set(params) == {"W", "b"}
+    assert params["W"].shape == (4, 3) and params["b"].shape == (3,)
+    np.testing.assert_array_equal(params["b"], np.zeros(3))  # biases start at 0
+    assert np.all(params["W"] != 0) and np.std(params["W"]) < 2  # Glorot-scaled, not zeros
+    _, again = funnet.Dense(3).init(jax.random.PRNGKey(0), (-1, 4))
+    np.testing.assert_array_equal(again["W"], params["W"])  # deterministic in the key
+    _, prelu = funnet.PRelu(slope_init=0.1).init(jax.random.PRNGKey(0), (-1, 4))
+    np.testing.assert_array_equal(prelu["slope"], np.full(4, 0.1))
+
+
+@functools.cache
+def eager(case_id: str) -> dict:
+    """apply and the hand backward of a case, run op by op (memoised)."""
+    case = CASES_BY_ID[case_id]
+    params, x = _problem(case)
+    key = _key(case)
+    y = case.layer.apply(params, x, key=key)
+    dy = _cotangent(y)
+    return {
+        "params": params, "x": x, "dy": dy, "y": y,
+        "backward": funnet.backprop.backward(case.layer, params, x, dy, key=key),
+    }
+
+
+def _jitted_case(case: LayerCase, params, x, dy) -> dict:
+    key = _key(case)
+    out = {
+        "y": case.layer.apply(params, x, key=key),
+        "forward": case.layer.forward(params, x, key=key)[0],
+        "backward": funnet.backprop.backward(case.layer, params, x, dy, key=key),
+        "vjp": jax.vjp(lambda p, x: case.layer.apply(p, x, key=key), params, x)[1](dy),
+        # one sample at a time (no key: Dropout is then the identity)
+        "vmap": jax.vmap(lambda xi: case.layer.apply(params, xi[None])[0])(x),
+        "batched": case.layer.apply(params, x),
+    }
+    if case.ref is not None:
+        out["vjp_ref"] = jax.vjp(case.ref, params, x)[1](dy)
+        out["ref"] = case.ref(params, x)
+    return out
+
+
+@functools.cache
+def _all_jitted() -> dict:
+    inputs = {c.id: tuple(eager(c.id)[k] for k in ("params", "x", "dy")) for c in LAYER_CASES}
+    return jax.jit(lambda inputs: {  # one compile for every case
+        c.id: _jitted_case(c, *inputs[c.id]) for c in LAYER_CASES
+    })(inputs)
+
+
+def jitted(case_id: str) -> dict:
+    """The case under jit, with jax.vjp of apply and of the reference, and a vmap."""
+    return _all_jitted()[case_id]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_apply_shape_and_forward(case):
+    e, j = eager(case.id), jitted(case.id)
+    assert e["y"].shape == batch_shape(case.out_shape, 5)
+    assert_trees_close(j["forward"], j["y"], rtol=0, atol=0)
+    if case.ref is not None:
+        assert_trees_close(e["y"], jitted(case.id)["ref"], **TIGHT)
+
+
+# --- the hand backward --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_backward_matches_vjp(case):
+    (dparams, dx), j = eager(case.id)["backward"], jitted(case.id)
+    dparams_ad, dx_ad = j["vjp"]
+    assert_trees_close(dparams, dparams_ad, **TIGHT)
+    assert_trees_close(dx, dx_ad, **TIGHT)
+    if case.ref is not None:  # and against autodiff of the plain formula
+        dparams_ref, dx_ref = j["vjp_ref"]
+        assert_trees_close(dparams, dparams_ref, **TIGHT)
+        assert_trees_close(dx, dx_ref, **TIGHT)
+    assert np.any(np.asarray(jax.tree_util.tree_leaves((dparams, dx))[0]) != 0) or (
+        case.id == "Step")  # a non-trivial check (Step's gradient is 0 by definition)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_jit_and_vmap(case):
+    e, j = eager(case.id), jitted(case.id)
+    assert_trees_close(j["y"], e["y"], **TIGHT)
+    assert_trees_close(j["backward"], e["backward"], **TIGHT)
+    assert_trees_close(j["vmap"], j["batched"], **TIGHT)
+
+
+# --- the stax contract ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_unpacks_as_init_apply(case):
+    init, apply = case.layer
+    assert len(case.layer) == 2 and case.layer[0] is case.layer.init
+    params, x = _problem(case)
+    box = {}
+    jax.eval_shape(lambda k: box.setdefault("out", init(k, case.input_shape)[0]) and (), KEY)
+    assert box["out"] == case.out_shape
+    key = _key(case)
+    expected = case.layer.apply(params, x, key=key)
+    assert_trees_close(apply(params, x, key=key), expected, rtol=0, atol=0)
+    assert_trees_close(apply(params, x, rng=key), expected, rtol=0, atol=0)  # stax's keyword
+
+
+def test_stax_layers_inside_funnet_serial():
+    net = funnet.serial(stax.Dense(4), funnet.Tanh, stax.Relu, funnet.Dense(2))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 5)))
+    with jax.numpy_rank_promotion("allow"):  # stax.Dense broadcasts its bias implicitly
+        out_shape, params = net.init(KEY, (-1, 5))
+        y = net.apply(params, x)
+    assert out_shape == (-1, 2) and y.shape == (3, 2)
+    (W0, b0), _, _, p3 = jax.tree_util.tree_map(np.asarray, params)
+    expected = np.maximum(np.tanh(np.asarray(x) @ W0 + b0), 0) @ p3["W"] + p3["b"]  # NumPy
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_funnet_layers_inside_stax_serial():
+    init, apply = stax.serial(funnet.Dense(4), funnet.Tanh, funnet.Dense(2))
+    out_shape, params = init(KEY, (-1, 3))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((5, 3)))
+    y = apply(params, x)  # stax passes rng=None to every layer
+    assert out_shape == (-1, 2)
+    ours = funnet.serial(funnet.Dense(4), funnet.Tanh, funnet.Dense(2))
+    np.testing.assert_allclose(y, ours.apply(tuple(params), x), rtol=1e-14, atol=0)
+    # stax's rng reaches funnet's Dropout as its key
+    init, apply = stax.serial(funnet.Dense(50), funnet.Dropout(0.5))
+    _, params = init(KEY, (-1, 3))
+    dropped = apply(params, x, rng=KEY)
+    assert 0.3 < float(jnp.mean(dropped == 0)) < 0.7
+    assert not np.any(apply(params, x) == 0)  # no rng: identity
+
+
+# --- inspection -------------------------------------------------------------------------------
+
+
+def test_param_count_2_4_1_is_17():
+    net = funnet.serial(funnet.Dense(4), funnet.Logistic, funnet.Dense(1))
+    _, params = init_shapes(net, (-1, 2))
+    assert funnet.param_count(params) == 2 * 4 + 4 + 4 * 1 + 1 == 17
+    assert funnet.param_count(()) == 0
+    assert funnet.param_count({"slope": jnp.zeros(7)}) == 7
+
+
+def test_summary_table():
+    net = funnet.serial(funnet.Dense(4), funnet.Relu, funnet.PRelu, funnet.Dense(1))
+    printed = []
+    text = funnet.summary(net, (-1, 2), print_fn=printed.append)
+    assert printed == [text]
+    rows = [line.split() for line in text.splitlines()]
+    assert rows[0] == ["#", "layer", "output", "shape", "params"]
+    assert rows[1:] == [
+        ["0", "Dense(4)", "(-1,", "4)", "12"],
+        ["1", "Relu", "(-1,", "4)", "0"],
+        ["2", "PRelu", "(-1,", "4)", "4"],
+        ["3", "Dense(1)", "(-1,", "1)", "5"],
+        ["total", "21"],
+    ]
+    single = funnet.summary(funnet.Dense(3), (-1, 5), print_fn=None).splitlines()
+    assert single[1].split() == ["0", "Dense(3)", "(-1,", "3)", "18"]
+    assert single[2].split() == ["total", "18"]
+
+
+def test_layer_names():
+    assert repr(funnet.Dense(4)) == "Dense(4)"
+    assert funnet.Elu(alpha=0.5).name == "Elu(alpha=0.5)"
+    assert funnet.LeakyRelu(slope=0.1).name == "LeakyRelu(slope=0.1)"
+    assert funnet.serial(funnet.Dense(2), funnet.Relu).name == "serial(Dense(2), Relu)"
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer, act, hyper", [
+    (funnet.Elu(alpha=0.5), funnet.elu, {"alpha": 0.5}),
+    (funnet.LeakyRelu(slope=0.1), funnet.leaky_relu, {"slope": 0.1}),
+    (funnet.Elu(alpha=0.5)(alpha=2.0), funnet.elu, {"alpha": 2.0}),
+])
+def test_configured_activation_layers(layer, act, hyper):
+    x = jnp.asarray([[-2.0, -0.5, 0.0, 1.5]])
+    np.testing.assert_array_equal(layer.apply((), x), act(x, **hyper))
+    _, dx = funnet.backprop.backward(layer, (), x, jnp.ones_like(x))
+    np.testing.assert_array_equal(dx, act.derivative(x, **hyper))
+    default = act(x)
+    assert not np.array_equal(layer.apply((), x), default)  # the option took effect
+
+
+def test_bad_configuration():
+    with pytest.raises(TypeError, match=r"Dense\(4\) is a layer, not a layer constructor"):
+        funnet.Dense(4)(alpha=1)
+    with pytest.raises(TypeError, match="beta"):
+        funnet.Elu(beta=1.0)
+    with pytest.raises(TypeError, match="must be a Python number"):
+        funnet.LeakyRelu(slope="0.1")
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(funnet.LayerError, match="out_dim must be a positive int"):
+            funnet.Dense(bad)
+    for rate in (1.0, -0.1, 1.5):
+        with pytest.raises(funnet.LayerError, match="drop probability"):
+            funnet.Dropout(rate)
+
+
+# --- Dropout --------------------------------------------------------------------------------
+
+
+def test_dropout_rate_is_the_drop_probability():
+    rate, x = 0.3, jnp.ones((200, 250))
+    y = funnet.Dropout(rate).apply((), x, key=KEY)
+    dropped = float(jnp.mean(y == 0))
+    # 50 000 Bernoulli(0.3) draws: σ = √(0.3·0.7/50000) ≈ 0.002; allow 5σ.
+    assert abs(dropped - rate) < 0.01, dropped
+    np.testing.assert_allclose(y[y != 0], 1 / (1 - rate), rtol=1e-15)  # inverted scaling
+    other = funnet.Dropout(rate).apply((), x, key=jax.random.PRNGKey(1))
+    assert not np.array_equal(y, other)  # the mask comes from the key
+
+
+def test_dropout_without_key_is_the_identity():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 6)))
+    layer = funnet.Dropout(0.5)
+    assert layer.apply((), x) is x
+    dparams, dx = funnet.backprop.backward(layer, (), x, 2 * x)
+    assert dparams == () and np.array_equal(dx, 2 * x)
+    np.testing.assert_array_equal(funnet.Dropout(0.0).apply((), x, key=KEY), x)
+
+
+def test_dropout_backward_uses_the_forward_mask():
+    layer = funnet.Dropout(0.4)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((30, 20)))
+    dy = jnp.asarray(np.random.default_rng(1).standard_normal((30, 20)))
+    y, mask = layer.forward((), x, key=KEY)
+    _, dx = layer.backward((), mask, dy)
+    kept = np.asarray(y != 0)
+    assert 0 < kept.mean() < 1
+    np.testing.assert_array_equal(dx[~kept], 0.0)
+    np.testing.assert_allclose(dx[kept], np.asarray(dy)[kept] / 0.6, rtol=1e-15)
+    # the mask inside a serial, driven by value_and_grad's key, is the mask of apply's key
+    net = funnet.serial(funnet.Dense(20), funnet.Dropout(0.4), funnet.Dense(1))
+    params = init_params(net, (-1, 20))
+    t = jnp.zeros((30, 1))
+    (_, grads), ref = jax.jit(lambda p: (
+        funnet.backprop.value_and_grad(net, funnet.mse)(p, x, t, key=KEY),
+        jax.grad(lambda p: funnet.mse(net.apply(p, x, key=KEY), t))(p),
+    ))(params)
+    assert_trees_close(grads, ref, **TIGHT)
+
+
+# --- bad input: clear errors, before XLA ---------------------------------------------------
+
+NET = funnet.serial(funnet.Dense(4), funnet.Relu, funnet.Dense(2))
+NET_PARAMS = init_params(NET, (-1, 3))
+X3 = jnp.ones((5, 3))
+p0, p1, p2 = NET_PARAMS
+
+BAD = [
+    # (id, call, error, fragments the message must contain)
+    ("Dense init rank 0", lambda: funnet.Dense(4).init(KEY, ()),
+     funnet.LayerError, ["Dense(4)", "()", "rank 0"]),
+    ("serial init rank 0", lambda: NET.init(KEY, ()),
+     funnet.LayerError, ["serial[0]", "Dense(4)", "rank 0"]),
+    ("FanInSum mismatched init",
+     lambda: funnet.serial(funnet.fanout(2), funnet.parallel(funnet.Dense(3), funnet.Dense(4)),
+                           funnet.FanInSum).init(KEY, (-1, 2)),
+     funnet.LayerError, ["serial[2]", "FanInSum", "(-1, 3)", "(-1, 4)"]),
+    ("FanInSum mismatched apply",
+     lambda: funnet.FanInSum.apply((), (jnp.ones((2, 3)), jnp.ones((2, 4)))),
+     funnet.LayerError, ["FanInSum", "(2, 3)", "(2, 4)"]),
+    ("wrong trailing dim", lambda: NET.apply(NET_PARAMS, jnp.ones((5, 7))),
+     funnet.LayerError, ["serial[0]", "Dense(4)", "(5, 7)", "(3, 4)"]),
+    ("wrong trailing dim at layer 2",
+     lambda: NET.apply((p0, p1, {"W": jnp.ones((3, 2)), "b": jnp.ones(2)}), X3),
+     funnet.LayerError, ["serial[2]", "Dense(2)", "(5, 4)", "(3, 2)"]),
+    ("wrong rank", lambda: NET.apply(NET_PARAMS, jnp.asarray(1.0)),
+     funnet.LayerError, ["serial[0]", "Dense(4)", "rank 0"]),
+    ("Softmax of a scalar", lambda: funnet.Softmax.apply((), jnp.asarray(1.0)),
+     funnet.LayerError, ["Softmax", "rank 0"]),
+    ("too few params", lambda: NET.apply((p0, p1), X3),
+     funnet.ParamsError, ["serial", "(3)", "length 2"]),
+    ("Dense params in place of activation", lambda: NET.apply((p0, p0, p2), X3),
+     funnet.ParamsError, ["serial[1]", "Relu", "no params", "'W'", "'b'"]),
+    ("missing b", lambda: NET.apply((p0, p1, {"W": p2["W"]}), X3),
+     funnet.ParamsError, ["serial[2]", "Dense(2)", "['W', 'b']", "got ['W']"]),
+    ("W and b do not fit", lambda: NET.apply((p0, p1, {"W": p2["W"], "b": jnp.ones(3)}), X3),
+     funnet.ParamsError, ["serial[2]", "Dense(2)", "(4, 2)", "(3,)"]),
+    ("PRelu slope shape", lambda: funnet.PRelu.apply({"slope": jnp.ones(3)}, jnp.ones((2, 4))),
+     funnet.LayerError, ["PRelu", "(2, 4)", "(3,)"]),
+    ("parallel input count",
+     lambda: funnet.parallel(funnet.Relu, funnet.Tanh).apply(((), ()), (X3,)),
+     funnet.LayerError, ["parallel(Relu, Tanh)", "2 inputs", "got 1 inputs"]),
+]
+
+
+@pytest.mark.parametrize("call, error, fragments", [pytest.param(*b[1:], id=b[0]) for b in BAD])
+def test_bad_input_raises_clear_error(call, error, fragments):
+    assert issubclass(funnet.LayerError, ValueError) and issubclass(funnet.ParamsError, TypeError)
+    with pytest.raises(error) as info:
+        call()
+    for fragment in fragments:
+        assert fragment in str(info.value), (fragment, str(info.value))
+    # raised while tracing, before XLA sees anything: jit gives the very same error
+    with pytest.raises(error) as jitted:
+        jax.jit(lambda: call())()
+    assert str(jitted.value) == str(info.value)
