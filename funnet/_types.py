@@ -55,6 +55,7 @@ class Layer:
         no hand-derived rule (then :mod:`funnet.backprop` raises, naming it).
       name: how errors and :func:`funnet.summary` refer to the layer, e.g. ``"Dense(4)"``.
       children: the sub-layers of a combinator (``serial``, ``parallel``), else ``()``.
+      kind: ``"serial"`` or ``"parallel"`` for those combinators, else ``""``.
     """
 
     init: InitFn
@@ -63,6 +64,7 @@ class Layer:
     backward: BackwardFn | None = None
     name: str = "layer"
     children: tuple[Layer, ...] = ()
+    kind: str = ""
     configure: Callable[..., Layer] | None = None
 
     def __call__(self, **options: Any) -> Layer:

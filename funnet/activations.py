@@ -41,23 +41,23 @@ from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
 __all__ = [
+    "ACTIVATIONS",
     "Activation",
     "define_activation",
+    "elu",
     "forward_mode",
-    "set_forward_mode",
     "forward_mode_enabled",
-    "logistic",
-    "sigmoid",
-    "tanh",
     "hard_logistic",
     "hard_tanh",
-    "relu",
     "leaky_relu",
+    "logistic",
     "prelu",
-    "elu",
+    "relu",
+    "set_forward_mode",
+    "sigmoid",
     "softplus",
     "step",
-    "ACTIVATIONS",
+    "tanh",
 ]
 
 # ---------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from ._types import Layer, NoBackwardRuleError, PyTree, as_layer
 from .layers import chain_backward
 from .losses import Loss, l2_penalty, l2_penalty_grad
 
-__all__ = ["value_and_grad", "backward"]
+__all__ = ["backward", "value_and_grad"]
 
 
 def _check_loss(loss: Any) -> Loss:
@@ -86,7 +86,7 @@ def value_and_grad(
         raise NoBackwardRuleError(
             f"{model.name} has no hand-derived backward rule; use jax.value_and_grad"
         )
-    if return_deltas and not model.name.startswith("serial("):
+    if return_deltas and model.kind != "serial":
         raise TypeError(f"return_deltas needs a serial model, got {model.name}")
 
     def value_and_grad_fn(params: PyTree, x: Any, y: Any, *, key: jax.Array | None = None):

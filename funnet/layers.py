@@ -36,29 +36,29 @@ from . import activations as act
 from ._types import Layer, LayerError, NoBackwardRuleError, ParamsError, PyTree, as_layer
 
 __all__ = [
-    "Dense",
     "ActivationLayer",
-    "Logistic",
-    "Sigmoid",
-    "Tanh",
+    "Dense",
+    "Dropout",
+    "Elu",
+    "FanInConcat",
+    "FanInSum",
+    "Flatten",
     "HardLogistic",
     "HardTanh",
-    "Relu",
     "LeakyRelu",
+    "LogSoftmax",
+    "Logistic",
     "PRelu",
-    "Elu",
+    "Relu",
+    "Sigmoid",
+    "Softmax",
     "Softplus",
     "Step",
-    "Softmax",
-    "LogSoftmax",
-    "Flatten",
-    "Dropout",
-    "serial",
-    "parallel",
+    "Tanh",
     "fanout",
-    "FanInSum",
-    "FanInConcat",
+    "parallel",
     "param_count",
+    "serial",
     "summary",
 ]
 
@@ -104,10 +104,13 @@ def _expect_rank(name: str, x: Any, min_rank: int) -> None:
 # Dense.
 
 
+_GLOROT_NORMAL = jax.nn.initializers.glorot_normal()
+
+
 def Dense(
     out_dim: int,
     *,
-    W_init: Callable[..., jax.Array] = jax.nn.initializers.glorot_normal(),
+    W_init: Callable[..., jax.Array] = _GLOROT_NORMAL,
     b_init: Callable[..., jax.Array] = jax.nn.initializers.zeros,
 ) -> Layer:
     r"""Fully connected layer ``y = x W + b`` (math.md §3, row form).
@@ -427,7 +430,7 @@ def serial(*layers: Any) -> Layer:
         dparams, dx, _ = chain_backward(layers, params, residuals, dy)
         return dparams, dx
 
-    return Layer(init, apply, forward, backward, name=name, children=layers)
+    return Layer(init, apply, forward, backward, name=name, children=layers, kind="serial")
 
 
 def chain_backward(layers: Sequence[Layer], params: PyTree, residuals: Any, dy: Any):
@@ -525,7 +528,7 @@ def parallel(*layers: Any) -> Layer:
         ]
         return tuple(o[0] for o in out), tuple(o[1] for o in out)
 
-    return Layer(init, apply, forward, backward, name=name, children=layers)
+    return Layer(init, apply, forward, backward, name=name, children=layers, kind="parallel")
 
 
 def _fan_in_init(name: str, combine):
@@ -635,13 +638,13 @@ def summary(model: Layer, input_shape: Sequence[int], *, print_fn=print) -> str:
     """
     model = as_layer(model)
     key = jax.random.PRNGKey(0)
-    layers = model.children if model.name.startswith("serial(") else (model,)
+    layers = model.children if model.kind == "serial" else (model,)
     rows, shape = [], tuple(input_shape)
     for i, layer in enumerate(layers):
         box = {}
 
-        def init_params(k, layer=layer, s=shape):
-            box["shape"], p = _at(f"serial[{i}]", layer.init, k, s)
+        def init_params(k, layer=layer, s=shape, box=box, where=f"serial[{i}]"):
+            box["shape"], p = _at(where, layer.init, k, s)
             return p
 
         p = jax.eval_shape(init_params, key)

@@ -24,13 +24,13 @@ from ._types import PyTree
 
 __all__ = [
     "Loss",
-    "mse",
-    "softmax_cross_entropy",
+    "accuracy",
     "binary_cross_entropy",
-    "max_margin",
     "l2_penalty",
     "l2_penalty_grad",
-    "accuracy",
+    "max_margin",
+    "mse",
+    "softmax_cross_entropy",
 ]
 
 
