@@ -127,10 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train an MLP (Dense → activation → … → Dense) with funnet.train.fit; "
                     "print the history and the test accuracy.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    train.add_argument("--data", type=_data_spec, default=("digits", None), metavar="SPEC",
+    train.add_argument("--data", type=_data_spec, default="digits", metavar="SPEC",
                        help="'digits' (embedded 8x8 digits, split 70/15/15 by --seed) or "
                             "'mnist:PATH' (IDX directory or .npz)")
-    train.add_argument("--hidden", type=_hidden, default=(128, 128), metavar="N,N,...",
+    train.add_argument("--hidden", type=_hidden, default="128,128", metavar="N,N,...",
                        help="hidden layer sizes")
     train.add_argument("--activation", choices=activations, default="relu", metavar="NAME",
                        help=f"hidden activation: {', '.join(activations)}")
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "hand-derived backprop, reverse mode, forward mode and central "
                     "differences (float64); print the per-leaf table; exit 1 on a mismatch.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    check.add_argument("--hidden", type=_hidden, default=(16,), metavar="N,N,...")
+    check.add_argument("--hidden", type=_hidden, default="16", metavar="N,N,...")
     check.add_argument("--activation", choices=activations, default="tanh", metavar="NAME",
                        help=f"hidden activation: {', '.join(activations)}")
     check.add_argument("--methods", type=_methods, default=METHODS, metavar="M,M,...",
