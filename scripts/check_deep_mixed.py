@@ -14,9 +14,9 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import jax.numpy as jnp  # noqa: E402
+import jax.numpy as jnp
 
-import funnet as fn  # noqa: E402
+import funnet as fn
 
 
 def main() -> int:
