@@ -4,7 +4,7 @@ The loop is the stochastic gradient descent of math.md §5 with an optax optimis
 (math.md §6)::
 
     repeat for each epoch
-        shuffle the training set                     (key = fold_in(key, epoch), on device)
+        shuffle the training set                     (key hashed from the state's, on device)
         for each mini-batch (one lax.scan):
             forward, backward                        (jax.grad, or the hand δ-recursion)
             params ← optimiser(params, ∇ [loss + ½ λ Σ ||W||²])
@@ -631,15 +631,38 @@ def _mesh(devices: Any, batch_size: int) -> tuple[Mesh, str] | None:
     return mesh, axis
 
 
-def _fresh(tree: PyTree, sharding: Any) -> PyTree:
-    """Own copies of ``tree``'s leaves (never the caller's buffers: they get donated),
-    strongly typed (no weak types, so the compiled epoch never retraces), on ``sharding``."""
+def _start(optimizer: optax.GradientTransformation, params: PyTree,
+           key: jax.Array) -> TrainState:
+    """``TrainState.create(params, optimizer, key)``, traced inside one jitted program.
 
-    def leaf(a):
-        a = jnp.asarray(a)
-        return jax.device_put(jnp.array(a, dtype=a.dtype, copy=True), sharding)
+    On a cold start that is one small compilation (see :func:`_start_function`) instead of
+    one per eager op (zeros, copies). Every leaf is an own copy (never the caller's buffers:
+    the state gets donated) and strongly typed (no weak types, so the compiled epoch never
+    retraces).
+    """
+    state = TrainState.create(params, optimizer, key)
+    return jax.tree.map(lambda a: jnp.array(a, dtype=a.dtype, copy=True), state)
 
-    return jax.tree.map(leaf, tree)
+
+_START_CACHE: collections.OrderedDict = collections.OrderedDict()
+
+
+def _start_function(optimizer: optax.GradientTransformation, sharding: Any) -> Callable:
+    """:func:`_start` jitted, its outputs placed on ``sharding``; cached per optimizer."""
+    key = (optimizer, sharding)
+    try:
+        hash(key)
+    except TypeError:  # an unhashable optimizer: no caching
+        key = None
+    if key is not None and key in _START_CACHE:
+        _START_CACHE.move_to_end(key)
+        return _START_CACHE[key]
+    fn = jax.jit(functools.partial(_start, optimizer), out_shardings=sharding)
+    if key is not None:
+        _START_CACHE[key] = fn
+        while len(_START_CACHE) > _EPOCH_CACHE_SIZE:
+            _START_CACHE.popitem(last=False)
+    return fn
 
 
 def _learning_rate(opt_state: PyTree) -> jax.Array | None:
@@ -726,11 +749,12 @@ def _make_epoch(loss_and_grads: Callable, optimizer: optax.GradientTransformatio
                 eval_chunk: int | None, guarded: bool = False) -> Callable:
     """The jitted epoch: shuffle, one ``lax.scan`` over the mini-batches, validation.
 
-    ``epoch(state, x, y, shuffle_key, epoch, vx, vy) -> (start, state, metrics)``: ``start``
+    ``epoch(state, x, y, vx, vy) -> (start, state, metrics)``: ``start``
     is the epoch's input state (its donated buffers pass straight to it: no copy), ``state``
     the state after the epoch, ``metrics`` a dict of floats (computed on device as one
     vector: a single transfer per epoch).
-    ``state.key`` gives one dropout key per step and the next epoch's key (by hashing).
+    ``state.key`` gives, by hashing, the epoch's shuffling key, one dropout key per step
+    and the next epoch's key: the whole run follows from the key the state starts with.
 
     Non-finite values cost nothing per step: ``metrics["finite"]`` says whether the summed
     loss and the final state are finite. When they are not, :func:`fit` replays the epoch
@@ -747,14 +771,14 @@ def _make_epoch(loss_and_grads: Callable, optimizer: optax.GradientTransformatio
             return a
         return jax.lax.with_sharding_constraint(a, NamedSharding(placement[0], spec))
 
-    def epoch(state, x, y, shuffle_key, epoch_index, vx, vy):
+    def epoch(state, x, y, vx, vy):
         start = state
-        order = shuffle(jax.random.fold_in(shuffle_key, epoch_index), n)
+        keys = _hash_keys(state.key, jnp.arange(nb + 2, dtype=jnp.uint32))  # [nb + 2, 2]
+        state = state._replace(key=keys[0])
+        order = shuffle(keys[1], n)
         idx, mask = _padded_index(n, nb, batch_size, order)
         idx = shard(idx, PartitionSpec(None, axis))
         mask = shard(mask, PartitionSpec(None, axis)) if masked else None
-        keys = _hash_keys(state.key, jnp.arange(nb + 1, dtype=jnp.uint32))  # [nb + 1, 2]
-        state = state._replace(key=keys[0])
         zero = jnp.zeros((), jnp.float32)
 
         def body(carry, batch):
@@ -785,7 +809,7 @@ def _make_epoch(loss_and_grads: Callable, optimizer: optax.GradientTransformatio
         carry = (state, jnp.array(True), jnp.array(-1, jnp.int32), jnp.array(0, jnp.int32),
                  zero, zero, zero)
         (state, ok, bad, _, loss_sum, correct_sum, seen), _ = jax.lax.scan(
-            body, carry, (idx, mask, keys[1:]))
+            body, carry, (idx, mask, keys[2:]))
         if not guarded:
             ok = jnp.isfinite(loss_sum) & _tree_finite((state.params, state.opt_state))
         seen = jnp.maximum(seen, 1.0)
@@ -921,8 +945,8 @@ def fit(
 
     Each epoch is one call of one compiled function (traced once, guarded by
     ``chex.assert_max_traces(n=1)``; a later ``fit`` with the same model, loss and optimizer
-    objects and data shapes reuses it): on device it permutes the rows with
-    ``fold_in(key, epoch)`` (:func:`shuffle`), runs a ``lax.scan`` over the
+    objects and data shapes reuses it): on device it permutes the rows (:func:`shuffle`,
+    with a key hashed from the train state's), runs a ``lax.scan`` over the
     ``ceil(N / batch_size)`` mini-batches, each gathered from the device-resident data by
     index (the last one padded and masked, see the module docstring: every sample is used
     once per epoch), and evaluates ``valid``. The train state is donated to the call; its
@@ -939,7 +963,8 @@ def fit(
       optimizer: an optax transformation (``optax.inject_hyperparams`` makes the learning
         rate show in the history).
       epochs: total number of epochs (also when resuming). ``batch_size``: rows per step.
-      key: PRNG key: shuffling (``fold_in(split(key)[0], epoch)``) and dropout.
+      key: PRNG key of the train state: each epoch hashes from it its shuffling key, one
+        dropout key per step and the next epoch's key (so a resumed run continues exactly).
       l2: ``λ``. ``grad``: ``"autodiff"`` or ``"hand"`` (see :func:`make_step`).
       patience: early stopping (math.md §5, needs ``valid``): stop once the validation
         error — ``1 - accuracy`` when accuracy is defined, else the validation loss — has
@@ -1014,9 +1039,7 @@ def fit(
     if vx is not None:
         vx, vy = jax.device_put(vx, data_sharding), jax.device_put(vy, data_sharding)
 
-    shuffle_key, state_key = jax.random.split(_raw_key(key))
-    state = _fresh(TrainState.create(params, optimizer, state_key), state_sharding)
-    shuffle_key = _fresh(shuffle_key, state_sharding)
+    state = _start_function(optimizer, state_sharding)(params, _raw_key(key))
     history = History()
     track = valid is not None
     best = {"error": math.inf, "epoch": None, "bad": 0, "params": None}
@@ -1032,7 +1055,7 @@ def fit(
                 f"checkpoint directory {str(directory)!r} already holds checkpoints (latest "
                 f"epoch {latest}); pass resume=True to continue, or use an empty directory")
         if latest is not None:
-            like = {"state": state, "shuffle_key": shuffle_key}
+            like = {"state": state}
             if track:
                 like["best_params"] = state.params
             tree, meta = ckpt.load_step(directory, latest, like=like)
@@ -1042,7 +1065,7 @@ def fit(
                 raise ValueError(
                     f"checkpoint {str(directory)!r} was written by a different fit: "
                     + ", ".join(f"{k}={a!r} there, {b!r} here" for k, (a, b) in diff.items()))
-            state, shuffle_key = tree["state"], tree["shuffle_key"]
+            state = tree["state"]
             start = int(meta["epoch"])
             history = History(meta["history"], best_epoch=meta.get("best_epoch"),
                               stopped_early=bool(meta.get("stopped_early")))
@@ -1064,13 +1087,13 @@ def fit(
     epoch_options = {"l2": l2, "grad": grad, "n": len(x), "batch_size": batch_size,
                      "acc_kind": acc_kind, "valid_kind": valid_kind, "placement": placement,
                      "eval_chunk": eval_chunk,
-                     "signature": _signature((state, x, y, shuffle_key, vx, vy))}
+                     "signature": _signature((state, x, y, vx, vy))}
     run_epoch = _epoch_function(model, loss, optimizer, guarded=False, **epoch_options)
     bar = _Progress(progress, epochs, start)
     try:
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
-            args = (x, y, shuffle_key, np.int32(epoch), vx, vy)
+            args = (x, y, vx, vy)
             backup, state, m = run_epoch(state, *args)
             number = epoch + 1
             if not m["finite"]:  # replay the epoch, checking every step, to find the bad one
@@ -1104,7 +1127,7 @@ def fit(
                 if patience is not None and best["bad"] >= patience:
                     history.stopped_early = True
             if directory is not None:
-                tree = {"state": state, "shuffle_key": shuffle_key}
+                tree = {"state": state}
                 if track:
                     tree["best_params"] = (best["params"] if best["params"] is not None
                                            else state.params)

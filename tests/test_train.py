@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 from _registry import assert_trees_close
+from jax.sharding import SingleDeviceSharding
 
 import funnet
 from funnet import checkpoint, train
@@ -206,12 +207,11 @@ def test_the_epoch_guard_raises_on_a_retrace():
     lag = train._loss_and_grads(model, CE, l2=0.0, grad="autodiff")
     run = train._make_epoch(lag, optax.sgd(0.1), CE, n=32, batch_size=8, acc_kind="labels",
                             valid_kind=None, model=model, placement=None, eval_chunk=None)
-    state = train._fresh(TrainState.create(init(model), optax.sgd(0.1), jax.random.PRNGKey(0)),
-                         jax.devices()[0])
-    key = jax.random.PRNGKey(1)
-    _, state, _ = run(state, jnp.asarray(x), jnp.asarray(y), key, np.int32(0), None, None)
+    start = train._start_function(optax.sgd(0.1), SingleDeviceSharding(jax.devices()[0]))
+    state = start(init(model), jax.random.PRNGKey(0))
+    _, state, _ = run(state, jnp.asarray(x), jnp.asarray(y), None, None)
     with pytest.raises(AssertionError, match="traced > 1 times"):
-        run(state, jnp.asarray(x[:16]), jnp.asarray(y[:16]), key, np.int32(1), None, None)
+        run(state, jnp.asarray(x[:16]), jnp.asarray(y[:16]), None, None)
 
 
 def test_fit_leaves_the_callers_params_alone_and_is_deterministic():
