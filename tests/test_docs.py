@@ -116,6 +116,11 @@ def test_benchmarks_page_has_table_marker():
     text = (DOCS / "benchmarks.md").read_text(encoding="utf-8")
     assert "<!-- BENCHMARK TABLE -->" in text
     assert "python -m benchmarks.run" in text
+    # the page quotes measured tables, not placeholders
+    assert "filled in from" not in text
+    for row in ("| funnet fit |", "| funnet make_step (per-step) |",
+                "| fn.backprop.value_and_grad |"):
+        assert row in text, row
 
 
 def test_activation_plots_exist_and_are_shown():
