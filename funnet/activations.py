@@ -250,7 +250,7 @@ def define_activation(
 
     The result works everywhere a built-in activation does: ``jax.grad`` uses ``df``
     (custom_vjp), :func:`forward_mode` gives the custom_jvp twin,
-    :func:`funnet.layers.Activation_layer` and :func:`funnet.check` accept it.
+    :func:`funnet.layers.ActivationLayer` and :func:`funnet.check` accept it.
 
     Example: swish, ``f(x) = x σ(x)``, ``f'(x) = σ(x) + x σ(x)(1 - σ(x))``.
 
@@ -482,7 +482,7 @@ def _prelu_fwd(x, slope):
 
 def _prelu_bwd(res, dy):
     x, slope = res
-    dx = dy * _prelu_dx(x, slope)
+    dx = _unbroadcast(dy * _prelu_dx(x, slope), jnp.shape(x)).astype(x.dtype)
     dslope = _unbroadcast(dy * _prelu_dslope(x), jnp.shape(slope)).astype(slope.dtype)
     return dx, dslope
 

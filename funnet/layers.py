@@ -70,7 +70,12 @@ def _shape(x: Any) -> tuple[int, ...]:
     return tuple(np.shape(x))
 
 
-def _check_input_shape(name: str, input_shape: Any, *, min_rank: int = 1) -> tuple[int, ...]:
+def _check_input_shape(name: str, input_shape: Any, *, min_rank: int = 1,
+                       features: bool = False) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of ints (``-1``: unknown batch size), or a LayerError.
+
+    ``features``: the last axis is the layer's feature axis, so its size must be known.
+    """
     try:
         shape = tuple(int(d) for d in input_shape)
     except TypeError:
@@ -79,6 +84,9 @@ def _check_input_shape(name: str, input_shape: Any, *, min_rank: int = 1) -> tup
         raise LayerError(f"{name}: input_shape {shape} has rank {len(shape)}, needs ≥ {min_rank}")
     if any(d <= 0 for d in shape[1:]) or (shape and shape[0] == 0):
         raise LayerError(f"{name}: input_shape {shape} has an empty or negative dimension")
+    if features and shape[-1] <= 0:
+        raise LayerError(f"{name}: input_shape {shape}: the last (feature) dimension must be "
+                         "a known positive size")
     return shape
 
 
@@ -136,7 +144,7 @@ def Dense(
     name = f"Dense({out_dim})"
 
     def init(key, input_shape):
-        shape = _check_input_shape(name, input_shape)
+        shape = _check_input_shape(name, input_shape, features=True)
         k1, k2 = jax.random.split(key)
         return shape[:-1] + (out_dim,), {
             "W": W_init(k1, (shape[-1], out_dim)),
@@ -167,10 +175,11 @@ def Dense(
     def backward(params, x, dy):
         x2 = x.reshape(-1, x.shape[-1])
         dy2 = dy.reshape(-1, dy.shape[-1])
-        return {
-            "W": x2.T @ dy2,  # dW = aᵀ δ
-            "b": dy2.sum(axis=0),  # db = Σ_rows δ
-        }, dy @ params["W"].T  # dx = δ Wᵀ
+        W, b = params["W"], params["b"]
+        return {  # each gradient in the dtype of what it differentiates, as jax.grad's
+            "W": (x2.T @ dy2).astype(W.dtype),  # dW = aᵀ δ
+            "b": dy2.sum(axis=0).astype(b.dtype),  # db = Σ_rows δ
+        }, (dy @ W.T).astype(x.dtype)  # dx = δ Wᵀ
 
     return Layer(init, apply, forward, backward, name=name)
 
@@ -239,7 +248,7 @@ def _prelu_layer(slope_init: float = 0.25) -> Layer:
     name = "PRelu" if slope_init == 0.25 else f"PRelu(slope_init={slope_init})"
 
     def init(key, input_shape):
-        shape = _check_input_shape(name, input_shape)
+        shape = _check_input_shape(name, input_shape, features=True)
         return shape, {"slope": jnp.full((shape[-1],), slope_init, jnp.result_type(float))}
 
     def check(params, x):
@@ -259,8 +268,10 @@ def _prelu_layer(slope_init: float = 0.25) -> Layer:
         return apply(params, x), x
 
     def backward(params, x, dy):
+        slope = params["slope"]
         dslope = (dy * act.prelu.slope_derivative(x)).reshape(-1, x.shape[-1]).sum(axis=0)
-        return {"slope": dslope}, dy * act.prelu.derivative(x, params["slope"])
+        return ({"slope": dslope.astype(slope.dtype)},
+                (dy * act.prelu.derivative(x, slope)).astype(x.dtype))
 
     return Layer(init, apply, forward, backward, name=name, configure=_prelu_layer)
 
@@ -378,7 +389,7 @@ def _expect_sequence(name: str, params: Any, n: int, what: str = "params") -> No
 
 
 def _backward_of(layer: Layer, where: str):
-    if layer.backward is None:
+    if layer.backward is None or layer.forward is None:
         raise NoBackwardRuleError(
             f"{where} {layer.name} has no hand-derived backward rule; build it with "
             "funnet.Layer(init, apply, forward, backward) or use jax.grad"
@@ -586,11 +597,16 @@ def FanInConcat(axis: int = -1) -> Layer:
 
     def combine(shapes):
         rank = len(shapes[0])
-        ax = axis % rank if rank else 0
+        if not -rank <= axis < rank:
+            raise LayerError(f"{name}: axis {axis} is out of range for inputs of rank {rank} "
+                             f"(shapes {shapes})")
+        ax = axis % rank
         if any(len(s) != rank or s[:ax] + s[ax + 1 :] != shapes[0][:ax] + shapes[0][ax + 1 :]
                for s in shapes):
             raise LayerError(f"{name}: input shapes {shapes} differ off axis {axis}")
-        return shapes[0][:ax] + (sum(s[ax] for s in shapes),) + shapes[0][ax + 1 :]
+        sizes = [s[ax] for s in shapes]
+        size = -1 if any(n < 0 for n in sizes) else sum(sizes)  # -1: unknown (batch) size
+        return shapes[0][:ax] + (size,) + shapes[0][ax + 1 :]
 
     def apply(params, xs, *, key=None):
         _expect_no_params(name, params)

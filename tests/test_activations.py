@@ -314,7 +314,8 @@ def test_hyperparameters_are_checked():
 
 # --- PReLU's learnable slope --------------------------------------------------------------
 
-PRELU_SHAPES = [((5, 3), (3,)), ((2, 4, 3), (3,)), ((5, 3), ()), ((3,), (3,))]
+PRELU_SHAPES = [((5, 3), (3,)), ((2, 4, 3), (3,)), ((5, 3), ()), ((3,), (3,)),
+                ((5, 1), (3,))]  # x broadcast against the slope: dx summed back to x's shape
 
 
 def _prelu_plain(x, slope):
@@ -343,7 +344,9 @@ def test_prelu_gradients_broadcast_over_batch(x_shape, slope_shape):
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-14, atol=0)
     np.testing.assert_allclose(got[1], ref[1], rtol=1e-13, atol=1e-15)
     # dγ_i = Σ over the batch of w ⊙ (0 if x > 0 else x)
-    by_hand = jnp.sum(w * funnet.prelu.slope_derivative(x), axis=tuple(range(x.ndim - len(slope_shape))))
+    out_shape = jnp.broadcast_shapes(x_shape, slope_shape)
+    by_hand = jnp.sum(jnp.broadcast_to(w * funnet.prelu.slope_derivative(x), out_shape),
+                      axis=tuple(range(len(out_shape) - len(slope_shape))))
     np.testing.assert_allclose(got[1], jnp.sum(by_hand) if slope_shape == () else by_hand,
                                rtol=1e-13, atol=1e-15)
 

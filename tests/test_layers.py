@@ -327,6 +327,7 @@ NET = funnet.serial(funnet.Dense(4), funnet.Relu, funnet.Dense(2))
 NET_PARAMS = init_params(NET, (-1, 3))
 X3 = jnp.ones((5, 3))
 p0, p1, p2 = NET_PARAMS
+NET_PRELU = funnet.serial(funnet.PRelu, funnet.Dense(2))
 
 BAD = [
     # (id, call, error, fragments the message must contain)
@@ -363,6 +364,13 @@ BAD = [
     ("parallel input count",
      lambda: funnet.parallel(funnet.Relu, funnet.Tanh).apply(((), ()), (X3,)),
      funnet.LayerError, ["parallel(Relu, Tanh)", "2 inputs", "got 1 inputs"]),
+    ("Dense init without a feature size", lambda: funnet.Dense(3).init(KEY, (-1,)),
+     funnet.LayerError, ["Dense(3)", "(-1,)", "feature"]),
+    ("PRelu init without a feature size", lambda: NET_PRELU.init(KEY, (-1,)),
+     funnet.LayerError, ["serial[0]", "PRelu", "(-1,)", "feature"]),
+    ("FanInConcat axis out of range",
+     lambda: funnet.FanInConcat(axis=2).init(KEY, ((-1, 3), (-1, 3))),
+     funnet.LayerError, ["FanInConcat(axis=2)", "axis 2", "rank 2"]),
 ]
 
 
@@ -377,3 +385,34 @@ def test_bad_input_raises_clear_error(call, error, fragments):
     with pytest.raises(error) as jitted:
         jax.jit(lambda: call())()
     assert str(jitted.value) == str(info.value)
+
+
+def test_fan_in_concat_init_shapes_along_any_axis():
+    concat = funnet.FanInConcat
+    assert concat().init(KEY, ((-1, 3), (-1, 4)))[0] == (-1, 7)
+    assert concat(axis=0).init(KEY, ((-1, 3), (-1, 3)))[0] == (-1, 3)  # batch size unknown
+    assert concat(axis=0).init(KEY, ((2, 3), (5, 3)))[0] == (7, 3)
+    assert concat(axis=-2).init(KEY, ((2, 3), (5, 3)))[0] == (7, 3)
+
+
+def test_a_layer_with_a_backward_but_no_forward_is_named():
+    half = funnet.Layer(funnet.Relu.init, funnet.Relu.apply, None, funnet.Relu.backward,
+                        name="HalfRelu")
+    net = funnet.serial(funnet.Dense(2), half)
+    params = init_params(net, (-1, 3))
+    with pytest.raises(funnet.NoBackwardRuleError, match=r"serial\[1\] HalfRelu"):
+        funnet.backprop.value_and_grad(net, funnet.mse)(params, X3, jnp.zeros((5, 2)))
+
+
+@pytest.mark.parametrize("param_dtype, x_dtype", [
+    (jnp.bfloat16, jnp.float32), (jnp.float32, jnp.float64), (jnp.float64, jnp.float32)])
+def test_hand_gradients_have_the_dtype_of_what_they_differentiate(param_dtype, x_dtype):
+    net = funnet.serial(funnet.Dense(4), funnet.PRelu, funnet.Dense(2))
+    params = jax.tree_util.tree_map(lambda a: a.astype(param_dtype), init_params(net, (-1, 3)))
+    x = jnp.ones((5, 3), x_dtype)
+    grads, dx = funnet.backprop.backward(net, params, x, jnp.ones((5, 2), x_dtype))
+    ref_grads, ref_dx = jax.grad(lambda p, x: jnp.sum(net.apply(p, x)), argnums=(0, 1))(
+        params, x)
+    assert jax.tree_util.tree_map(lambda a: a.dtype, grads) == jax.tree_util.tree_map(
+        lambda a: a.dtype, ref_grads)
+    assert dx.dtype == ref_dx.dtype == x.dtype
