@@ -24,7 +24,6 @@ from typing import Any
 import jax
 
 PyTree = Any
-Shape = tuple[int, ...]
 InitFn = Callable[[jax.Array, Any], tuple[Any, PyTree]]
 ApplyFn = Callable[..., Any]
 ForwardFn = Callable[..., tuple[Any, Any]]

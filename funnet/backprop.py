@@ -32,6 +32,12 @@ def _check_loss(loss: Any) -> Loss:
             f"hand-derived backprop needs a funnet Loss with a hand-derived .grad "
             f"(e.g. funnet.softmax_cross_entropy), got {loss!r}"
         )
+    if loss.ranking:
+        raise TypeError(
+            f"{loss.name} ranks two score arrays (s, s_c) and is not a loss of a model's output "
+            "and a target; differentiate it with jax.grad or its .grad (see "
+            "examples/max_margin.py)"
+        )
     return loss
 
 

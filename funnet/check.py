@@ -42,6 +42,7 @@ from jax.flatten_util import ravel_pytree
 from . import backprop
 from ._types import Layer, PyTree, as_layer
 from .activations import forward_mode
+from .layers import param_count
 from .losses import Loss, l2_penalty
 
 __all__ = [
@@ -92,10 +93,6 @@ def _float_dtype(params: PyTree, what: str) -> np.dtype:
     return dtype
 
 
-def _n_params(params: PyTree) -> int:
-    return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
-
-
 def _chunk(n: int, batch_size: int | None) -> int:
     if batch_size is None:
         return max(1, min(n, _CHUNK_ELEMENTS // max(n, 1)))
@@ -113,7 +110,7 @@ def _coordinatewise(
     ``batch_size`` of them at a time under ``jax.vmap``.
     """
     _float_dtype(params, what)
-    n = _n_params(params)
+    n = param_count(params)
     if n == 0:
         return jax.tree_util.tree_map(jnp.zeros_like, params)
     chunk = _chunk(n, batch_size)
@@ -481,7 +478,7 @@ class CheckResult:
         return None
 
     def __str__(self) -> str:
-        n = sum(int(np.size(g)) for g in jax.tree_util.tree_leaves(self.grads[self.reference]))
+        n = param_count(self.grads[self.reference])
         title = (
             f"gradient check ({self.dtype}, {n} parameters, loss {self.value:.6g}): "
             f"every method vs {self.reference}"

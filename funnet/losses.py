@@ -36,12 +36,17 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Loss:
-    """A loss ``value(pred, target) -> scalar`` with its hand-derived ``grad``."""
+    """A loss ``value(pred, target) -> scalar`` with its hand-derived ``grad``.
+
+    ``ranking=True`` marks a loss of two score arrays ``(s, s_c)`` (``max_margin``), whose
+    ``grad`` returns a pair: it is not a loss of a model's output and a target.
+    """
 
     name: str
     value: Callable[..., jax.Array]
     grad: Callable[..., Any]
     doc: str = ""
+    ranking: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "__doc__", self.doc or None)
@@ -98,6 +103,13 @@ def _targets(name: str, logits: jax.Array, labels: ArrayLike) -> jax.Array:
     """One-hot (or probability) targets ``t`` of ``logits``' shape from int or one-hot labels."""
     labels = jnp.asarray(labels)
     if jnp.issubdtype(labels.dtype, jnp.integer) and labels.shape == logits.shape[:-1]:
+        k = logits.shape[-1]
+        if not isinstance(labels, jax.core.Tracer):  # checkable when concrete (in numpy:
+            lab = np.asarray(labels)                 # jnp ops would be staged under jit)
+            bad = np.unique(lab[(lab < 0) | (lab >= k)])
+            if bad.size:
+                raise ValueError(f"{name}: integer labels must lie in [0, {k}) for {k} classes, "
+                                 f"got {bad[:5].tolist()}")
         return jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
     if labels.shape == logits.shape:
         return labels.astype(logits.dtype)
@@ -171,7 +183,10 @@ def _margin_args(s, s_c):
 
 def _max_margin(s, s_c, *, margin=1.0):
     s, s_c = _margin_args(s, s_c)
-    return jnp.sum(jnp.maximum(0, margin + s_c - s)) / _n_samples(s)  # max(0, Δ + s_c - s)
+    m = margin + s_c - s
+    # max(0, Δ + s_c - s), written with a strict `where` so that jax.grad also gives (0, 0)
+    # at the kink m = 0, as the hand gradient does (jnp.maximum would split it 0.5/0.5).
+    return jnp.sum(jnp.where(m > 0, m, 0)) / _n_samples(s)
 
 
 def _max_margin_grad(s, s_c, *, margin=1.0):
@@ -180,7 +195,7 @@ def _max_margin_grad(s, s_c, *, margin=1.0):
     return -violated, violated  # ∂J/∂s = -1, ∂J/∂s_c = 1 while violated, else 0
 
 
-max_margin = Loss("max_margin", _max_margin, _max_margin_grad, doc=r"""
+max_margin = Loss("max_margin", _max_margin, _max_margin_grad, ranking=True, doc=r"""
 Max-margin ranking loss ``J = max(0, Δ + s_c - s)`` (``margin=Δ``, default 1), mean over
 the leading axis. ``s``: scores of true examples, ``s_c``: of corrupted ones.
 Hand gradient ``grad(s, s_c) -> (∂J/∂s, ∂J/∂s_c) = (-1, 1)/N`` while the margin is violated
@@ -244,4 +259,3 @@ __test__ = {
     loss.name: loss.__doc__
     for loss in (mse, softmax_cross_entropy, binary_cross_entropy, max_margin)
 }
-_ = np  # numpy kept for users' doctests

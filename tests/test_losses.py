@@ -134,11 +134,9 @@ def test_max_margin_grads():
     violated = np.array([0, 1, 1, 0, 0])  # exactly on the margin (last): not violated
     np.testing.assert_array_equal(ds, -violated / 5)  # ∂J/∂s = -1/N while violated
     np.testing.assert_array_equal(ds_c, violated / 5)  # ∂J/∂s_c = +1/N while violated
-    # jax.grad agrees away from the boundary
-    away = slice(0, 4)
-    ad = jax.grad(funnet.max_margin, argnums=(0, 1))(s[away], s_c[away])
-    hand = funnet.max_margin.grad(s[away], s_c[away])
-    assert_trees_close(hand, ad, rtol=0, atol=1e-15)
+    # jax.grad of the value agrees everywhere, on the margin too (the same convention)
+    ad = jax.grad(funnet.max_margin, argnums=(0, 1))(s, s_c)
+    assert_trees_close((ds, ds_c), ad, rtol=0, atol=1e-15)
 
 
 # --- stability at extreme logits ----------------------------------------------------------
@@ -194,3 +192,21 @@ def test_shape_mismatch_names_the_shapes(call, fragments):
         call()
     for fragment in fragments:
         assert fragment in str(info.value), (fragment, str(info.value))
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 2, 3, 0], [0, -1, 2, 1, 0]], ids=["k", "negative"])
+@pytest.mark.parametrize("fn", ["value", "grad"])
+def test_cross_entropy_rejects_labels_out_of_range(labels, fn):
+    loss = funnet.softmax_cross_entropy
+    call = loss.grad if fn == "grad" else loss
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy: integer labels must lie in "
+                                         r"\[0, 3\) for 3 classes, got \[(3|-1)\]"):
+        call(jnp.ones((5, 3)), jnp.array(labels))
+    concrete = jnp.array(labels)
+    with pytest.raises(ValueError, match="must lie in"):  # concrete labels under jit too
+        jax.jit(lambda z: call(z, concrete))(jnp.ones((5, 3)))
+
+
+def test_a_ranking_loss_is_refused_as_a_model_loss():
+    with pytest.raises(TypeError, match="max_margin ranks two score arrays"):
+        funnet.backprop.value_and_grad(funnet.Dense(1), funnet.max_margin)
