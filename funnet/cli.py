@@ -67,7 +67,7 @@ def _hidden(text: str) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def _number(kind: type, *, minimum: float, strict: bool):
+def _number(kind: type, *, minimum: float, strict: bool, maximum: float | None = None):
     def parse(text: str):
         try:
             value = kind(text)
@@ -78,6 +78,8 @@ def _number(kind: type, *, minimum: float, strict: bool):
         if value < minimum or (strict and value == minimum):
             bound = ">" if strict else "≥"
             raise argparse.ArgumentTypeError(f"{text!r}: must be {bound} {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be ≤ {maximum}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
@@ -88,6 +90,7 @@ _positive_float = _number(float, minimum=0.0, strict=True)
 _nonnegative_float = _number(float, minimum=0.0, strict=False)
 _positive_int = _number(int, minimum=0, strict=True)
 _nonnegative_int = _number(int, minimum=0, strict=False)
+_seed = _number(int, minimum=0, strict=False, maximum=2**32 - 1)  # a uint32 PRNG seed
 
 
 def _data_spec(text: str) -> tuple[str, str | None]:
@@ -149,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="early stopping: stop after this many epochs without a lower "
                             "validation error and keep the best epoch's params (0: off; with "
                             "the cosine schedule the last epochs are usually the best)")
-    train.add_argument("--seed", type=_nonnegative_int, default=0)
+    train.add_argument("--seed", type=_seed, default=0)
     train.add_argument("--grad", choices=GRADS, default="autodiff",
                        help="gradients by jax.grad or by the hand-derived backprop")
     train.add_argument("--checkpoint", type=Path, default=None, metavar="DIR",
@@ -176,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"two or more of {', '.join(METHODS)}")
     check.add_argument("--batch-size", type=_positive_int, default=16,
                        help="digits rows in the batch")
-    check.add_argument("--seed", type=_nonnegative_int, default=0)
+    check.add_argument("--seed", type=_seed, default=0)
     check.set_defaults(run=_check)
     return parser
 
@@ -204,8 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_train_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Everything checkable before training starts, so that no run is wasted on it."""
     if args.resume and args.checkpoint is None:
         parser.error("--resume needs --checkpoint DIR")
+    if args.checkpoint is not None and args.checkpoint.exists() and not args.checkpoint.is_dir():
+        parser.error(f"--checkpoint {args.checkpoint}: exists and is not a directory")
+    if args.plot is not None:
+        _check_plot_path(parser, args.plot)
     if args.devices is not None:
         import jax
 
@@ -216,6 +224,19 @@ def _check_train_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         if args.batch_size % args.devices:
             parser.error(f"--batch-size {args.batch_size} must be divisible by "
                          f"--devices {args.devices}")
+
+
+def _check_plot_path(parser: argparse.ArgumentParser, path: Path) -> None:
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        parser.error("--plot needs matplotlib: pip install 'funnet[plot]'")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in formats:
+        parser.error(f"--plot {path}: unknown image format {path.suffix!r}; use one of "
+                     f"{', '.join('.' + f for f in sorted(formats))}")
+    if not path.parent.is_dir():
+        parser.error(f"--plot {path}: directory {path.parent} does not exist")
 
 
 # ----------------------------------------------------------------------------- train
@@ -248,8 +269,7 @@ def _load(spec: tuple[str, str | None], seed: int):
     if source.is_dir():
         has_test = any(source.glob("t10k-images-idx3-ubyte*"))
     else:
-        with np.load(source, allow_pickle=False) as npz:
-            has_test = "x_test" in npz.files and "y_test" in npz.files
+        has_test = data._npz_has_split(source, "test")
     if not has_test:  # one set of samples: split it three ways
         return data.split(train, seed=seed)
     test = data.load_mnist(source, split="test")

@@ -6,12 +6,15 @@ Inputs are rows: `x` has shape `[N, D]`, `y` has shape `[N]` (class labels) or `
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import zipfile
 import zlib
+from collections.abc import Iterator
 from importlib import resources
 from os import PathLike
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -129,8 +132,8 @@ def load_mnist(path: str | PathLike[str], *, split: str = "train") -> Dataset:
     `path` is either
     - a directory holding `{prefix}-images-idx3-ubyte` and `{prefix}-labels-idx1-ubyte`
       (each optionally `.gz`), prefix `train` for `split="train"`, `t10k` for `"test"`; or
-    - a `.npz` file with arrays `x`/`y`, `images`/`labels`, or Keras' `x_train`/`y_train`
-      (`x_test`/`y_test` for `split="test"`).
+    - a `.npz` file with Keras' `x_train`/`y_train`, or `x`/`y`, or `images`/`labels`
+      (tried in that order) for `split="train"`, and `x_test`/`y_test` for `split="test"`.
 
     Returns `x` float32 `[N, rows*cols]` (integer pixels divided by 255; float pixels kept
     as they are) and `y` int32 `[N]`. For an explicit pair of IDX files use `load_mnist_idx`.
@@ -272,17 +275,42 @@ def _read_idx(path: Path, *, magic: int) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
+_NPZ_KEYS = {"train": (("x_train", "y_train"), ("x", "y"), ("images", "labels")),
+             "test": (("x_test", "y_test"),)}
+
+
+@contextlib.contextmanager
+def _npz(path: Path) -> Iterator[Any]:
+    """``np.load(path)`` (no pickle) whose read errors name the file and what is wrong."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            yield npz
+    except (zipfile.BadZipFile, EOFError, OSError) as e:  # truncated, corrupt, unreadable
+        raise ValueError(f"{path}: not a readable .npz archive ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        if "pickle" not in str(e):
+            raise
+        raise ValueError(f"{path}: not a .npz archive of plain arrays (numpy would need "
+                         "pickle to read it, which funnet never does)") from None
+
+
+def _npz_has_split(path: Path, split: str) -> bool:
+    with _npz(path) as npz:
+        return any(kx in npz.files and ky in npz.files for kx, ky in _NPZ_KEYS[split])
+
+
 def _load_npz(path: Path, *, split: str) -> Dataset:
-    """`x`/`y`, `images`/`labels` or `x_{split}`/`y_{split}` from an npz file."""
-    with np.load(path, allow_pickle=False) as npz:
-        for kx, ky in (("x", "y"), ("images", "labels"), (f"x_{split}", f"y_{split}")):
+    """``x_train``/``y_train``, ``x``/``y`` or ``images``/``labels`` (``split="train"``), or
+    ``x_test``/``y_test`` (``split="test"``) from an npz file."""
+    with _npz(path) as npz:
+        for kx, ky in _NPZ_KEYS[split]:
             if kx in npz.files and ky in npz.files:
                 images, labels = npz[kx], npz[ky]
                 break
         else:
+            wanted = " or ".join(f"{kx}/{ky}" for kx, ky in _NPZ_KEYS[split])
             raise ValueError(
-                f"{path}: expected arrays x/y, images/labels or x_{split}/y_{split}, "
-                f"found {sorted(npz.files)}"
+                f"{path}: no {split} arrays: expected {wanted}, found {sorted(npz.files)}"
             )
     if len(images) != len(labels):
         raise ValueError(f"{path}: {kx} has {len(images)} rows but {ky} has {len(labels)}")

@@ -93,6 +93,10 @@ def test_train_reads_mnist_npz_with_a_test_set(capsys, tmp_path):
     (["train", "--devices", "99"], "--devices 99: only 1 device(s) available"),
     (["train", "--devices", "0"], "must be > 0"),
     (["train", "--resume"], "--resume needs --checkpoint DIR"),
+    (["train", "--seed", str(2**64)], "must be ≤ 4294967295"),
+    (["train", "--plot", "curves.xyz"], "--plot curves.xyz: unknown image format '.xyz'"),
+    (["train", "--plot", "no/such/dir/c.png"], "directory no/such/dir does not exist"),
+    (["train", "--checkpoint", __file__], "exists and is not a directory"),
     (["check", "--methods", "hand"], "give two or more different methods"),
     (["check", "--methods", "hand,symbolic"], "unknown method(s) symbolic"),
     (["check", "--activation", "gelu"], "invalid choice: 'gelu'"),
@@ -126,7 +130,7 @@ def test_help_exits_cleanly(capsys):
 
 @pytest.mark.parametrize("spec, message", [
     ("mnist:/no/such/dir", "no/such/dir: no such file or directory"),
-    ("mnist:{tmp}/bad.npz", "expected arrays x/y, images/labels or x_train/y_train"),
+    ("mnist:{tmp}/bad.npz", "no train arrays: expected x_train/y_train or x/y or images/labels"),
 ])
 def test_runtime_errors_exit_1_without_traceback(capsys, tmp_path, spec, message):
     np.savez(tmp_path / "bad.npz", pixels=np.zeros((3, 2)))

@@ -299,7 +299,8 @@ def test_load_mnist_npz_float_pixels_kept(tmp_path):
 @pytest.mark.parametrize(
     "arrays, fragment",
     [
-        ({"a": IMAGES, "b": LABELS}, "expected arrays x/y, images/labels or x_train/y_train"),
+        ({"a": IMAGES, "b": LABELS},
+         "no train arrays: expected x_train/y_train or x/y or images/labels, found ['a', 'b']"),
         ({"x": IMAGES, "y": LABELS[:4]}, "x has 5 rows but y has 4"),
         ({"x": IMAGES, "y": LABELS + 0.5}, "y must be integer labels, got dtype float64"),
     ],
@@ -356,3 +357,26 @@ def test_check_arrays_accepts(x, y, kwargs):
 def test_check_arrays_rejects(x, y, kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         check_arrays(x, y, **kwargs)
+
+
+def test_load_mnist_npz_test_split_never_falls_back_to_the_training_arrays(tmp_path):
+    np.savez(tmp_path / "both.npz", x=IMAGES, y=LABELS, x_test=IMAGES[:2], y_test=LABELS[:2])
+    assert len(load_mnist(tmp_path / "both.npz", split="train")) == 5
+    test = load_mnist(tmp_path / "both.npz", split="test")
+    assert len(test) == 2 and test.y.tolist() == LABELS[:2].tolist()
+    np.savez(tmp_path / "train_only.npz", x=IMAGES, y=LABELS)
+    with pytest.raises(ValueError, match=r"train_only.npz: no test arrays: expected "
+                                         r"x_test/y_test, found \['x', 'y'\]"):
+        load_mnist(tmp_path / "train_only.npz", split="test")
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda raw: raw[: len(raw) // 2], "not a readable .npz archive"),  # partial download
+    (lambda raw: b"hello, not a zip file at all", "not a .npz archive of plain arrays"),
+], ids=["truncated", "not-a-zip"])
+def test_load_mnist_npz_unreadable_file_names_it(tmp_path, damage, fragment):
+    np.savez(tmp_path / "good.npz", x=IMAGES, y=LABELS)
+    (tmp_path / "bad.npz").write_bytes(damage((tmp_path / "good.npz").read_bytes()))
+    with pytest.raises(ValueError, match=re.escape(f"bad.npz: {fragment}")) as info:
+        load_mnist(tmp_path / "bad.npz")
+    assert "allow_pickle" not in str(info.value)
