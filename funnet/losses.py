@@ -213,15 +213,34 @@ def _is_weight(path) -> bool:
     return isinstance(last, jax.tree_util.DictKey) and last.key == "W"
 
 
+def _check_weights_are_named(params: PyTree, lam: Any) -> None:
+    """A matrix not named ``"W"`` would silently go unpenalised: refuse it (when ``λ ≠ 0``)."""
+    if isinstance(lam, (int, float)) and lam == 0:
+        return
+    unnamed = [
+        f"{jax.tree_util.keystr(path)} {tuple(jnp.shape(leaf))}"
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+        if not _is_weight(path) and jnp.ndim(leaf) >= 2
+    ]
+    if unnamed:
+        raise ValueError(
+            f"l2_penalty: λ = {lam} penalises the leaves named 'W' only, but the params hold "
+            f"matrices under other names: {', '.join(unnamed[:4])} (a stax layer's (W, b) "
+            "tuple?). Use funnet layers, name weights 'W', or add their penalty to the loss."
+        )
+
+
 def l2_penalty(params: PyTree, lam: float) -> jax.Array:
     r"""``½ λ Σ_l ||W(l)||_F²`` over the weights only (leaves named ``"W"``).
 
-    Biases and PReLU slopes are not penalised (math.md §4).
+    Biases and PReLU slopes are not penalised (math.md §4). With ``λ ≠ 0``, a matrix leaf
+    (rank ≥ 2) under another name raises ``ValueError`` rather than go unpenalised.
 
     >>> import jax.numpy as jnp
     >>> float(l2_penalty({"W": jnp.ones((2, 2)), "b": jnp.ones(2)}, 0.5))
     1.0
     """
+    _check_weights_are_named(params, lam)
     leaves = [
         jnp.sum(jnp.square(leaf))
         for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
@@ -237,6 +256,7 @@ def l2_penalty_grad(params: PyTree, lam: float) -> PyTree:
     >>> l2_penalty_grad({"W": jnp.ones(2), "b": jnp.ones(2)}, 0.5)["b"].tolist()
     [0.0, 0.0]
     """
+    _check_weights_are_named(params, lam)
     return jax.tree_util.tree_map_with_path(
         lambda path, leaf: lam * leaf if _is_weight(path) else jnp.zeros_like(leaf), params
     )

@@ -210,3 +210,14 @@ def test_cross_entropy_rejects_labels_out_of_range(labels, fn):
 def test_a_ranking_loss_is_refused_as_a_model_loss():
     with pytest.raises(TypeError, match="max_margin ranks two score arrays"):
         funnet.backprop.value_and_grad(funnet.Dense(1), funnet.max_margin)
+
+
+def test_l2_refuses_matrices_it_would_not_penalise():
+    from jax.example_libraries import stax
+    net = funnet.serial(stax.Dense(3), funnet.Tanh, funnet.Dense(1))
+    _, params = net.init(jax.random.PRNGKey(0), (-1, 2))
+    for fn in (funnet.l2_penalty, funnet.losses.l2_penalty_grad):
+        with pytest.raises(ValueError, match=r"penalises the leaves named 'W' only.*"
+                                             r"\[0\]\[0\] \(2, 3\)"):
+            fn(params, 0.1)
+        fn(params, 0.0)  # no penalty asked for: nothing to refuse
