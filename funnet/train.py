@@ -124,16 +124,21 @@ class NonFiniteLossError(FloatingPointError):
       last_good_params: ``last_good_state.params``.
       history: the :class:`History` of the completed epochs.
       path: where the last good state was saved (``fit(checkpoint=...)``), else ``None``.
+      best_params, best_epoch: the params of the epoch with the best validation error so
+        far and its number (what ``fit(patience=...)`` would have returned), or ``None``
+        without validation data or before the first epoch completed.
     """
 
     def __init__(self, message: str, *, epoch: int, step: int, global_step: int,
-                 last_good_state: TrainState, history: History, path: Path | None = None):
+                 last_good_state: TrainState, history: History, path: Path | None = None,
+                 best_params: PyTree | None = None, best_epoch: int | None = None):
         super().__init__(message)
         self.epoch, self.step, self.global_step = epoch, step, global_step
         self.last_good_state = last_good_state
         self.last_good_params = last_good_state.params
         self.history = history
         self.path = path
+        self.best_params, self.best_epoch = best_params, best_epoch
 
 
 # ---------------------------------------------------------------------- loss and grads
@@ -348,10 +353,15 @@ def _padded_index(n: int, n_batches: int, batch: int, order: jax.Array | None = 
 
 
 def _eval_sums(model: Layer, loss: Callable, params: PyTree, x: jax.Array, y: jax.Array,
-               batch_size: int | None) -> dict:
-    """``{"loss": mean loss, "accuracy": mean accuracy (when meaningful)}`` over all rows."""
+               batch_size: int | None, *, spread: Callable | None = None) -> dict:
+    """``{"loss": mean loss, "accuracy": mean accuracy (when meaningful)}`` over all rows.
+
+    ``spread``: data parallelism, a sharding constraint for each chunk's row indices; the
+    rows then go in chunks of exactly ``batch_size`` (a multiple of the device count), the
+    last one padded and masked, so every device scores its own share of the rows.
+    """
     n = x.shape[0]
-    nb, b = _chunks(n, batch_size)
+    nb, b = _chunks(n, batch_size) if spread is None else (-(-n // batch_size), batch_size)
     kind = None
 
     def score(xb, yb, w):
@@ -362,23 +372,27 @@ def _eval_sums(model: Layer, loss: Callable, params: PyTree, x: jax.Array, y: ja
         if kind is None:
             return loss_value, jnp.zeros((), jnp.float32)
         correct = _row_correct(kind, out, yb)
-        return loss_value, (jnp.mean(correct) if w is None
-                            else jnp.sum(_weights(w, correct.dtype) * correct))
+        # hits are counted (exact in float32 up to 2**24 rows) and divided by n once
+        return loss_value, jnp.sum(correct if w is None else w[0] * correct)
 
-    if nb == 1:
+    if nb == 1 and b == n and spread is None:
         loss_value, acc = score(x, y, None)
     else:
         idx, mask = _padded_index(n, nb, b)
 
         def body(carry, batch):
             i, m = batch
+            if spread is not None:
+                i, m = spread(i), spread(m)
             lv, a = score(x[i], y[i], (m, n))
             return (carry[0] + lv, carry[1] + a), None
 
         shapes = jax.eval_shape(body, (0.0, 0.0), (idx[0], mask[0]))[0]
         zeros = tuple(jnp.zeros((), s.dtype) for s in shapes)
         (loss_value, acc), _ = jax.lax.scan(body, zeros, (idx, mask))
-    return {"loss": loss_value, "accuracy": acc} if kind is not None else {"loss": loss_value}
+    if kind is None:
+        return {"loss": loss_value}
+    return {"loss": loss_value, "accuracy": acc / n}
 
 
 @functools.partial(jax.jit, static_argnames=("model", "loss", "batch_size"))
@@ -553,17 +567,22 @@ def _unpack(data: Any, name: str) -> tuple[Any, Any]:
     return x, y
 
 
+def _strong(a: Any) -> np.ndarray | jax.Array:
+    """``a`` as a numpy or strongly typed jax array (a weak type would retrace the epoch)."""
+    if not isinstance(a, jax.Array):
+        return np.asarray(a)
+    return jnp.array(a, dtype=a.dtype) if a.weak_type else a
+
+
 def _as_inputs(x: Any) -> np.ndarray | jax.Array:
-    if not isinstance(x, jax.Array):
-        x = np.asarray(x)
+    x = _strong(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
     return x
 
 
 def _as_targets(y: Any) -> np.ndarray | jax.Array:
-    if not isinstance(y, jax.Array):
-        y = np.asarray(y)
+    y = _strong(y)
     if jnp.issubdtype(y.dtype, jnp.integer) and y.dtype != np.int32:
         y = y.astype(np.int32)
     return y
@@ -820,7 +839,9 @@ def _make_epoch(loss_and_grads: Callable, optimizer: optax.GradientTransformatio
         if lr is not None:
             metrics["learning_rate"] = lr
         if vx is not None:
-            scores = _eval_sums(model, loss, state.params, vx, vy, eval_chunk)
+            spread = (None if placement is None else
+                      lambda a: shard(a, PartitionSpec(axis)))  # each device its rows
+            scores = _eval_sums(model, loss, state.params, vx, vy, eval_chunk, spread=spread)
             metrics["valid_loss"] = scores["loss"]
             if valid_kind is not None:
                 metrics["valid_accuracy"] = scores["accuracy"]
@@ -1049,11 +1070,14 @@ def fit(
 
     directory = Path(checkpoint) if checkpoint is not None else None
     if directory is not None:
+        if directory.exists() and not directory.is_dir():
+            raise ValueError(f"checkpoint={str(directory)!r} exists and is not a directory")
         latest = ckpt.latest_step(directory)
         if latest is not None and not resume:
             raise ValueError(
                 f"checkpoint directory {str(directory)!r} already holds checkpoints (latest "
-                f"epoch {latest}); pass resume=True to continue, or use an empty directory")
+                f"epoch {latest}); pass resume=True (funnet train --resume) to continue, or "
+                "use an empty directory")
         if latest is not None:
             like = {"state": state}
             if track:
@@ -1080,10 +1104,17 @@ def fit(
             return best["params"], history
         return state.params, history
 
-    if history.stopped_early or start >= epochs:
+    if start > epochs:
+        raise ValueError(
+            f"checkpoint directory {str(directory)!r} is at epoch {start}, past epochs={epochs}: "
+            f"resume with epochs ≥ {start} (the total number of epochs, not the ones to add)")
+    if history.stopped_early or start == epochs:
         return result()
 
     eval_chunk = _EVAL_CHUNK if vx is not None and len(vx) > _EVAL_CHUNK else None
+    if vx is not None and placement is not None:  # chunks that split evenly over devices
+        d = placement[0].size
+        eval_chunk = -(-min(len(vx), _EVAL_CHUNK) // d) * d
     epoch_options = {"l2": l2, "grad": grad, "n": len(x), "batch_size": batch_size,
                      "acc_kind": acc_kind, "valid_kind": valid_kind, "placement": placement,
                      "eval_chunk": eval_chunk,
@@ -1101,7 +1132,7 @@ def fit(
                 _, state, m = replay(backup, *args)
                 if not m["finite"]:
                     _raise_non_finite(state, history, number, int(m["bad_step"]),
-                                      int(state.step), directory)
+                                      int(state.step), directory, best)
             del backup
             seconds = time.perf_counter() - t0
             record = {
@@ -1149,7 +1180,7 @@ def _opt_float(v: Any) -> float | None:
 
 
 def _raise_non_finite(state: TrainState, history: History, epoch: int, step: int,
-                      global_step: int, directory: Path | None) -> None:
+                      global_step: int, directory: Path | None, best: dict) -> None:
     path = None
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -1161,5 +1192,5 @@ def _raise_non_finite(state: TrainState, history: History, epoch: int, step: int
         f"{global_step}); the update was not applied, training stopped{where}. Try a lower "
         f"learning rate, gradient clipping (optax.clip_by_global_norm) or check the data.",
         epoch=epoch, step=step, global_step=global_step, last_good_state=state,
-        history=history, path=path,
+        history=history, path=path, best_params=best["params"], best_epoch=best["epoch"],
     )

@@ -34,7 +34,8 @@ SCRIPT = textwrap.dedent(r"""
     def run(devices, grad="autodiff", **kw):
         # 90 rows in batches of 8: the last batch is padded and masked
         kw = {"epochs": 3, **kw}
-        return train.fit(model, params, (x, y), valid=(x[:20], y[:20]),
+        # 21 validation rows: 4 devices score 6 each, the last chunk padded and masked
+        return train.fit(model, params, (x, y), valid=(x[:21], y[:21]),
                          loss=funnet.softmax_cross_entropy, optimizer=tx, batch_size=8,
                          key=jax.random.PRNGKey(1), progress=False, devices=devices,
                          grad=grad, **kw)
@@ -66,6 +67,8 @@ SCRIPT = textwrap.dedent(r"""
         "loss_multi": h4.column("train_loss"),
         "valid_single": h1.column("valid_accuracy"),
         "valid_multi": h4.column("valid_accuracy"),
+        "vloss_single": h1.column("valid_loss"),
+        "vloss_multi": h4.column("valid_loss"),
         "devices_per_leaf": sorted({len(a.sharding.device_set) for a in jax.tree.leaves(multi)}),
         "divisibility": divisibility,
         "resume_bitwise": bitwise,
@@ -84,6 +87,7 @@ def test_data_parallel_fit_matches_single_device():
     assert got["diff_mesh_hand"] < 1e-5
     assert got["loss_multi"] == __import__("pytest").approx(got["loss_single"], rel=1e-5)
     assert got["valid_multi"] == got["valid_single"]
+    assert got["vloss_multi"] == __import__("pytest").approx(got["vloss_single"], rel=1e-5)
     assert got["devices_per_leaf"] == [4]  # params come back replicated on all 4 devices
     assert "batch_size 8 must be divisible by the number of devices (3)" in got["divisibility"]
     assert got["resume_bitwise"]

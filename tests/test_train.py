@@ -362,6 +362,25 @@ def test_non_finite_in_a_later_epoch_keeps_the_history(tmp_path):
     assert err.epoch >= 2 and len(err.history) == err.epoch - 1
     assert checkpoint.latest_step(tmp_path) == err.epoch - 1
     chex.assert_tree_all_finite(err.last_good_state)
+    assert err.best_params is None and err.best_epoch is None  # no validation data
+
+
+def test_non_finite_error_carries_the_best_params_so_far():
+    x, y = blobs(24, dtype=np.float32)
+    model = mlp()
+    params = init(model, dtype=jnp.float32)
+    tx = optax.sgd(optax.exponential_decay(1e-3, transition_steps=3, decay_rate=1e6))
+    with pytest.raises(NonFiniteLossError) as info:
+        quiet_fit(model, params, (x, y), valid=(x[:8], y[:8]), patience=100, optimizer=tx,
+                  batch_size=8, epochs=10)
+    err = info.value
+    errors = [1 - r["valid_accuracy"] for r in err.history]
+    assert err.best_epoch == 1 + errors.index(min(errors))  # the first epoch with the least
+    chex.assert_tree_all_finite(err.best_params)
+    # they are the params of that epoch: a rerun stopped there returns the same
+    again, _ = quiet_fit(model, params, (x, y), valid=(x[:8], y[:8]), optimizer=tx,
+                         batch_size=8, epochs=err.best_epoch)
+    assert leaves_equal(err.best_params, again)
 
 
 # --- checkpoints -----------------------------------------------------------------------
@@ -419,6 +438,25 @@ def test_checkpoint_directory_rules(tmp_path):
     _, h = quiet_fit(model, init(model), (x, y), epochs=1, checkpoint=tmp_path / "new",
                      resume=True)
     assert len(h) == 1
+    # resuming with fewer epochs than are saved: an error, not a silent longer run
+    quiet_fit(model, init(model), (x, y), epochs=3, checkpoint=tmp_path / "three")
+    with pytest.raises(ValueError, match=r"is at epoch 3, past epochs=2: resume with epochs ≥ 3"):
+        quiet_fit(model, init(model), (x, y), epochs=2, checkpoint=tmp_path / "three",
+                  resume=True)
+    # a checkpoint path that is a file: refused before any training
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(ValueError, match="exists and is not a directory"):
+        quiet_fit(model, init(model), (x, y), epochs=1, checkpoint=tmp_path / "file")
+
+
+def test_weakly_typed_data_reuses_the_compiled_epoch():
+    x, y = blobs(32)  # float64, as jax's weak floats are here (x64 on)
+    model = mlp()
+    xw = jnp.broadcast_to(jnp.asarray(0.5), x.shape)
+    assert xw.weak_type and xw.dtype == x.dtype
+    quiet_fit(model, init(model), (x, y), epochs=1)
+    b, _ = quiet_fit(model, init(model), (xw, y), epochs=1)  # same compiled epoch, no retrace
+    chex.assert_tree_all_finite(b)
 
 
 # --- input checks ----------------------------------------------------------------------
