@@ -182,16 +182,7 @@ class Activation:
         return tuple(sorted(merged.items()))
 
     def __call__(self, x: ArrayLike, **hyper: Any) -> jax.Array:
-        x = _as_float(x)
-        h = self._hyper(hyper)
-        if forward_mode_enabled():
-            return self._jvp(x, h)
-        try:
-            return self._vjp(x, h)
-        except TypeError as e:
-            if "forward-mode" in str(e):
-                raise TypeError(_JVP_HELP.format(name=self.name)) from e
-            raise
+        return _dispatch(self.name, self._vjp, self._jvp, _as_float(x), self._hyper(hyper))
 
     def derivative(self, x: ArrayLike, **hyper: Any) -> jax.Array:
         """The hand-derived ``f'(x)``, elementwise."""
@@ -201,6 +192,19 @@ class Activation:
 
     def __repr__(self) -> str:
         return f"<activation {self.name}>"
+
+
+def _dispatch(name: str, vjp_fn: Callable, jvp_fn: Callable, *args: Any) -> jax.Array:
+    """The custom_jvp twin under :func:`forward_mode`, else the custom_vjp wiring, whose
+    forward-mode refusal is re-raised with the hint to use the switch."""
+    if forward_mode_enabled():
+        return jvp_fn(*args)
+    try:
+        return vjp_fn(*args)
+    except TypeError as e:
+        if "forward-mode" in str(e):
+            raise TypeError(_JVP_HELP.format(name=name)) from e
+        raise
 
 
 def _wire_vjp(f: Callable[..., jax.Array], df: Callable[..., jax.Array]):
@@ -525,15 +529,7 @@ class _PRelu:
     name = "prelu"
 
     def __call__(self, x: ArrayLike, slope: ArrayLike) -> jax.Array:
-        x, slope = _same_rank(_as_float(x), slope)
-        if forward_mode_enabled():
-            return _prelu_jvp(x, slope)
-        try:
-            return _prelu_vjp(x, slope)
-        except TypeError as e:
-            if "forward-mode" in str(e):
-                raise TypeError(_JVP_HELP.format(name=self.name)) from e
-            raise
+        return _dispatch(self.name, _prelu_vjp, _prelu_jvp, *_same_rank(_as_float(x), slope))
 
     def derivative(self, x: ArrayLike, slope: ArrayLike) -> jax.Array:
         """``∂f/∂x``: 1 if x > 0 else γ_i."""

@@ -195,6 +195,29 @@ def _identity_init(name: str):
     return init
 
 
+def _paramless(name: str, f, res_backward, *, min_rank: int = 1, init=None,
+               configure=None) -> Layer:
+    """A layer without params: ``y = f(x)``; ``res_backward(x, y, dy) -> dx``."""
+
+    def apply(params, x, *, key=None):
+        _expect_no_params(name, params)
+        _expect_rank(name, x, min_rank)
+        return f(x)
+
+    def forward(params, x, *, key=None):
+        y = apply(params, x)
+        return y, (x, y)
+
+    def backward(params, res, dy):
+        x, y = res
+        return (), res_backward(x, y, dy)
+
+    def default_init(key, input_shape):
+        return _check_input_shape(name, input_shape, min_rank=min_rank), ()
+
+    return Layer(init or default_init, apply, forward, backward, name=name, configure=configure)
+
+
 def ActivationLayer(activation: act.Activation, **hyper: Any) -> Layer:
     r"""Layer applying an elementwise :class:`funnet.Activation`; no params.
 
@@ -206,28 +229,14 @@ def ActivationLayer(activation: act.Activation, **hyper: Any) -> Layer:
     >>> apply((), jnp.array([-1.0, 2.0])).tolist()
     [0.0, 2.0]
     """
-    activation._hyper(hyper)  # validate now, not at the first call
+    h = dict(activation._hyper(hyper))  # validated now, not at the first call
     opts = ", ".join(f"{k}={v}" for k, v in sorted(hyper.items()))
     name = "".join(p.capitalize() for p in activation.name.split("_")) + (f"({opts})" if opts else "")
-
-    def apply(params, x, *, key=None):
-        _expect_no_params(name, params)
-        return activation(x, **hyper)
-
-    def forward(params, x, *, key=None):
-        y = apply(params, x)
-        return y, (x, y)
-
-    def backward(params, res, dy):
-        x, y = res
-        return (), dy * activation.df(x, y, **{**activation.defaults, **hyper})  # dx = dy ⊙ f'(z)
-
-    return Layer(
-        _identity_init(name),
-        apply,
-        forward,
-        backward,
-        name=name,
+    return _paramless(
+        name,
+        lambda x: activation(x, **hyper),
+        lambda x, y, dy: dy * activation.df(x, y, **h),  # dx = dy ⊙ f'(z)
+        min_rank=0,
         configure=lambda **kw: ActivationLayer(activation, **{**hyper, **kw}),
     )
 
@@ -280,28 +289,6 @@ PRelu = _prelu_layer()
 
 # ---------------------------------------------------------------------------------------
 # Softmax, LogSoftmax, Flatten, Dropout.
-
-
-def _paramless(name: str, f, res_backward, *, min_rank: int = 1, init=None) -> Layer:
-    """A layer without params: ``y = f(x)``; ``res_backward(x, y, dy) -> dx``."""
-
-    def apply(params, x, *, key=None):
-        _expect_no_params(name, params)
-        _expect_rank(name, x, min_rank)
-        return f(x)
-
-    def forward(params, x, *, key=None):
-        y = apply(params, x)
-        return y, (x, y)
-
-    def backward(params, res, dy):
-        x, y = res
-        return (), res_backward(x, y, dy)
-
-    def default_init(key, input_shape):
-        return _check_input_shape(name, input_shape, min_rank=min_rank), ()
-
-    return Layer(init or default_init, apply, forward, backward, name=name)
 
 
 Softmax = _paramless(
