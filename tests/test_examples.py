@@ -151,7 +151,16 @@ def test_vanishing_gradients(tmp_path):
 
 
 def test_dead_relu(tmp_path):
-    r = run("dead_relu", tmp_path)["adam"]
+    out = run("dead_relu", tmp_path)
+    for opt in ("adam", "sgd"):  # ReLU stays exactly dead under either optimizer
+        relu = out[opt]["relu"]
+        assert relu["active_end"] == 0.0 and relu["hidden_unchanged"], opt
+        for name in ("leaky_relu", "prelu", "elu"):  # the others pass a gradient back
+            row = out[opt][name]
+            assert row["max_hidden_grad"] > 0 and not row["hidden_unchanged"], (opt, name)
+    sgd = out["sgd"]  # with SGD recovery goes with the gradient's size: PReLU recovers
+    assert sgd["prelu"]["active_end"] > 0.2 and sgd["prelu"]["accuracy"] > 0.9
+    r = out["adam"]
     relu = r["relu"]
     assert relu["active_start"] == relu["active_end"] == 0.0
     assert relu["max_hidden_grad"] == 0.0 and relu["hidden_unchanged"]
@@ -191,6 +200,8 @@ def test_gradient_methods(tmp_path):
     for row in r["symbolic"]:
         assert row["value"] == pytest.approx(row["jax"], rel=1e-12)
         assert row["df_cse"] < row["df"] or row["depth"] == 1
+    shared = [row["df_cse"] for row in r["symbolic"]]
+    assert np.all(np.diff(shared, n=2) == 0) and shared[-1] > shared[0]  # linear with cse
     n = r["n_params"]
     assert n == 17
     counts = r["counts"]
