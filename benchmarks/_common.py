@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from benchmarks._timing import describe
+
 T = TypeVar("T")
 
 #: distributions whose versions every results file records
@@ -45,11 +47,7 @@ class Ctx:
 
 def unavailable(exc: BaseException) -> str:
     """``"unavailable (ErrorType: first line of the message)"`` for tables and notes."""
-    lines = str(exc).strip().splitlines()
-    text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
-    if len(text) > 200:
-        text = text[:197] + "..."
-    return f"unavailable ({text})"
+    return f"unavailable ({describe(exc)})"
 
 
 def load_funnet() -> tuple[ModuleType | None, str | None]:

@@ -125,6 +125,41 @@ class RawScan:
         return raw_apply(self.state[0], jnp.asarray(x))
 
 
+class RawScanResident:
+    """jax + optax, one jitted ``lax.scan`` per epoch over data kept on the device: each step
+    gathers its rows by index (what ``fn.fit`` does); only the permutation crosses over."""
+
+    name = "raw jax lax.scan (data on device)"
+    kind = "scan"
+
+    def __init__(self, init: Init, tx: optax.GradientTransformation, x: np.ndarray,
+                 y: np.ndarray, *, batch: int):
+        params = raw_params(init)
+        self.state = (params, tx.init(params))
+        self.x, self.y = jax.device_put(jnp.asarray(x)), jax.device_put(jnp.asarray(y))
+        nb = len(x) // batch
+
+        def body(state, i, x, y):
+            params, opt_state = state
+            loss, grads = jax.value_and_grad(lambda p: xent(raw_apply(p, x[i]), y[i]))(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        def epoch(state, x, y, perm):
+            return jax.lax.scan(lambda s, i: body(s, i, x, y), state,
+                                perm[: nb * batch].reshape(nb, batch))
+
+        self._epoch = jax.jit(epoch, donate_argnums=0)
+
+    def epoch_from(self, perm: np.ndarray) -> Any:
+        self.state, losses = self._epoch(self.state, self.x, self.y,
+                                         jnp.asarray(perm, jnp.int32))
+        return losses
+
+    def logits(self, x):
+        return raw_apply(self.state[0], jnp.asarray(x))
+
+
 # ------------------------------------------------------------------------------- stax
 
 

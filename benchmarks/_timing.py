@@ -171,7 +171,8 @@ class Comparison:
         }
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """``"ErrorType: first line of the message"``, at most 240 characters."""
     msg = str(exc).strip().splitlines()
     text = f"{type(exc).__name__}: {msg[0] if msg else ''}"
     return text if len(text) <= 240 else text[:237] + "..."
@@ -193,23 +194,6 @@ def time_call(
         return out.seconds, out
     sync(out)
     return timer() - t0, out
-
-
-def measure(
-    fn: Callable[[], Any],
-    *,
-    inner: int = 1,
-    timer: Timer = time.perf_counter,
-    sync: Sync = jax.block_until_ready,
-) -> tuple[float, Any]:
-    """Mean seconds per call over ``inner`` calls of ``fn``, each blocked on; last output."""
-    if inner < 1:
-        raise ValueError(f"inner must be >= 1, got {inner}")
-    total, out = 0.0, None
-    for _ in range(inner):
-        seconds, out = time_call(fn, timer=timer, sync=sync)
-        total += seconds
-    return total / inner, out
 
 
 def spread(inner: int, slots: int) -> list[int]:
@@ -291,7 +275,7 @@ def interleaved(
         try:
             seconds, out = time_call(competitors[name], timer=timer, sync=sync)
         except Exception as exc:  # noqa: BLE001 - a failing competitor must not stop the others
-            res.error = _describe(exc)
+            res.error = describe(exc)
             return None
         res.last = out.value if isinstance(out, Timed) else out
         return seconds, out

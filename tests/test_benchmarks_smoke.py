@@ -220,7 +220,7 @@ def test_real_clock_on_a_trivial_jax_function():
     assert cmp.ratio("mul") > 0
     d = cmp.to_dict()
     assert set(d["results"]) == {"sum", "mul"} and d["baseline"] == "sum"
-    seconds, out = T.measure(lambda: x + 1, inner=3)
+    seconds, out = T.time_call(lambda: x + 1)
     assert seconds > 0 and out.shape == (1000,)
 
 

@@ -23,7 +23,7 @@ from benchmarks._common import (
     lecun_init,
     require_funnet,
 )
-from benchmarks._timing import Timed, interleaved
+from benchmarks._timing import interleaved
 from benchmarks.cases.digits import FitRunner
 
 SIZES = (784, 1024, 1024, 10)
@@ -75,5 +75,5 @@ def run(ctx: Ctx) -> CaseResult:
         table.add(count, fmt(r.first_s, ".2f"), fmt(r.median_s, ".1f", scale=1e3),
                   fmt_ratio(speedup), r.error or "")
     table.notes.append(f"devices: {[str(d) for d in devices]}; ideal speedup {k}×")
-    res.data = {"comparison": cmp.to_dict(), "timed": Timed.__name__}
+    res.data = {"comparison": cmp.to_dict()}
     return res
