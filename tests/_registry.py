@@ -260,8 +260,13 @@ class LayerCase:
         return self.id
 
 
+def _rows(v, x):
+    """A per-feature vector shaped to broadcast over ``x``'s leading (row) axes."""
+    return v.reshape((1,) * (x.ndim - 1) + v.shape)
+
+
 def dense_ref(p, x):
-    return x @ p["W"] + p["b"][None, :]  # z = a W + b, row form
+    return x @ p["W"] + _rows(p["b"], x)  # z = a W + b, row form
 
 
 def softmax_ref(x):
@@ -270,7 +275,7 @@ def softmax_ref(x):
 
 
 def prelu_ref(p, x):
-    return jnp.where(x > 0, x, p["slope"][None, :] * x)
+    return jnp.where(x > 0, x, _rows(p["slope"], x) * x)
 
 
 def _layer_cases() -> list[LayerCase]:
@@ -338,6 +343,19 @@ def _layer_cases() -> list[LayerCase]:
             (-1, D), (-1, 2),
             ({"W": (D, 5), "b": (5,)}, (), {"W": (5, 2), "b": (2,)}),
             needs_key=True,
+        ),
+        # rank-3 inputs [batch, 3, D]: the feature axis is the last, the rest are rows
+        LayerCase("Dense(3) on [n, 3, D]", funnet.Dense(3), (-1, 3, D), (-1, 3, 3),
+                  {"W": (D, 3), "b": (3,)}, dense_ref),
+        LayerCase("PRelu on [n, 3, D]", funnet.PRelu, (-1, 3, D), (-1, 3, D),
+                  {"slope": (D,)}, prelu_ref),
+        LayerCase(
+            "fanout(2),parallel(Tanh,Relu),FanInConcat(axis=-2)",
+            funnet.serial(funnet.fanout(2), funnet.parallel(funnet.Tanh, funnet.Relu),
+                          funnet.FanInConcat(axis=-2)),
+            (-1, 3, D), (-1, 6, D),
+            ((), ((), ()), ()),
+            lambda p, x: jnp.concatenate([jnp.tanh(x), jnp.maximum(x, 0)], axis=-2),
         ),
     ]
     return cases

@@ -89,6 +89,16 @@ def test_numerical_grad_known_functions(name, f, params, grad):
         np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-9)
 
 
+@pytest.mark.parametrize("t", [[1e3, -2.5e3, 7e2], [1e12, -3e13, 5e8]], ids=["1e3", "1e12"])
+def test_numerical_grad_step_scales_with_the_parameter(t):
+    # d/dθ Σ log θ² = 2/θ. With Δ = eps·max(1, |θ|) the relative error is ~eps² (truncation)
+    # plus ~ε·|f|/(|f'|·Δ) (rounding), both < 1e-9 here, so rtol 1e-8 with atol 0; a step
+    # that did not scale with |θ| is 3000× off at 1e3 and NaN at 1e12 (below one ulp of θ).
+    theta = jnp.array(t)
+    g = numerical_grad(lambda p: jnp.sum(jnp.log(p ** 2)), theta)
+    np.testing.assert_allclose(g, 2 / theta, rtol=1e-8, atol=0)
+
+
 @pytest.mark.parametrize("name, f, params, grad", KNOWN[:2], ids=[k[0] for k in KNOWN[:2]])
 def test_numerical_grad_float32(name, f, params, grad):
     p32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params)

@@ -83,6 +83,12 @@ def test_dense_init_values():
     np.testing.assert_array_equal(again["W"], params["W"])  # deterministic in the key
     _, prelu = funnet.PRelu(slope_init=0.1).init(jax.random.PRNGKey(0), (-1, 4))
     np.testing.assert_array_equal(prelu["slope"], np.full(4, 0.1))
+    # the initializers are the caller's to choose (jax.nn.initializers)
+    init = jax.nn.initializers
+    _, custom = funnet.Dense(3, W_init=init.constant(0.5), b_init=init.ones).init(
+        jax.random.PRNGKey(0), (-1, 4))
+    np.testing.assert_array_equal(custom["W"], np.full((4, 3), 0.5))
+    np.testing.assert_array_equal(custom["b"], np.ones(3))
 
 
 @functools.cache

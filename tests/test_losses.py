@@ -127,6 +127,17 @@ def test_softmax_cross_entropy_grad_is_y_minus_t_over_n():
                                (y - ONE_HOT) / N, **TIGHT)
 
 
+@pytest.mark.parametrize("margin", [0.5, 2.0])
+def test_max_margin_grads_with_other_margins(margin):
+    s = jnp.array([2.0, 1.0, 0.2, 3.0, 1.5, 2.5])
+    s_c = jnp.array([0.5, 0.5, 0.9, 1.0, 0.5, 0.5])  # Δ + s_c - s = 0 in the last row for Δ 2
+    hand = funnet.max_margin.grad(s, s_c, margin=margin)
+    violated = (margin + s_c - s > 0).astype(s.dtype) / len(s)
+    np.testing.assert_array_equal(hand[1], violated)
+    ad = jax.grad(lambda a, b: funnet.max_margin(a, b, margin=margin), argnums=(0, 1))(s, s_c)
+    assert_trees_close(hand, ad, rtol=0, atol=1e-15)
+
+
 def test_max_margin_grads():
     s = jnp.array([2.0, 1.0, 0.2, 3.0, 1.5])
     s_c = jnp.array([0.5, 0.5, 0.9, 1.0, 0.5])  # margins 1+s_c-s: -0.5, 0.5, 1.7, -1, 0
