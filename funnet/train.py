@@ -668,19 +668,24 @@ _START_CACHE: collections.OrderedDict = collections.OrderedDict()
 
 def _start_function(optimizer: optax.GradientTransformation, sharding: Any) -> Callable:
     """:func:`_start` jitted, its outputs placed on ``sharding``; cached per optimizer."""
-    key = (optimizer, sharding)
+    return _cached(_START_CACHE, (optimizer, sharding), lambda: jax.jit(
+        functools.partial(_start, optimizer), out_shardings=sharding))
+
+
+def _cached(cache: collections.OrderedDict, key: tuple, make: Callable[[], Callable]
+            ) -> Callable:
+    """``cache[key]``, made by ``make()`` on a miss; an LRU of ``_CACHE_SIZE`` entries.
+    An unhashable key (e.g. an unhashable optimizer) is never cached."""
     try:
         hash(key)
-    except TypeError:  # an unhashable optimizer: no caching
-        key = None
-    if key is not None and key in _START_CACHE:
-        _START_CACHE.move_to_end(key)
-        return _START_CACHE[key]
-    fn = jax.jit(functools.partial(_start, optimizer), out_shardings=sharding)
-    if key is not None:
-        _START_CACHE[key] = fn
-        while len(_START_CACHE) > _EPOCH_CACHE_SIZE:
-            _START_CACHE.popitem(last=False)
+    except TypeError:
+        return make()
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    cache[key] = fn = make()
+    while len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
     return fn
 
 
@@ -875,7 +880,7 @@ def _signature(tree: PyTree) -> tuple:
 
 
 _EPOCH_CACHE: collections.OrderedDict = collections.OrderedDict()
-_EPOCH_CACHE_SIZE = 8
+_CACHE_SIZE = 8
 
 
 def _epoch_function(model: Layer, loss: Callable, optimizer: optax.GradientTransformation, *,
@@ -887,20 +892,9 @@ def _epoch_function(model: Layer, loss: Callable, optimizer: optax.GradientTrans
     the same shapes reuses the compiled epoch (an LRU of the last few configurations).
     """
     key = (model, loss, optimizer, l2, grad, guarded, signature, tuple(sorted(options.items())))
-    try:
-        hash(key)
-    except TypeError:  # an unhashable model, loss or optimizer: no caching
-        key = None
-    if key is not None and key in _EPOCH_CACHE:
-        _EPOCH_CACHE.move_to_end(key)
-        return _EPOCH_CACHE[key]
-    loss_and_grads = _loss_and_grads(model, loss, l2=l2, grad=grad)
-    fn = _make_epoch(loss_and_grads, optimizer, loss, model=model, guarded=guarded, **options)
-    if key is not None:
-        _EPOCH_CACHE[key] = fn
-        while len(_EPOCH_CACHE) > _EPOCH_CACHE_SIZE:
-            _EPOCH_CACHE.popitem(last=False)
-    return fn
+    return _cached(_EPOCH_CACHE, key, lambda: _make_epoch(
+        _loss_and_grads(model, loss, l2=l2, grad=grad), optimizer, loss, model=model,
+        guarded=guarded, **options))
 
 
 class _Progress:
