@@ -50,7 +50,7 @@ JAX_NN: dict[str, Callable[[jax.Array], jax.Array] | None] = {
     "softplus": jax.nn.softplus,
 }
 
-#: the textbook formulas of math.md §2, written naively
+#: the textbook formulas of docs/math.md §2, written naively
 FORMULA: dict[str, Callable[[jax.Array], jax.Array]] = {
     "logistic": lambda x: 1 / (1 + jnp.exp(-x)),
     "tanh": lambda x: (jnp.exp(x) - jnp.exp(-x)) / (jnp.exp(x) + jnp.exp(-x)),

@@ -2,7 +2,7 @@ r"""Case ``gradmethods``: time to the full gradient of a scalar loss of N parame
 
 ``f(θ)``: a one-hidden-layer tanh MLP with ``D_IN = 8`` inputs, ``h`` hidden units and one
 output, squared error on a fixed batch of 32, all parameters in one flat vector ``θ``
-(``N = h·(D_IN + 2) + 1``). Methods (math.md §7):
+(``N = h·(D_IN + 2) + 1``). Methods (docs/math.md §7):
 
 - reverse mode: ``jax.jit(jax.grad(f))`` — one forward + one backward pass, ``O(N)``;
 - forward mode: one JVP per basis vector ``e_i`` (what ``jax.jacfwd`` does), vmapped
