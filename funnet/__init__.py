@@ -8,26 +8,29 @@ from . import data as data
 from . import layers as layers
 from . import losses as losses
 from . import train as train
-from ._types import Layer as Layer
-from ._types import LayerError as LayerError
-from ._types import NoBackwardRuleError as NoBackwardRuleError
-from ._types import ParamsError as ParamsError
+from . import contract as contract
+from .contract import Layer as Layer
+from .contract import LayerError as LayerError
+from .contract import NoBackwardRuleError as NoBackwardRuleError
+from .contract import ParamsError as ParamsError
+from .contract import StatefulModelError as StatefulModelError
+from .contract import forward_twin as forward_twin
+from .contract import layer as layer
 from .activations import Activation as Activation
 from .activations import define_activation as define_activation
 from .activations import elu as elu
-from .activations import forward_mode as forward_mode
 from .activations import hard_logistic as hard_logistic
 from .activations import hard_tanh as hard_tanh
 from .activations import leaky_relu as leaky_relu
 from .activations import logistic as logistic
 from .activations import prelu as prelu
 from .activations import relu as relu
-from .activations import set_forward_mode as set_forward_mode
 from .activations import sigmoid as sigmoid
 from .activations import softplus as softplus
 from .activations import step as step
 from .activations import tanh as tanh
 from .check import GradientCheckError as GradientCheckError
+from .check import check_layer as check_layer
 from .check import check_model as check_model
 from .data import Dataset as Dataset
 from .data import load_digits as load_digits
@@ -41,11 +44,13 @@ from .layers import FanInSum as FanInSum
 from .layers import Flatten as Flatten
 from .layers import HardLogistic as HardLogistic
 from .layers import HardTanh as HardTanh
+from .layers import Identity as Identity
 from .layers import LeakyRelu as LeakyRelu
 from .layers import Logistic as Logistic
 from .layers import LogSoftmax as LogSoftmax
 from .layers import PRelu as PRelu
 from .layers import Relu as Relu
+from .layers import Reshape as Reshape
 from .layers import Sigmoid as Sigmoid
 from .layers import Softmax as Softmax
 from .layers import Softplus as Softplus
@@ -85,6 +90,7 @@ __all__ = [
     "GradientCheckError",
     "HardLogistic",
     "HardTanh",
+    "Identity",
     "Layer",
     "LayerError",
     "LeakyRelu",
@@ -96,9 +102,11 @@ __all__ = [
     "PRelu",
     "ParamsError",
     "Relu",
+    "Reshape",
     "Sigmoid",
     "Softmax",
     "Softplus",
+    "StatefulModelError",
     "Step",
     "Tanh",
     "TrainState",
@@ -107,7 +115,9 @@ __all__ = [
     "backprop",
     "binary_cross_entropy",
     "check",
+    "check_layer",
     "check_model",
+    "contract",
     "checkpoint",
     "data",
     "define_activation",
@@ -115,10 +125,11 @@ __all__ = [
     "evaluate",
     "fanout",
     "fit",
-    "forward_mode",
+    "forward_twin",
     "hard_logistic",
     "hard_tanh",
     "l2_penalty",
+    "layer",
     "layers",
     "leaky_relu",
     "load_digits",
@@ -134,7 +145,6 @@ __all__ = [
     "prelu",
     "relu",
     "serial",
-    "set_forward_mode",
     "sigmoid",
     "softmax_cross_entropy",
     "softplus",

@@ -1,4 +1,4 @@
-r"""Activations with hand-derived derivatives (math.md §2).
+r"""Activations with hand-derived derivatives (docs/math.md §2).
 
 Every activation is an :class:`Activation`: the forward formula ``f`` and the derivative
 ``f'`` written out by hand, side by side. Calling it evaluates ``f``; its reverse-mode
@@ -8,7 +8,7 @@ derivative (``jax.grad``, ``jax.vjp``) is the hand-written ``f'``, wired in with
 One way to get ``f'(x)`` for any activation: ``act.derivative(x)``.
 
 Kink convention (one rule for all): at a kink the derivative is the value of the
-``else`` branch of math.md's table, i.e. the inequalities are strict::
+``else`` branch of the table in docs/math.md §2, i.e. the inequalities are strict::
 
     relu'(0) = 0        leaky_relu'(0) = slope     prelu'(0) = slope
     hard_tanh'(±1) = 0  hard_logistic'(±2) = 0     elu'(0) = alpha
@@ -18,21 +18,25 @@ Each value is a valid subgradient, matches the table literally, and agrees with 
 ``relu`` and ``hard_tanh`` (jax.nn gives 1 at ±1 for ``hard_tanh`` and 1 at 0 for
 ``leaky_relu``; its ``elu'(0) = α`` agrees with ours).
 
-Forward mode: JAX refuses ``jax.jvp``/``jax.jacfwd``/``jax.hessian`` on a custom_vjp
-function. Inside ``with funnet.forward_mode():`` every activation is wired with
-:func:`jax.custom_jvp` instead, built from the *same* derivative ``f'``, so forward mode,
-Hessians and Hessian-vector products work on every activation and model.
+Three wirings, one derivative. JAX refuses ``jax.jvp``/``jax.jacfwd`` on a custom_vjp
+function (``jax.grad`` and ``jax.hessian`` — reverse-over-reverse and forward-over-reverse
+— work, since the hand ``f'`` is then plain code). Each activation therefore has twins,
+plain values that change nothing global:
+
+* ``act`` itself: ``jax.custom_vjp`` with the hand ``f'`` (reverse mode);
+* ``act.jvp_twin``: ``jax.custom_jvp`` built from the *same* ``f'`` (forward and reverse
+  mode); :func:`funnet.forward_twin` rewires a whole model this way;
+* ``act.formula``: the plain formula ``f`` with no custom rule, so that JAX differentiates
+  ``f`` itself — the witness independent of the hand ``f'`` that ``funnet.check`` uses.
 
 NaN in gives NaN out, for values and derivatives; ``±inf`` give the limits.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -45,66 +49,23 @@ __all__ = [
     "Activation",
     "define_activation",
     "elu",
-    "forward_mode",
-    "forward_mode_enabled",
     "hard_logistic",
     "hard_tanh",
     "leaky_relu",
     "logistic",
     "prelu",
     "relu",
-    "set_forward_mode",
     "sigmoid",
     "softplus",
     "step",
     "tanh",
 ]
 
-# ---------------------------------------------------------------------------------------
-# The forward-mode switch.
-
-_state = threading.local()
-
-
-def forward_mode_enabled() -> bool:
-    """Whether activations are currently wired with ``custom_jvp`` (forward mode)."""
-    return getattr(_state, "forward", False)
-
-
-def set_forward_mode(enabled: bool) -> None:
-    """Wire activations with ``custom_jvp`` (``True``) or ``custom_vjp`` (``False``).
-
-    The wiring is chosen when a function is traced, so JAX's trace caches are cleared
-    whenever the switch changes: a function jitted before is traced again afterwards.
-    """
-    enabled = bool(enabled)
-    if enabled != forward_mode_enabled():
-        _state.forward = enabled
-        jax.clear_caches()
-
-
-@contextlib.contextmanager
-def forward_mode(enabled: bool = True) -> Iterator[None]:
-    """Context manager: inside it, ``jax.jvp``/``jacfwd``/``hessian`` work on activations.
-
-    >>> import jax, funnet
-    >>> with funnet.forward_mode():
-    ...     float(jax.jacfwd(funnet.relu)(2.0))
-    1.0
-    """
-    before = forward_mode_enabled()
-    set_forward_mode(enabled)
-    try:
-        yield
-    finally:
-        set_forward_mode(before)
-
-
 _JVP_HELP = (
-    "{name} is wired with jax.custom_vjp, which JAX cannot differentiate in forward mode "
-    "(jvp, jacfwd, hessian). Wrap the call in `with funnet.forward_mode():` (or call "
-    "funnet.set_forward_mode(True)) to use the custom_jvp twin built from the same "
-    "hand-derived derivative."
+    "{name} is wired with jax.custom_vjp (its hand derivative, for reverse mode), which JAX "
+    "cannot differentiate in forward mode (jax.jvp, jax.jacfwd, jax.linearize). Use its "
+    "forward twin, built from the same hand-derived derivative: funnet.{name}.jvp_twin for "
+    "the activation, funnet.forward_twin(model) for a model."
 )
 
 
@@ -139,8 +100,25 @@ def _as_float(x: ArrayLike) -> jax.Array:
 # The Activation type: a forward formula and its hand derivative, two wirings.
 
 
+class _Twins:
+    """The two twins of an activation, by :meth:`rewired` (defined by each subclass)."""
+
+    def rewired(self, wiring: str) -> Any:
+        raise NotImplementedError
+
+    @property
+    def jvp_twin(self) -> Any:
+        """The twin wired with ``jax.custom_jvp`` from the same hand ``f'``: forward mode works."""
+        return self.rewired("jvp")
+
+    @property
+    def formula(self) -> Any:
+        """The plain formula ``f``, no custom rule: JAX differentiates ``f`` itself."""
+        return self.rewired("formula")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class Activation:
+class Activation(_Twins):
     r"""An elementwise activation ``f`` with its hand-derived derivative ``f'``.
 
     Attributes:
@@ -149,9 +127,12 @@ class Activation:
       df: ``df(x, y, **hyper) -> f'(x)``, the hand-derived derivative; ``y = f(x)`` is
         passed so formulas such as ``σ' = σ(1 - σ)`` can reuse it.
       defaults: the keyword hyperparameters and their defaults (e.g. ``{"slope": 0.01}``).
+      wiring: how ``f'`` reaches JAX: ``"vjp"`` (``jax.custom_vjp``, the default),
+        ``"jvp"`` (``jax.custom_jvp``: :attr:`jvp_twin`) or ``"formula"`` (none: JAX
+        differentiates ``f``; :attr:`formula`).
 
     ``act(x, **hyper)`` evaluates ``f``; ``act.derivative(x, **hyper)`` evaluates ``f'``.
-    Hyperparameters are static Python numbers (``custom_vjp`` ``nondiff_argnums``).
+    Hyperparameters are static Python numbers (``nondiff_argnums``).
     """
 
     name: str
@@ -159,11 +140,23 @@ class Activation:
     df: Callable[..., jax.Array]
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
     doc: str = ""
+    wiring: str = "vjp"
 
     def __post_init__(self) -> None:
+        if self.wiring not in ("vjp", "jvp", "formula"):
+            raise ValueError(f"{self.name}: wiring must be 'vjp', 'jvp' or 'formula', "
+                             f"got {self.wiring!r}")
         object.__setattr__(self, "__doc__", self.doc or None)
-        object.__setattr__(self, "_vjp", _wire_vjp(self.f, self.df))
-        object.__setattr__(self, "_jvp", _wire_jvp(self.f, self.df))
+        wire = {"vjp": _wire_vjp, "jvp": _wire_jvp, "formula": _wire_formula}[self.wiring]
+        object.__setattr__(self, "_fn", wire(self.f, self.df))
+        object.__setattr__(self, "_twins", {self.wiring: self})
+
+    def rewired(self, wiring: str) -> Activation:
+        """This activation with ``f'`` wired as ``wiring``; the same object for the same one."""
+        if wiring not in self._twins:
+            self._twins[wiring] = dataclasses.replace(self, wiring=wiring)
+            self._twins[wiring]._twins.update(self._twins)
+        return self._twins[wiring]
 
     def _hyper(self, hyper: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
         unknown = set(hyper) - set(self.defaults)
@@ -182,7 +175,7 @@ class Activation:
         return tuple(sorted(merged.items()))
 
     def __call__(self, x: ArrayLike, **hyper: Any) -> jax.Array:
-        return _dispatch(self.name, self._vjp, self._jvp, _as_float(x), self._hyper(hyper))
+        return _call(self.name, self.wiring, self._fn, _as_float(x), self._hyper(hyper))
 
     def derivative(self, x: ArrayLike, **hyper: Any) -> jax.Array:
         """The hand-derived ``f'(x)``, elementwise."""
@@ -191,20 +184,27 @@ class Activation:
         return self.df(x, self.f(x, **h), **h)
 
     def __repr__(self) -> str:
-        return f"<activation {self.name}>"
+        suffix = "" if self.wiring == "vjp" else f" ({self.wiring})"
+        return f"<activation {self.name}{suffix}>"
 
 
-def _dispatch(name: str, vjp_fn: Callable, jvp_fn: Callable, *args: Any) -> jax.Array:
-    """The custom_jvp twin under :func:`forward_mode`, else the custom_vjp wiring, whose
-    forward-mode refusal is re-raised with the hint to use the switch."""
-    if forward_mode_enabled():
-        return jvp_fn(*args)
+def _call(name: str, wiring: str, fn: Callable, *args: Any) -> jax.Array:
+    """``fn(*args)``; a custom_vjp wiring's forward-mode refusal gets the hint to the twin."""
+    if wiring != "vjp":
+        return fn(*args)
     try:
-        return vjp_fn(*args)
+        return fn(*args)
     except TypeError as e:
         if "forward-mode" in str(e):
             raise TypeError(_JVP_HELP.format(name=name)) from e
         raise
+
+
+def _wire_formula(f: Callable[..., jax.Array], df: Callable[..., jax.Array]):
+    def act(x, hyper):
+        return f(x, **dict(hyper))  # no custom rule: autodiff differentiates f
+
+    return act
 
 
 def _wire_vjp(f: Callable[..., jax.Array], df: Callable[..., jax.Array]):
@@ -253,7 +253,7 @@ def define_activation(
       **defaults: keyword hyperparameters and their default values.
 
     The result works everywhere a built-in activation does: ``jax.grad`` uses ``df``
-    (custom_vjp), :func:`forward_mode` gives the custom_jvp twin,
+    (custom_vjp), ``act.jvp_twin`` is the custom_jvp twin for forward mode,
     :func:`funnet.layers.ActivationLayer` and :func:`funnet.check` accept it.
 
     Example: swish, ``f(x) = x σ(x)``, ``f'(x) = σ(x) + x σ(x)(1 - σ(x))``.
@@ -271,7 +271,7 @@ def define_activation(
 
 
 # ---------------------------------------------------------------------------------------
-# The activations of math.md §2: formula, derivative, wiring, side by side.
+# The activations of docs/math.md §2: formula, derivative, wiring, side by side.
 
 
 def _logistic(x):
@@ -515,11 +515,15 @@ def _prelu_jvp_rule(primals, tangents):
 _prelu_jvp.defjvp(_prelu_jvp_rule, symbolic_zeros=True)
 
 
-class _PRelu:
+_PRELU_WIRINGS = {"vjp": _prelu_vjp, "jvp": _prelu_jvp, "formula": _prelu_f}
+
+
+class _PRelu(_Twins):
     """PReLU ``f(x) = x if x > 0 else γ_i x`` with a learnable slope per neuron.
 
     ``∂f/∂x = 1 if x > 0 else γ_i`` (``prelu.derivative``), ``∂f/∂γ_i = 0 if x > 0 else x``
     (``prelu.slope_derivative``). ``slope`` broadcasts against ``x`` (shape ``[features]``).
+    Twins as for every activation: ``prelu.jvp_twin`` (custom_jvp), ``prelu.formula``.
 
     >>> import jax.numpy as jnp
     >>> prelu(jnp.array([-2.0, 3.0]), jnp.array([0.25, 0.25])).tolist()
@@ -528,8 +532,18 @@ class _PRelu:
 
     name = "prelu"
 
+    def __init__(self, wiring: str = "vjp") -> None:
+        if wiring not in _PRELU_WIRINGS:
+            raise ValueError(f"prelu: wiring must be one of {sorted(_PRELU_WIRINGS)}, got {wiring!r}")
+        self.wiring = wiring
+
+    def rewired(self, wiring: str) -> _PRelu:
+        """``prelu`` with its derivatives wired as ``wiring``; one object per wiring."""
+        return _PRELU_TWINS[wiring] if wiring in _PRELU_TWINS else _PRelu(wiring)
+
     def __call__(self, x: ArrayLike, slope: ArrayLike) -> jax.Array:
-        return _dispatch(self.name, _prelu_vjp, _prelu_jvp, *_same_rank(_as_float(x), slope))
+        fn = _PRELU_WIRINGS[self.wiring]
+        return _call(self.name, self.wiring, fn, *_same_rank(_as_float(x), slope))
 
     def derivative(self, x: ArrayLike, slope: ArrayLike) -> jax.Array:
         """``∂f/∂x``: 1 if x > 0 else γ_i."""
@@ -540,10 +554,12 @@ class _PRelu:
         return _prelu_dslope(_as_float(x))
 
     def __repr__(self) -> str:
-        return "<activation prelu>"
+        suffix = "" if self.wiring == "vjp" else f" ({self.wiring})"
+        return f"<activation prelu{suffix}>"
 
 
-prelu = _PRelu()
+_PRELU_TWINS = {w: _PRelu(w) for w in _PRELU_WIRINGS}
+prelu = _PRELU_TWINS["vjp"]
 
 
 #: Every built-in elementwise activation with static hyperparameters, by name.

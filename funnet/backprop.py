@@ -1,4 +1,4 @@
-r"""Hand-derived backpropagation: the δ-recursion of math.md §5, layer by layer.
+r"""Hand-derived backpropagation: the δ-recursion of docs/math.md §5, layer by layer.
 
 :func:`value_and_grad` runs each layer's ``forward`` (keeping what its backward needs),
 seeds the error with the loss's hand-derived gradient, and chains the layers' hand-written
@@ -10,6 +10,8 @@ seeds the error with the loss's hand-derived gradient, and chains the layers' ha
     ∂L/∂b(l)  = Σ_rows δ(l)
 
 No ``jax.grad`` is involved, so it is an independent witness for it (``funnet.check``).
+Inputs without a gradient (integer ids, a graph's structure) get ``None`` from their
+layer's backward; model state (running statistics) is carried along, never differentiated.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from typing import Any
 
 import jax
 
-from ._types import Layer, NoBackwardRuleError, PyTree, as_layer
-from .layers import chain_backward
+from .contract import Layer, NoBackwardRuleError, PyTree, StatefulModelError, as_layer
+from .layers.combinators import _chain_backward
 from .losses import Loss, l2_penalty, l2_penalty_grad
 
 __all__ = ["backward", "value_and_grad"]
@@ -41,8 +43,21 @@ def _check_loss(loss: Any) -> Loss:
     return loss
 
 
-def backward(model: Layer, params: PyTree, x: Any, dy: Any, *, key: jax.Array | None = None):
+def _rule(model: Layer) -> Layer:
+    model = as_layer(model)
+    if not model.has_backward:
+        raise NoBackwardRuleError(
+            f"{model.name} has no hand-derived backward rule; use jax.value_and_grad"
+        )
+    return model
+
+
+def backward(model: Layer, params: PyTree, x: Any, dy: Any, *, key: jax.Array | None = None,
+             train: bool = False, state: PyTree = ()) -> tuple[PyTree, Any]:
     r"""Pull ``dy = ∂L/∂y`` back through ``model`` by its hand rules: ``(dparams, dx)``.
+
+    ``dx`` is ``None`` for an input without a gradient. ``key``, ``train`` and ``state``
+    are passed to the forward pass as in ``apply_with_state``.
 
     >>> import jax, jax.numpy as jnp, funnet
     >>> net = funnet.Dense(1)
@@ -51,10 +66,8 @@ def backward(model: Layer, params: PyTree, x: Any, dy: Any, *, key: jax.Array | 
     >>> dp["W"].tolist(), dp["b"].tolist()  # xᵀ dy, Σ dy
     ([[3.0], [3.0]], [3.0])
     """
-    model = as_layer(model)
-    if model.backward is None or model.forward is None:
-        raise NoBackwardRuleError(f"{model.name} has no hand-derived backward rule")
-    _, res = model.forward(params, x, key=key)
+    model = _rule(model)
+    _, _, res = model.forward_with_state(params, state, x, key=key, train=train)
     return model.backward(params, res, dy)
 
 
@@ -64,17 +77,24 @@ def value_and_grad(
     *,
     l2: float = 0.0,
     return_deltas: bool = False,
+    has_state: bool = False,
 ) -> Callable[..., tuple]:
-    r"""``(params, x, y, *, key=None) -> (loss, grads)`` by hand-derived backprop.
+    r"""The loss and its gradient by hand-derived backprop, as a pure (jit-able) function.
 
-    The objective is the structural risk of math.md §4,
-    ``R = loss(model(x), y) + ½ λ Σ_l ||W(l)||²`` with ``λ = l2`` (weights only).
-    ``grads`` has exactly the pytree structure of ``params``. The function is pure and can
-    be ``jax.jit``-ed. ``key`` feeds stochastic layers (``Dropout``) as in ``apply``.
+    Without state: ``(params, x, y, *, key=None, train=False) -> (loss, grads)``.
+    With ``has_state=True`` (required for a model holding state):
+    ``(params, state, x, y, *, key=None, train=False) -> ((loss, new_state), grads)``,
+    the shape of ``jax.value_and_grad(..., has_aux=True)``.
 
-    With ``return_deltas=True`` (``model`` must be a ``serial``) it returns
-    ``(loss, grads, deltas)`` where ``deltas[l] = ∂L/∂(output of layer l)``: for a ``Dense``
-    layer that is its error term ``δ(l) = ∂L/∂z(l)``, to inspect vanishing gradients.
+    The objective is the structural risk of docs/math.md §4,
+    ``R = loss(model(x), y) + ½ λ Σ_l ||W(l)||²`` with ``λ = l2`` over the params each
+    layer declares weight-decayed. ``grads`` has exactly the pytree structure of ``params``.
+    ``key`` and ``train`` feed the forward pass (``Dropout`` drops when ``train=True``).
+    ``x`` may be a tuple whose parts have no gradient (ids, a graph), as the layers allow.
+
+    With ``return_deltas=True`` (``model`` must be a ``serial``) a third element
+    ``deltas`` is returned, ``deltas[l] = ∂L/∂(output of layer l)``: for a ``Dense`` layer
+    that is its error term ``δ(l) = ∂L/∂z(l)``, to inspect vanishing gradients.
 
     >>> import jax, jax.numpy as jnp, funnet
     >>> net = funnet.serial(funnet.Dense(3), funnet.Tanh, funnet.Dense(2))
@@ -86,26 +106,43 @@ def value_and_grad(
     >>> bool(jnp.allclose(grads[0]["W"], ref[0]["W"], atol=1e-6))
     True
     """
-    model = as_layer(model)
+    model = _rule(model)
     loss = _check_loss(loss)
-    if model.backward is None or model.forward is None:
-        raise NoBackwardRuleError(
-            f"{model.name} has no hand-derived backward rule; use jax.value_and_grad"
-        )
     if return_deltas and model.kind != "serial":
         raise TypeError(f"return_deltas needs a serial model, got {model.name}")
+    if model.stateful and not has_state:
+        raise StatefulModelError(
+            f"{model.stateful_path()} holds state: use value_and_grad(..., has_state=True), "
+            "whose function takes (params, state, x, y) and returns ((loss, state), grads)"
+        )
 
-    def value_and_grad_fn(params: PyTree, x: Any, y: Any, *, key: jax.Array | None = None):
-        out, residuals = model.forward(params, x, key=key)
+    def run(params, state, x, y, key, train):
+        out, new_state, residuals = model.forward_with_state(params, state, x, key=key,
+                                                             train=train)
         value = loss(out, y)
         dout = loss.grad(out, y)  # δ at the output: ∂L/∂ŷ
         if return_deltas:
-            grads, _, deltas = chain_backward(model.children, params, residuals, dout)
+            grads, _, deltas = _chain_backward(model.children, params, residuals, dout)
         else:
-            grads, _ = model.backward(params, residuals, dout)
+            (grads, _), deltas = model.backward(params, residuals, dout), None
         if l2:
-            value = value + l2_penalty(params, l2)
-            grads = jax.tree_util.tree_map(lambda g, r: g + r, grads, l2_penalty_grad(params, l2))
+            mask = model.decay_mask(params)
+            value = value + l2_penalty(params, l2, mask=mask)
+            grads = jax.tree_util.tree_map(lambda g, r: g + r, grads,
+                                           l2_penalty_grad(params, l2, mask=mask))
+        return value, new_state, grads, deltas
+
+    if has_state:
+        def value_and_grad_with_state(params, state, x, y, *, key=None, train=False):
+            value, new_state, grads, deltas = run(params, state, x, y, key, train)
+            out = ((value, new_state), grads)
+            return (*out, deltas) if return_deltas else out
+
+        return value_and_grad_with_state
+
+    def value_and_grad_fn(params: PyTree, x: Any, y: Any, *, key: jax.Array | None = None,
+                          train: bool = False):
+        value, _, grads, deltas = run(params, (), x, y, key, train)
         return (value, grads, deltas) if return_deltas else (value, grads)
 
     return value_and_grad_fn

@@ -1,4 +1,4 @@
-r"""Gradient checking: the same gradient four ways, compared leaf by leaf (math.md §7).
+r"""Gradient checking: the same gradient four ways, compared leaf by leaf (docs/math.md §7).
 
 A model's gradient can be computed by
 
@@ -13,9 +13,13 @@ The first three are exact up to rounding; the fourth also has a truncation error
 :func:`compare`, and raises :class:`GradientCheckError` naming the first method pair and
 params leaf that disagree beyond the tolerance.
 
-The ``"forward"`` method runs inside ``funnet.forward_mode()``: activations are wired with
-``jax.custom_vjp`` (their hand derivative), which JAX cannot push tangents through; the
-switch rewires them with ``jax.custom_jvp`` built from the *same* derivative.
+The ``"forward"`` method runs on :func:`funnet.forward_twin` of the model: activations are
+wired with ``jax.custom_vjp`` (their hand derivative), which JAX cannot push tangents
+through; the twin wires them with ``jax.custom_jvp`` built from the *same* derivative. No
+global switch is involved.
+
+:func:`check_layer` checks one layer's hand ``backward`` against ``jax.vjp`` of its plain
+formulas (activations through their formula ``f``, not their hand ``f'``).
 
 >>> import jax, jax.numpy as jnp, funnet
 >>> from funnet.check import check_model
@@ -30,6 +34,7 @@ switch rewires them with ``jax.custom_jvp`` built from the *same* derivative.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -40,8 +45,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from . import backprop
-from ._types import Layer, PyTree, as_layer
-from .activations import forward_mode
+from ._table import table
+from .contract import Layer, NoBackwardRuleError, PyTree, as_layer, forward_twin
 from .layers import param_count
 from .losses import Loss, l2_penalty
 
@@ -49,8 +54,10 @@ __all__ = [
     "METHODS",
     "CheckResult",
     "GradientCheckError",
+    "LayerCheck",
     "Report",
     "Row",
+    "check_layer",
     "check_model",
     "compare",
     "default_eps",
@@ -231,15 +238,18 @@ def forward_grad(
     ``g_i = ∂f/∂θ_i = jvp(f, θ, e_i)`` for each standard basis vector ``e_i`` of the raveled
     params ``θ``: this is ``jax.jacfwd`` on the raveled vector, evaluated ``batch_size``
     tangents at a time (``jax.lax.map`` of ``jax.vmap``) to bound memory, under ``jax.jit``.
-    ``N`` JVPs for ``N`` parameters (math.md §7), each ``O(cost of f)``.
+    ``N`` JVPs for ``N`` parameters (docs/math.md §7), each ``O(cost of f)``.
 
-    Runs inside ``funnet.forward_mode()`` so that funnet's activations (``custom_vjp``,
-    which forward mode cannot differentiate) use their ``custom_jvp`` twin built from the same
-    hand-derived derivative. Returns a pytree like ``params``.
+    ``f`` must be differentiable in forward mode: call funnet activations through their
+    twin (``funnet.relu.jvp_twin``) and models through :func:`funnet.forward_twin`, whose
+    ``custom_jvp`` wiring is built from the same hand-derived derivatives (the plain
+    ``custom_vjp`` wiring raises a ``TypeError`` that says so). Returns a pytree like
+    ``params``.
 
     >>> import jax, jax.numpy as jnp, funnet
     >>> p = {"w": jnp.array([-1.0, 0.5, 2.0])}
-    >>> g = forward_grad(lambda p: jnp.sum(funnet.relu(p["w"]) ** 2), p)   # 2 relu(w)
+    >>> relu = funnet.relu.jvp_twin
+    >>> g = forward_grad(lambda p: jnp.sum(relu(p["w"]) ** 2), p)   # 2 relu(w)
     >>> g["w"].tolist() == [0.0, 1.0, 4.0]
     True
     """
@@ -251,8 +261,7 @@ def forward_grad(
         e_i = jnp.zeros_like(theta).at[i].set(1)
         return jax.jvp(fun, (theta,), (e_i,))[1]  # ∂f/∂θ_i = ⟨∇f, e_i⟩
 
-    with forward_mode():
-        return _coordinatewise("forward_grad", params, batch_size, jvp_i)
+    return _coordinatewise("forward_grad", params, batch_size, jvp_i)
 
 
 # ---------------------------------------------------------------------------------------
@@ -279,13 +288,6 @@ class Row(NamedTuple):
 
 def _fmt(v: float) -> str:
     return f"{v:.2e}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header, *rows]
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,7 +320,7 @@ class Report:
         a, b = self.names
         header = ["leaf", "shape", f"max|{a}|", "max abs err", "max rel err", "err/tol", "ok"]
         title = f"{b} vs {a}: rtol={self.rtol:.1e}, atol={self.atol:.1e}"
-        return title + "\n" + _table(header, self.table_rows())
+        return title + "\n" + table(header, self.table_rows())
 
 
 def _leaf_row(path: str, a: Any, b: Any, rtol: float, atol: float) -> Row:
@@ -491,7 +493,7 @@ class CheckResult:
                 rows.append([f"{method} vs {ref}", *cells[:5], f"{report.rtol:.0e}",
                              f"{report.atol:.1e}", *cells[5:]])
         verdict = "OK" if self.ok else "FAILED"
-        return f"{title}\n{_table(header, rows)}\n{verdict}"
+        return f"{title}\n{table(header, rows)}\n{verdict}"
 
 
 def _reference(methods: Sequence[str]) -> str:
@@ -547,6 +549,7 @@ def check_model(
     methods: Sequence[str] = METHODS,
     l2: float = 0.0,
     key: jax.Array | None = None,
+    train: bool = False,
     rtol: float | None = None,
     atol: float | None = None,
     eps: float | None = None,
@@ -554,13 +557,14 @@ def check_model(
 ) -> CheckResult:
     r"""Gradient of the objective by several methods, compared; raises if any pair disagrees.
 
-    The objective (math.md §4) is
-    ``R(θ) = loss(model.apply(θ, x, key=key), y) + ½ λ Σ ||W||²`` with ``λ = l2``.
+    The objective (docs/math.md §4) is
+    ``R(θ) = loss(model.apply(θ, x, key=key, train=train), y) + ½ λ Σ ||W||²`` with
+    ``λ = l2`` over the params the layers declare weight-decayed.
     Methods (any two or more of :data:`METHODS`):
 
     * ``"hand"``: :func:`funnet.backprop.value_and_grad` (needs a funnet :class:`~funnet.Loss`);
     * ``"reverse"``: ``jax.grad(R)``;
-    * ``"forward"``: :func:`forward_grad` (``N`` JVPs, under ``funnet.forward_mode()``);
+    * ``"forward"``: :func:`forward_grad` (``N`` JVPs) on :func:`funnet.forward_twin`;
     * ``"numerical"``: :func:`numerical_grad` (central differences, step ``eps``).
 
     The reference is ``"reverse"`` if listed, else the first exact method listed (``"hand"``,
@@ -572,7 +576,8 @@ def check_model(
 
     At a kink of an activation (a ``Relu`` pre-activation within ``eps`` of 0, …) the
     numerical gradient legitimately differs from the analytic ones: check at inputs away from
-    kinks. ``key`` feeds ``Dropout`` (the same mask for every method and every evaluation).
+    kinks. ``key`` and ``train=True`` make ``Dropout`` drop (the same mask for every method and
+every evaluation).
 
     Returns a :class:`CheckResult` (``print`` it for the table); with ``verbose=True`` the
     table is printed as well. Raises :class:`GradientCheckError` (an ``AssertionError``) naming
@@ -593,24 +598,29 @@ def check_model(
     reference = _reference(methods)
     dtype = _float_dtype(params, "check_model")
 
-    def risk(p, x, y, key):  # R(θ) = loss(model(x), y) + ½ λ Σ ||W||²
-        return loss(model.apply(p, x, key=key), y) + l2_penalty(p, l2)
+    mask = model.decay_mask(params) if l2 else None
 
-    def objective(p):
-        return risk(p, x, y, key)
+    def risk(p, x, y, key, net=model):  # R(θ) = loss(model(x), y) + ½ λ Σ ||W||²
+        out = loss(net.apply(p, x, key=key, train=train), y)
+        return out + l2_penalty(p, l2, mask=mask) if l2 else out
+
+    def objective(p, net=model):
+        return risk(p, x, y, key, net)
 
     values = {}  # the objective's value, as a by-product of "reverse" or "hand"
 
     def compute(method: str) -> PyTree:
         if method == "hand":
-            hand = jax.jit(backprop.value_and_grad(model, loss, l2=l2))
-            values[method], g = hand(params, x, y, key=key)
+            hand = backprop.value_and_grad(model, loss, l2=l2)
+            values[method], g = jax.jit(functools.partial(hand, train=train))(params, x, y,
+                                                                             key=key)
             return g
         if method == "reverse":
             values[method], g = jax.jit(jax.value_and_grad(risk))(params, x, y, key)
             return g
         if method == "forward":
-            return forward_grad(objective, params)
+            twin = forward_twin(model)
+            return forward_grad(lambda p: objective(p, twin), params)
         return numerical_grad(objective, params, eps=eps)
 
     grads = {m: compute(m) for m in methods}
@@ -650,6 +660,142 @@ def check_model(
             f"max abs err {row.abs_err:.3e}, max rel err {row.rel_err:.3e} exceed "
             f"rtol={report.rtol:.1e}, atol={report.atol:.1e} ({result.dtype}); "
             f"{n_bad} (pair, leaf) row(s) out of tolerance, print(err.result) for the table",
+            result,
+        )
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# Checking one layer.
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LayerCheck:
+    """What :func:`check_layer` found; ``str(check)`` prints both tables.
+
+    Attributes:
+      layer: the layer's name.
+      params: :class:`Report` of the hand ``dparams`` against ``jax.vjp`` of the formula.
+      inputs: :class:`Report` of the hand ``dx`` against it (float inputs only).
+      no_gradient: paths of the inputs the hand rule gives no gradient (``None``).
+      dtype: the dtype that chose the default tolerances.
+    """
+
+    layer: str
+    params: Report
+    inputs: Report
+    no_gradient: tuple[str, ...]
+    dtype: str
+
+    @property
+    def ok(self) -> bool:
+        return self.params.ok and self.inputs.ok
+
+    def __str__(self) -> str:
+        verdict = "OK" if self.ok else "FAILED"
+        parts = [f"layer check of {self.layer} ({self.dtype}): hand backward vs jax.vjp of "
+                 "the formula", "params (dparams): " + str(self.params),
+                 "input (dx): " + str(self.inputs)]
+        if self.no_gradient:
+            parts.append(f"no gradient (None) for input(s): {', '.join(self.no_gradient)}")
+        return "\n".join(parts + [verdict])
+
+
+def _random_like(tree: PyTree, seed: int) -> PyTree:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    keys = jax.random.split(jax.random.PRNGKey(seed), max(len(leaves), 1))
+    return treedef.unflatten([
+        jax.random.normal(k, jnp.shape(v), jnp.result_type(v)) for k, v in zip(keys, leaves)
+    ])
+
+
+def _input_pairs(hand_dx: Any, ref_dx: Any) -> tuple[dict, dict, tuple[str, ...]]:
+    """Float input leaves by path for the hand and the reference ``dx``; ``None`` paths."""
+    hand = jax.tree_util.tree_flatten_with_path(hand_dx, is_leaf=lambda v: v is None)[0]
+    ref = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(ref_dx)[0]}
+    a, b, none = {}, {}, []
+    for path, v in hand:
+        name = "x" + jax.tree_util.keystr(path)
+        if v is None:
+            none.append(name)
+        elif jnp.issubdtype(jnp.result_type(v), jnp.floating):
+            a[name], b[name] = ref[jax.tree_util.keystr(path)], v
+    return a, b, tuple(none)
+
+
+def check_layer(
+    layer: Layer,
+    params: PyTree,
+    x: Any,
+    *,
+    state: PyTree = (),
+    key: jax.Array | None = None,
+    train: bool = False,
+    dy: Any = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    seed: int = 0,
+    verbose: bool = False,
+) -> LayerCheck:
+    r"""Check one layer's hand ``backward`` against ``jax.vjp`` of its plain formulas.
+
+    With ``y = layer(params, x)`` and a cotangent ``dy`` (random normal, from ``seed``,
+    unless given), the hand rule's ``(dparams, dx) = backward(params, residuals, dy)`` must
+    equal ``jax.vjp`` of the layer's forward pass in the ``"formula"`` wiring: activations
+    through their formula ``f``, not their hand ``f'``, so the witness shares no derivative
+    with what it checks. Inputs the rule gives no gradient (``None``) are listed, not
+    compared; integer inputs have none. Tolerances as :func:`check_model`'s between exact
+    methods (:func:`default_tolerances`, ``atol`` scaled by the largest reference entry).
+
+    Returns a :class:`LayerCheck`; raises :class:`GradientCheckError` naming the layer and
+    the first leaf out of tolerance.
+
+    >>> import jax, jax.numpy as jnp, funnet
+    >>> layer = funnet.serial(funnet.Dense(3), funnet.Tanh)
+    >>> _, params = layer.init(jax.random.PRNGKey(0), (-1, 2))
+    >>> funnet.check_layer(layer, params, jnp.ones((4, 2))).ok
+    True
+    """
+    layer = as_layer(layer)
+    if not layer.has_backward:
+        raise NoBackwardRuleError(f"check_layer: {layer.name} has no hand-derived backward rule")
+    formula = layer.rewired("formula")
+
+    def plain(p, inputs):
+        return formula.apply_with_state(p, state, inputs, key=key, train=train)[0]
+
+    y, pullback = jax.vjp(plain, params, x)
+    dy = _random_like(y, seed) if dy is None else dy
+    ref_dparams, ref_dx = pullback(dy)
+    _, _, residuals = layer.forward_with_state(params, state, x, key=key, train=train)
+    dparams, dx = layer.backward(params, residuals, dy)
+
+    ref_in, hand_in, none = _input_pairs(dx, ref_dx)
+    leaves = jax.tree_util.tree_leaves((params, x))
+    floats = [v for v in leaves if jnp.issubdtype(jnp.result_type(v), jnp.floating)]
+    dtype = np.dtype(jnp.result_type(*floats)) if floats else np.dtype(np.float32)
+
+    def report(a, b):
+        scale = max((float(np.max(np.abs(v), initial=0.0)) for v in jax.tree_util.tree_leaves(a)),
+                    default=0.0)
+        r, t = default_tolerances(dtype, numerical=False, scale=scale if scale > 0 else 1.0)
+        return compare(a, b, names=("vjp", "hand"), rtol=r if rtol is None else rtol,
+                       atol=t if atol is None else atol)
+
+    result = LayerCheck(layer.name, report(ref_dparams, dparams), report(ref_in, hand_in),
+                        none, dtype.name)
+    if verbose:
+        print(result)
+    if not result.ok:
+        what, rep = ("params leaf", result.params) if not result.params.ok else (
+            "input", result.inputs)
+        row = rep.first_failure
+        where = _layer_at(layer, params, row.leaf) if what == "params leaf" else layer.name
+        raise GradientCheckError(
+            f"check_layer: the hand backward of {where} disagrees with jax.vjp of its formula "
+            f"at {what} {row.leaf} (shape {row.shape}): max abs err {row.abs_err:.3e}, max rel "
+            f"err {row.rel_err:.3e} exceed rtol={rep.rtol:.1e}, atol={rep.atol:.1e}; "
+            "print(err.result) for the tables",
             result,
         )
     return result

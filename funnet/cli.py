@@ -36,7 +36,7 @@ OPTIMIZERS: dict[str, tuple[str, dict[str, float], float]] = {
     "adam": ("adam", {}, 1e-3),
 }
 SCHEDULES = ("constant", "step", "cosine")
-GRADS = ("autodiff", "hand")
+GRADS = ("reverse", "hand")
 METHODS = ("hand", "reverse", "forward", "numerical")
 
 
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "validation error and keep the best epoch's params (0: off; with "
                             "the cosine schedule the last epochs are usually the best)")
     train.add_argument("--seed", type=_seed, default=0)
-    train.add_argument("--grad", choices=GRADS, default="autodiff",
+    train.add_argument("--grad", choices=GRADS, default="reverse",
                        help="gradients by jax.grad or by the hand-derived backprop")
     train.add_argument("--checkpoint", type=Path, default=None, metavar="DIR",
                        help="save a checkpoint in DIR after every epoch")

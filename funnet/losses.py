@@ -1,11 +1,11 @@
-r"""Losses with hand-derived gradients (math.md §4).
+r"""Losses with hand-derived gradients (docs/math.md §4).
 
 Each loss is a :class:`Loss`: calling it gives the value (plain ``jax.numpy``, so
 ``jax.grad`` differentiates it independently), and ``loss.grad(...)`` gives the
 hand-derived gradient with respect to its first argument(s).
 
 Reduction: every loss is a *mean over samples* (the leading axis, or all axes but the
-class axis for cross-entropy) and a *sum over everything else*, as in math.md.
+class axis for cross-entropy) and a *sum over everything else*, as in docs/math.md §4.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from ._types import PyTree
+from .contract import PyTree, as_layer
+
 
 __all__ = [
     "Loss",
@@ -208,57 +209,55 @@ Hand gradient ``grad(s, s_c) -> (∂J/∂s, ∂J/∂s_c) = (-1, 1)/N`` while the
 # --- structural risk -------------------------------------------------------------------
 
 
-def _is_weight(path) -> bool:
-    last = path[-1] if path else None
-    return isinstance(last, jax.tree_util.DictKey) and last.key == "W"
+def _decay_mask(params: PyTree, model: Any, mask: Any, what: str) -> PyTree:
+    """The bool pytree of decayed leaves: ``mask`` as given, or ``model.decay_mask(params)``."""
+    if (model is None) == (mask is None):
+        raise TypeError(f"{what}: give exactly one of model= (a funnet Layer, whose layers "
+                        "declare their decayed params) or mask= (a bool pytree like params)")
+    if model is not None:
+        mask = as_layer(model).decay_mask(params)
+    if jax.tree_util.tree_structure(mask) != jax.tree_util.tree_structure(params):
+        raise ValueError(f"{what}: mask has structure {jax.tree_util.tree_structure(mask)} but "
+                         f"params {jax.tree_util.tree_structure(params)}")
+    return mask
 
 
-def _check_weights_are_named(params: PyTree, lam: Any) -> None:
-    """A matrix not named ``"W"`` would silently go unpenalised: refuse it (when ``λ ≠ 0``)."""
-    if isinstance(lam, (int, float)) and lam == 0:
-        return
-    unnamed = [
-        f"{jax.tree_util.keystr(path)} {tuple(jnp.shape(leaf))}"
-        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-        if not _is_weight(path) and jnp.ndim(leaf) >= 2
-    ]
-    if unnamed:
-        raise ValueError(
-            f"l2_penalty: λ = {lam} penalises the leaves named 'W' only, but the params hold "
-            f"matrices under other names: {', '.join(unnamed[:4])} (a stax layer's (W, b) "
-            "tuple?). Use funnet layers, name weights 'W', or add their penalty to the loss."
-        )
+def l2_penalty(params: PyTree, lam: float, *, model: Any = None, mask: PyTree = None) -> jax.Array:
+    r"""``½ λ Σ_l ||W(l)||_F²`` over the leaves the model declares weight-decayed.
 
+    Each layer declares its decayed params (``Dense``: ``W``; biases and PReLU slopes are
+    not penalised, docs/math.md §4). Give the ``model`` whose params these are, or a bool
+    ``mask`` pytree like ``params``. A stax layer with params declares nothing: asking for
+    its mask raises ``TypeError`` naming it.
 
-def l2_penalty(params: PyTree, lam: float) -> jax.Array:
-    r"""``½ λ Σ_l ||W(l)||_F²`` over the weights only (leaves named ``"W"``).
-
-    Biases and PReLU slopes are not penalised (math.md §4). With ``λ ≠ 0``, a matrix leaf
-    (rank ≥ 2) under another name raises ``ValueError`` rather than go unpenalised.
-
-    >>> import jax.numpy as jnp
-    >>> float(l2_penalty({"W": jnp.ones((2, 2)), "b": jnp.ones(2)}, 0.5))
+    >>> import jax.numpy as jnp, funnet
+    >>> params = {"W": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    >>> float(l2_penalty(params, 0.5, model=funnet.Dense(2)))
     1.0
     """
-    _check_weights_are_named(params, lam)
+    if isinstance(lam, (int, float)) and lam == 0:
+        return jnp.zeros(())
+    mask = _decay_mask(params, model, mask, "l2_penalty")
     leaves = [
         jnp.sum(jnp.square(leaf))
-        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-        if _is_weight(path)
+        for leaf, decayed in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(mask))
+        if decayed
     ]
     return 0.5 * lam * sum(leaves, jnp.zeros(()))
 
 
-def l2_penalty_grad(params: PyTree, lam: float) -> PyTree:
-    r"""Hand gradient of :func:`l2_penalty`: ``λ W`` for weights, ``0`` for everything else.
+def l2_penalty_grad(params: PyTree, lam: float, *, model: Any = None,
+                    mask: PyTree = None) -> PyTree:
+    r"""Hand gradient of :func:`l2_penalty`: ``λ W`` for decayed leaves, ``0`` elsewhere.
 
-    >>> import jax.numpy as jnp
-    >>> l2_penalty_grad({"W": jnp.ones(2), "b": jnp.ones(2)}, 0.5)["b"].tolist()
+    >>> import jax.numpy as jnp, funnet
+    >>> params = {"W": jnp.ones((1, 2)), "b": jnp.ones(2)}
+    >>> l2_penalty_grad(params, 0.5, model=funnet.Dense(2))["b"].tolist()
     [0.0, 0.0]
     """
-    _check_weights_are_named(params, lam)
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: lam * leaf if _is_weight(path) else jnp.zeros_like(leaf), params
+    mask = _decay_mask(params, model, mask, "l2_penalty_grad")
+    return jax.tree_util.tree_map(
+        lambda leaf, decayed: lam * leaf if decayed else jnp.zeros_like(leaf), params, mask
     )
 
 

@@ -1,7 +1,7 @@
 r"""Training: a pure jitted step, and ``fit`` that runs each epoch as one compiled ``lax.scan``.
 
-The loop is the stochastic gradient descent of math.md §5 with an optax optimiser
-(math.md §6)::
+The loop is the stochastic gradient descent of docs/math.md §5 with an optax optimiser
+(docs/math.md §6)::
 
     repeat for each epoch
         shuffle the training set                     (key hashed from the state's, on device)
@@ -32,15 +32,14 @@ from __future__ import annotations
 
 import collections
 import functools
-import itertools
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,7 +47,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import checkpoint as ckpt
-from ._types import Layer, PyTree, as_layer
+from .contract import Layer, PyTree, as_layer
 from .backprop import value_and_grad as hand_value_and_grad
 from .data import Dataset, check_arrays
 from .losses import Loss, binary_cross_entropy, l2_penalty, softmax_cross_entropy
@@ -64,7 +63,18 @@ __all__ = [
     "shuffle",
 ]
 
-GRADS = ("autodiff", "hand")
+GRADS = ("reverse", "hand")
+
+
+def _check_grad(grad: Any) -> str:
+    """``grad`` as one of :data:`GRADS`; the old name ``"autodiff"`` still means ``"reverse"``."""
+    if grad == "autodiff":
+        warnings.warn('grad="autodiff" is now called grad="reverse" (reverse-mode autodiff, '
+                      'the name funnet.check uses too)', DeprecationWarning, stacklevel=3)
+        return "reverse"
+    if grad not in GRADS:
+        raise ValueError(f"grad must be one of {GRADS}, got {grad!r}")
+    return grad
 _EVAL_CHUNK = 4096  # rows per evaluation chunk inside fit (bounds activation memory)
 
 
@@ -185,32 +195,33 @@ def _loss_and_grads(model: Layer, loss: Callable, *, l2: float, grad: str) -> Ca
     ``grads`` is the gradient of ``data_loss + ½ λ Σ ||W||²``; ``data_loss`` excludes the
     penalty.
     """
-    if grad not in GRADS:
-        raise ValueError(f"grad must be one of {GRADS}, got {grad!r}")
     if grad == "hand":
         plain = hand_value_and_grad(model, loss, l2=l2)
         masked = hand_value_and_grad(model, _masked_loss(loss), l2=l2)
 
         def hand(params, x, y, w, key):
             if w is None:
-                _, grads = plain(params, x, y, key=key)
+                _, grads = plain(params, x, y, key=key, train=True)
             else:
-                _, grads = masked(params, x, (y, w), key=key)
-            out = model.apply(params, x, key=key)  # same ops as the forward pass: XLA CSEs it
+                _, grads = masked(params, x, (y, w), key=key, train=True)
+            # same ops as the forward pass: XLA CSEs it
+            out = model.apply(params, x, key=key, train=True)
             return _weighted(loss, out, y, w), out, grads
 
         return hand
 
-    def autodiff(params, x, y, w, key):
+    def reverse(params, x, y, w, key):
         def objective(p):
-            out = model.apply(p, x, key=key)
+            out = model.apply(p, x, key=key, train=True)
             data = _weighted(loss, out, y, w)
-            return (data + l2_penalty(p, l2) if l2 else data), (data, out)
+            if not l2:
+                return data, (data, out)
+            return data + l2_penalty(p, l2, mask=model.decay_mask(p)), (data, out)
 
         (_, (data, out)), grads = jax.value_and_grad(objective, has_aux=True)(params)
         return data, out, grads
 
-    return autodiff
+    return reverse
 
 
 def _apply_grads(optimizer: optax.GradientTransformation, state: TrainState,
@@ -263,7 +274,7 @@ def make_step(
     optimizer: optax.GradientTransformation,
     *,
     l2: float = 0.0,
-    grad: str = "autodiff",
+    grad: str = "reverse",
     donate: bool = False,
 ) -> Callable[[TrainState, tuple], tuple[TrainState, dict]]:
     r"""A pure, jitted training step ``step(state, batch) -> (state, metrics)``.
@@ -277,7 +288,7 @@ def make_step(
       loss: ``loss(pred, target) -> scalar``, a mean over samples.
       optimizer: any optax ``GradientTransformation``.
       l2: ``λ`` of the L2 penalty on the weights (:func:`funnet.l2_penalty`).
-      grad: ``"autodiff"`` (``jax.value_and_grad``) or ``"hand"``
+      grad: ``"reverse"`` (reverse-mode autodiff, ``jax.value_and_grad``) or ``"hand"``
         (:func:`funnet.backprop.value_and_grad`: the hand-derived δ-recursion).
       donate: donate ``state``'s buffers to the step (do not reuse the old state then).
 
@@ -298,7 +309,7 @@ def make_step(
     (1, ['accuracy', 'loss'])
     """
     model = as_layer(model)
-    loss_and_grads = _loss_and_grads(model, loss, l2=_check_l2(l2), grad=grad)
+    loss_and_grads = _loss_and_grads(model, loss, l2=_check_l2(l2), grad=_check_grad(grad))
 
     def step(state: TrainState, batch: tuple) -> tuple[TrainState, dict]:
         if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
@@ -714,9 +725,6 @@ def _tree_finite(tree: PyTree) -> jax.Array:
     return jnp.isfinite(jnp.sum(flat * 0))
 
 
-_epoch_ids = itertools.count()
-
-
 def _mix32(v: jax.Array) -> jax.Array:
     """A bijective 32-bit integer hash (Wellons' "lowbias32")."""
     v = (v ^ (v >> 16)) * jnp.uint32(0x7FEB352D)
@@ -859,11 +867,7 @@ def _make_epoch(loss_and_grads: Callable, optimizer: optax.GradientTransformatio
     options: dict[str, Any] = {}
     if placement is not None:
         options["out_shardings"] = NamedSharding(placement[0], PartitionSpec())
-    if guarded:
-        jitted = jax.jit(epoch, **options)
-    else:
-        epoch.__name__ = f"funnet_epoch_{next(_epoch_ids)}"  # its own chex trace budget
-        jitted = jax.jit(chex.assert_max_traces(epoch, n=1), donate_argnums=0, **options)
+    jitted = jax.jit(epoch, **options) if guarded else jax.jit(epoch, donate_argnums=0, **options)
 
     def run(state, *args):
         start, state, packed = jitted(state, *args)
@@ -950,17 +954,18 @@ def fit(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     devices: Sequence[Any] | Mesh | None = None,
-    grad: str = "autodiff",
+    grad: str = "reverse",
     keep: int = 3,
 ) -> tuple[PyTree, History]:
     r"""Train ``model`` on ``train`` with mini-batch SGD and an optax ``optimizer``.
 
-    The objective is the structural risk of math.md §4,
-    ``R = 1/N Σ_n loss(model(x_n), y_n) + ½ λ Σ_l ||W(l)||²`` (``λ = l2``, weights only).
+    The objective is the structural risk of docs/math.md §4,
+    ``R = 1/N Σ_n loss(model(x_n), y_n) + ½ λ Σ_l ||W(l)||²`` (``λ = l2``, over the params
+    the layers declare weight-decayed). The model runs in training mode (``train=True``:
+    ``Dropout`` drops); validation in evaluation mode.
 
-    Each epoch is one call of one compiled function (traced once, guarded by
-    ``chex.assert_max_traces(n=1)``; a later ``fit`` with the same model, loss and optimizer
-    objects and data shapes reuses it): on device it permutes the rows (:func:`shuffle`,
+    Each epoch is one call of one compiled function (traced once per configuration; a later
+    ``fit`` with the same model, loss and optimizer objects and data shapes reuses it): on device it permutes the rows (:func:`shuffle`,
     with a key hashed from the train state's), runs a ``lax.scan`` over the
     ``ceil(N / batch_size)`` mini-batches, each gathered from the device-resident data by
     index (the last one padded and masked, see the module docstring: every sample is used
@@ -980,8 +985,8 @@ def fit(
       epochs: total number of epochs (also when resuming). ``batch_size``: rows per step.
       key: PRNG key of the train state: each epoch hashes from it its shuffling key, one
         dropout key per step and the next epoch's key (so a resumed run continues exactly).
-      l2: ``λ``. ``grad``: ``"autodiff"`` or ``"hand"`` (see :func:`make_step`).
-      patience: early stopping (math.md §5, needs ``valid``): stop once the validation
+      l2: ``λ``. ``grad``: ``"reverse"`` or ``"hand"`` (see :func:`make_step`).
+      patience: early stopping (docs/math.md §5, needs ``valid``): stop once the validation
         error — ``1 - accuracy`` when accuracy is defined, else the validation loss — has
         not improved (strictly) for ``patience`` epochs, and return the params of the best
         epoch. Without ``patience`` all epochs run and the last params are returned.
@@ -1025,8 +1030,9 @@ def fit(
     batch_size = _check_int(batch_size, "batch_size", minimum=1)
     keep = _check_int(keep, "keep", minimum=1)
     l2 = _check_l2(l2)
-    if grad not in GRADS:
-        raise ValueError(f"grad must be one of {GRADS}, got {grad!r}")
+    grad = _check_grad(grad)
+    if l2:
+        model.decay_mask(params)  # a layer that declares no decayed params: refuse it now
     if patience is not None:
         patience = _check_int(patience, "patience", minimum=1)
         if valid is None:

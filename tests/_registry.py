@@ -1,6 +1,6 @@
 """The one registry the core tests are parameterised over: activations and layers.
 
-Every activation case carries, written independently of funnet (math.md §2):
+Every activation case carries, written independently of funnet (docs/math.md §2):
 
 * ``ref``   the plain formula in ``jax.numpy`` (the table's ``f(x)``, literally);
 * ``dref``  the plain derivative formula (the table's ``f'(x)``);
@@ -41,8 +41,18 @@ def assert_trees_close(actual: Any, expected: Any, *, rtol: float, atol: float) 
     chex.assert_trees_all_close(actual, expected, rtol=rtol, atol=atol)
 
 
+def plain_l2(params: Any, lam: float) -> jax.Array:
+    """``½ λ Σ ||W||²`` over the leaves named ``W``, written independently of funnet's
+    declared weight decay (for the Dense-only models of the tests)."""
+    total = jnp.zeros(())
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if isinstance(path[-1], jax.tree_util.DictKey) and path[-1].key == "W":
+            total = total + jnp.sum(jnp.square(leaf))
+    return 0.5 * lam * total
+
+
 def _sigma(x):
-    return 1 / (1 + jnp.exp(-x))  # σ(x) = 1 / (1 + exp(-x)), math.md §2 literally
+    return 1 / (1 + jnp.exp(-x))  # σ(x) = 1 / (1 + exp(-x)), docs/math.md §2 literally
 
 
 # ---------------------------------------------------------------------------------------
@@ -53,6 +63,7 @@ def _sigma(x):
 class ActivationCase:
     id: str
     fn: Callable[[Any], jax.Array]  # funnet, hyperparameters bound
+    twin: Callable[[Any], jax.Array]  # its forward twin (custom_jvp), hyperparameters bound
     derivative: Callable[[Any], jax.Array]  # funnet's hand f', hyperparameters bound
     ref: Callable[[jax.Array], jax.Array]  # plain jnp f
     dref: Callable[[jax.Array], jax.Array]  # plain jnp f'
@@ -123,6 +134,7 @@ def _activation_case(name, hyper, ref, dref, pieces, kinks) -> ActivationCase:
     return ActivationCase(
         id=_hyper_id(name, hyper),
         fn=lambda x: act(x, **hyper),
+        twin=lambda x: act.jvp_twin(x, **hyper),
         derivative=lambda x: act.derivative(x, **hyper),
         ref=lambda x: ref(x, **full),
         dref=lambda x: dref(x, **full),
@@ -213,6 +225,7 @@ def _activation_cases() -> list[ActivationCase]:
         cases.append(ActivationCase(
             id=f"prelu[slope={slope}]",
             fn=lambda x, s=slope: funnet.prelu(x, s),
+            twin=lambda x, s=slope: funnet.prelu.jvp_twin(x, s),
             derivative=lambda x, s=slope: funnet.prelu.derivative(x, s),
             ref=lambda x, s=slope: _where(x > 0, x, s * x),
             dref=lambda x, s=slope: _where(x > 0, 1.0, s),
@@ -255,9 +268,16 @@ class LayerCase:
     param_shapes: Any  # the params pytree with each leaf replaced by its shape
     ref: Callable[[Any, jax.Array], Any] | None = None  # plain jnp apply
     needs_key: bool = False
+    covers: tuple[str, ...] = ()  # public constructors it exercises beyond its layers' names
 
     def __repr__(self) -> str:
         return self.id
+
+
+#: A user-defined activation (swish), wired like the built-in ones.
+SWISH = funnet.define_activation(
+    "swish", lambda x: x * jax.nn.sigmoid(x),
+    lambda x, y: jax.nn.sigmoid(x) * (1 + x * (1 - jax.nn.sigmoid(x))))
 
 
 def _rows(v, x):
@@ -299,6 +319,21 @@ def _layer_cases() -> list[LayerCase]:
         LayerCase("Flatten", funnet.Flatten, (-1, 2, 3), (-1, 6), (),
                   lambda p, x: x.reshape(x.shape[0], 6)),
         LayerCase("Dropout(0.3)", funnet.Dropout(0.3), (-1, D), (-1, D), (), needs_key=True),
+        LayerCase("Identity", funnet.Identity, (-1, D), (-1, D), (), lambda p, x: x),
+        LayerCase("Reshape((3, -1))", funnet.Reshape((3, -1)), (-1, 2, 3), (-1, 3, 2), (),
+                  lambda p, x: x.reshape(x.shape[0], 3, 2)),
+        LayerCase("ActivationLayer(swish)", funnet.ActivationLayer(SWISH), (-1, D), (-1, D), (),
+                  lambda p, x: x / (1 + jnp.exp(-x)), covers=("ActivationLayer",)),
+        LayerCase(
+            "residual block: fanout,parallel(Identity,serial(Dense,Tanh)),FanInSum",
+            funnet.serial(funnet.fanout(2),
+                          funnet.parallel(funnet.Identity, funnet.serial(funnet.Dense(D),
+                                                                         funnet.Tanh)),
+                          funnet.FanInSum),
+            (-1, D), (-1, D),
+            ((), ((), ({"W": (D, D), "b": (D,)}, ())), ()),
+            lambda p, x: x + jnp.tanh(dense_ref(p[1][1][0], x)),
+        ),
         LayerCase(
             "serial(Dense,Tanh,Dense)",
             funnet.serial(funnet.Dense(5), funnet.Tanh, funnet.Dense(3)),

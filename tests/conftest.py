@@ -7,7 +7,6 @@
 * XLA compiles with LLVM's optimisation level 0 unless ``XLA_FLAGS`` is already set: the
   tests compile hundreds of tiny programs, and at -O0 that takes ~35% less CPU. It changes
   no floating-point semantics (fast-math stays off either way);
-* the forward-mode switch of funnet is reset after every test;
 * the doctest child process (``test_doctests.py``) starts as soon as it is collected, so it
   runs beside the other tests.
 """
@@ -39,14 +38,6 @@ hypothesis.settings.load_profile("funnet")
 
 # `import _registry` from the test modules, whatever pytest's import mode.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-@pytest.fixture(autouse=True)
-def _reset_forward_mode():
-    import funnet
-
-    yield
-    funnet.set_forward_mode(False)
 
 
 def pytest_collection_modifyitems(session, config, items):

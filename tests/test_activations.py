@@ -1,4 +1,4 @@
-"""Activations (math.md §2), parameterised over the one registry in ``_registry.py``.
+"""Activations (docs/math.md §2), parameterised over the one registry in ``_registry.py``.
 
 Each hand-derived derivative is checked against independent witnesses: autodiff of the
 plain formula, central differences, ``sympy.diff`` of the formula, and high-precision
@@ -6,8 +6,8 @@ plain formula, central differences, ``sympy.diff`` of the formula, and high-prec
 
 Speed: every activation is evaluated on two fixed inputs only (``GRID_AWAY`` and
 ``SPECIAL``), once per case and dtype (memoised), so JAX compiles each primitive once for
-the module; forward-mode results are computed under ONE ``funnet.forward_mode()`` switch
-by a module fixture, because flipping the switch clears JAX's caches.
+the module; forward-mode results (through each activation's ``jvp_twin``) are computed in
+one jitted call by a module fixture.
 """
 
 from __future__ import annotations
@@ -425,51 +425,89 @@ def test_define_activation_with_hyperparameter():
         swish(x, gamma=1.0)
 
 
-# --- forward mode (at the end of the module: the switch clears JAX's caches) ----------------
+# --- forward mode: the twins ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_forward_mode_needs_the_switch(case):
-    assert not funnet.activations.forward_mode_enabled()
-    with pytest.raises(TypeError, match=r"funnet\.forward_mode"):
+def test_forward_mode_on_the_vjp_wiring_names_the_twin(case):
+    with pytest.raises(TypeError, match=r"jvp_twin.*funnet\.forward_twin"):
         jax.jacfwd(case.fn)(jnp.asarray(0.5))
-    with pytest.raises(TypeError, match=r"funnet\.forward_mode"):
+    with pytest.raises(TypeError, match=r"jvp_twin"):
         jax.jvp(case.fn, (jnp.asarray(0.5),), (jnp.asarray(1.0),))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_hessian_works_on_the_vjp_wiring_itself(case):
+    # forward over reverse: the custom_vjp's bwd (the hand f') is plain code, so no twin is
+    # needed; the value is f'' of the formula (sympy), away from kinks
+    x = jnp.asarray(GRID_AWAY[::10])
+    got = jax.vmap(jax.hessian(case.fn))(x)
+    np.testing.assert_allclose(got, case.sym_derivative(order=2)(GRID_AWAY[::10]),
+                               rtol=1e-10, atol=1e-13)
+
+
+def test_twins_are_values_one_per_wiring():
+    for act in [*funnet.activations.ACTIVATIONS.values(), funnet.prelu]:
+        assert act.jvp_twin is act.jvp_twin and act.formula is act.formula
+        assert act.jvp_twin.rewired("vjp") is act and act.formula.jvp_twin is act.jvp_twin
+        assert (act.wiring, act.jvp_twin.wiring, act.formula.wiring) == ("vjp", "jvp", "formula")
+    with pytest.raises(ValueError, match="wiring"):
+        funnet.tanh.rewired("backward")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_formula_wiring_differentiates_the_formula(case):
+    # the "formula" wiring has no custom rule: JAX differentiates f itself (here away from
+    # kinks, where that is f'); the hand f' is not involved
+    act = funnet.activations.ACTIVATIONS.get(case.id.split("[")[0])
+    if act is None:
+        return  # prelu: covered by test_prelu_formula_wiring
+    wrong = funnet.define_activation("wrong", act.f, lambda x, y, **h: 7.0 * jnp.ones_like(x),
+                                     **act.defaults)
+    x = jnp.asarray(GRID_AWAY)
+    hyper = {k: v for k, v in act.defaults.items()}
+    got = jax.vmap(jax.grad(lambda v: wrong.formula(v, **hyper)))(x)
+    assert not np.allclose(got, 7.0) or case.id == "step"
+    # autodiff of f forms e.g. 1 - tanh(x)²: absolute rounding of O(1) terms, a few ulp
+    np.testing.assert_allclose(jax.vmap(jax.grad(lambda v: act.formula(v, **hyper)))(x),
+                               act.derivative(x, **hyper), rtol=1e-12, atol=8 * EPS64)
+
+
+def test_prelu_formula_wiring():
+    x, slope = jnp.array([-2.0, 3.0]), jnp.array([0.25, 0.5])
+    gx, gs = jax.grad(lambda a, s: jnp.sum(funnet.prelu.formula(a, s)), argnums=(0, 1))(x, slope)
+    assert gx.tolist() == [0.25, 1.0] and gs.tolist() == [-2.0, 0.0]
 
 
 @pytest.fixture(scope="module")
 def forward():
-    """Everything computed in forward mode, under one switch: {case id: {what: array}}."""
+    """Everything computed in forward mode through the twins: {case id: {what: array}}."""
     x = jnp.asarray(GRID_AWAY)
     special = {dtype: jnp.asarray(SPECIAL, dtype) for dtype in (np.float32, np.float64)}
-    with funnet.forward_mode():
-        assert funnet.activations.forward_mode_enabled()
 
-        def evaluate(f, x, special):
-            jac = jax.vmap(jax.jacfwd(f))
-            return {
-                "jacfwd": jac(x),
-                "hessian": jax.vmap(jax.hessian(f))(x),
-                # Hessian-vector product: forward over reverse
-                "hvp": jax.vmap(lambda xi: jax.jvp(jax.grad(f), (xi,), (3.0,))[1])(x),
-                "special": {k: jac(v) for k, v in special.items()},
-            }
+    def evaluate(f, x, special):
+        jac = jax.vmap(jax.jacfwd(f))
+        return {
+            "jacfwd": jac(x),
+            "hessian": jax.vmap(jax.hessian(f))(x),
+            # Hessian-vector product: forward over reverse
+            "hvp": jax.vmap(lambda xi: jax.jvp(jax.grad(f), (xi,), (3.0,))[1])(x),
+            "special": {k: jac(v) for k, v in special.items()},
+        }
 
-        def everything(x, special, prelu_problems):  # one jit: one compile for all of it
-            out = {case.id: evaluate(case.fn, x, special) for case in ACTIVATION_CASES}
-            for name, act in [("swish", SWISH_RIGHT), ("swish_wrong", SWISH_WRONG)]:
-                out[name] = jax.vmap(jax.jacfwd(act))(x)
-            out["prelu"] = [
-                jax.jacfwd(objective(funnet.prelu), argnums=(0, 1))(x, slope)
-                for (x, slope), (_, _, _, objective) in zip(prelu_problems, PROBLEMS)
-            ]
-            return out
+    def everything(x, special, prelu_problems):  # one jit: one compile for all of it
+        out = {case.id: evaluate(case.twin, x, special) for case in ACTIVATION_CASES}
+        for name, act in [("swish", SWISH_RIGHT), ("swish_wrong", SWISH_WRONG)]:
+            out[name] = jax.vmap(jax.jacfwd(act.jvp_twin))(x)
+        out["prelu"] = [
+            jax.jacfwd(objective(funnet.prelu.jvp_twin), argnums=(0, 1))(x, slope)
+            for (x, slope), (_, _, _, objective) in zip(prelu_problems, PROBLEMS)
+        ]
+        return out
 
-        out = jax.jit(everything)(
-            x, {str(k): v for k, v in special.items()}, [p[:2] for p in PROBLEMS]
-        )
-    assert not funnet.activations.forward_mode_enabled()
-    return out
+    return jax.jit(everything)(
+        x, {str(k): v for k, v in special.items()}, [p[:2] for p in PROBLEMS]
+    )
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -541,9 +579,10 @@ def test_forward_mode_on_a_model():
                 jax.jvp(jax.grad(lambda f: loss(f, apply)), (flat,), (v,))[1],
                 jax.jacfwd(lambda f: apply(unravel(f), x))(flat))
 
-    with funnet.forward_mode():
-        got = jax.jit(lambda: derivatives(net.apply))()
-    # Reverse over reverse through the custom_vjp wiring (no switch needed), and the plain
+    twin = funnet.forward_twin(net)
+    assert twin is not net and twin.name == net.name
+    got = jax.jit(lambda: derivatives(twin.apply))()
+    # Reverse over reverse through the custom_vjp wiring (no twin needed), and the plain
     # reference network by JAX's own autodiff: independent witnesses of the same Hessian.
     rev = jax.jit(lambda: jax.jacrev(jax.jacrev(loss))(flat, net.apply))()
     ref = jax.jit(lambda: derivatives(reference))()
@@ -557,19 +596,58 @@ def test_forward_mode_on_a_model():
     np.testing.assert_allclose(got[0], rev, **tol, err_msg="vs reverse over reverse")
 
 
-def test_forward_mode_context_restores_and_retraces():
-    f = jax.jit(funnet.tanh)
-    assert float(f(0.0)) == 0.0  # traced with the custom_vjp wiring
-    with funnet.forward_mode():
-        assert float(jax.jacfwd(f)(0.0)) == 1.0  # caches cleared: retraced with custom_jvp
-        with funnet.forward_mode(False):
-            assert not funnet.activations.forward_mode_enabled()
-        assert funnet.activations.forward_mode_enabled()
-    with pytest.raises(RuntimeError), funnet.forward_mode():
-        raise RuntimeError
-    assert not funnet.activations.forward_mode_enabled()
-    funnet.set_forward_mode(True)
-    assert float(jax.jacfwd(funnet.relu)(2.0)) == 1.0
-    funnet.set_forward_mode(False)
-    with pytest.raises(TypeError, match=r"funnet\.forward_mode"):
+def test_forward_twin_keeps_caches_and_changes_nothing_global():
+    calls = []
+
+    @jax.jit
+    def user_fn(x):
+        calls.append(1)  # runs once per trace
+        return jnp.sum(funnet.tanh(x) ** 2)
+
+    x = jnp.linspace(-1.0, 1.0, 5)
+    user_fn(x)
+    net = funnet.serial(funnet.Dense(2), funnet.Relu)
+    _, params = net.init(jax.random.PRNGKey(0), (-1, 5))
+    result = funnet.check_model(net, params, x[None], jnp.ones((1, 2)), funnet.mse,
+                                methods=("hand", "reverse", "forward"))
+    assert result.ok
+    user_fn(x)
+    assert len(calls) == 1  # the user's compiled function survived the forward-mode check
+    with pytest.raises(TypeError, match="jvp_twin"):  # the plain wiring is unchanged
         jax.jacfwd(funnet.relu)(2.0)
+    assert float(jax.jacfwd(funnet.relu.jvp_twin)(2.0)) == 1.0
+
+
+def test_forward_mode_in_one_thread_while_another_traces():
+    import threading
+
+    errors, results = [], {}
+    barrier = threading.Barrier(2)
+
+    def forward_worker():
+        try:
+            barrier.wait()
+            for i in range(20):
+                results.setdefault("fwd", []).append(
+                    float(jax.jacfwd(funnet.softplus.jvp_twin)(0.1 * i)))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    def reverse_worker():
+        try:
+            barrier.wait()
+            for i in range(20):
+                f = jax.jit(lambda v, i=i: funnet.softplus(v) * (i + 1))  # a new trace each time
+                results.setdefault("rev", []).append(float(jax.grad(f)(0.1 * i)) / (i + 1))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=forward_worker), threading.Thread(target=reverse_worker)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    expected = [float(funnet.softplus.derivative(0.1 * i)) for i in range(20)]
+    np.testing.assert_allclose(results["fwd"], expected, rtol=1e-15)
+    np.testing.assert_allclose(results["rev"], expected, rtol=1e-14)

@@ -1,4 +1,4 @@
-"""Hand-derived backprop (math.md §5) == jax.value_and_grad == central differences."""
+"""Hand-derived backprop (docs/math.md §5) == jax.value_and_grad == central differences."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _registry import ACTIVATION_CASES, assert_trees_close, init_params
+from _registry import ACTIVATION_CASES, assert_trees_close, init_params, plain_l2
 from hypothesis import given
 from jax.example_libraries import stax
 from jax.flatten_util import ravel_pytree
@@ -61,8 +61,8 @@ def test_value_and_grad_equals_jax_and_central_differences():
     for z in jax.jit(lambda p: _pre_activations(net, p, x))(params):
         assert np.min(np.abs(np.asarray(z)[..., None] - np.array([0, 1, -1, 2, -2]))) > 1e-5
 
-    def objective(p):  # R = L + ½ λ Σ ||W||², math.md §4
-        return funnet.softmax_cross_entropy(net.apply(p, x), y) + funnet.l2_penalty(p, lam)
+    def objective(p):  # R = L + ½ λ Σ ||W||², docs/math.md §4
+        return funnet.softmax_cross_entropy(net.apply(p, x), y) + plain_l2(p, lam)
 
     hand_fn = chex.assert_max_traces(funnet.backprop.value_and_grad(
         net, funnet.softmax_cross_entropy, l2=lam), n=1)
@@ -124,7 +124,7 @@ def test_return_deltas_are_gradients_at_each_layer_output():
         a = x
         for layer, p, e in zip(net.children, params, eps):
             a = layer.apply(p, a) + e
-        return funnet.softmax_cross_entropy(a, y) + funnet.l2_penalty(params, 0.1)
+        return funnet.softmax_cross_entropy(a, y) + plain_l2(params, 0.1)
 
     outputs, a = [], x
     for layer, p in zip(net.children, params):
@@ -156,7 +156,7 @@ def test_combinators_softmax_flatten_in_backprop():
     t = jnp.asarray(np.random.default_rng(4).standard_normal((4, 3)))
     (value, grads), (value_ad, grads_ad) = jax.jit(lambda p: (
         funnet.backprop.value_and_grad(net, funnet.mse, l2=0.01)(p, x, t),
-        jax.value_and_grad(lambda p: funnet.mse(net.apply(p, x), t) + funnet.l2_penalty(p, 0.01))(
+        jax.value_and_grad(lambda p: funnet.mse(net.apply(p, x), t) + plain_l2(p, 0.01))(
             p),
     ))(params)
     np.testing.assert_allclose(value, value_ad, rtol=1e-14)
@@ -177,7 +177,8 @@ def test_layer_without_backward_is_named():
         funnet.backprop.value_and_grad(stax.Tanh, funnet.mse)
     with pytest.raises(funnet.NoBackwardRuleError):
         funnet.backprop.backward(stax.Tanh, (), x, x)
-    bare = funnet.Layer(*funnet.Relu, name="BareRelu")  # init/apply only
+    init, apply = funnet.Relu
+    bare = funnet.layer(init, apply=apply, name="BareRelu")  # init/apply only
     nested = funnet.serial(funnet.Dense(2), funnet.fanout(1), funnet.parallel(bare))
     with pytest.raises(funnet.NoBackwardRuleError, match=r"parallel\[0\] BareRelu"):
         funnet.backprop.backward(nested, init_params(nested, (-1, 2)), x, x)
@@ -218,7 +219,7 @@ def test_random_architectures(widths, acts, batch, loss_name, lam, seed):
     x, y = jnp.asarray(rng.standard_normal((batch, 3))), jnp.asarray(target(rng, batch, 2))
     (value, grads), (value_ad, grads_ad) = jax.jit(lambda p: (
         funnet.backprop.value_and_grad(net, loss, l2=lam)(p, x, y),
-        jax.value_and_grad(lambda p: loss(net.apply(p, x), y) + funnet.l2_penalty(p, lam))(p),
+        jax.value_and_grad(lambda p: loss(net.apply(p, x), y) + plain_l2(p, lam))(p),
     ))(params)
     np.testing.assert_allclose(value, value_ad, rtol=1e-14)
     assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import doctest
 
 import jax
@@ -15,6 +17,7 @@ from jax.flatten_util import ravel_pytree
 
 import funnet
 import funnet.check
+from _registry import plain_l2
 from funnet.check import (
     CheckResult,
     GradientCheckError,
@@ -189,12 +192,14 @@ def problem(net, in_dim, n, *, seed, dtype=np.float64, classes=None, targets=Non
 def test_forward_grad_matches_reverse_through_custom_vjp_activations():
     net = funnet.serial(funnet.Dense(3), funnet.Elu, funnet.Dense(2), funnet.PRelu)
     params, x, _ = problem(net, 3, 5, seed=0, targets=2)
-    f = lambda p: jnp.sum(jnp.sin(net.apply(p, x)))
-    g = forward_grad(f, params, batch_size=7)  # 20 parameters: 2 chunks of 7, remainder 6
+    twin = funnet.forward_twin(net)
+    f = lambda p, net=net: jnp.sum(jnp.sin(net.apply(p, x)))
+    g = forward_grad(lambda p: f(p, twin), params, batch_size=7)  # 20 params: chunks of 7, 7, 6
     ref = jax.grad(f)(params)
     for got, want in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(ref)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
-    assert not funnet.activations.forward_mode_enabled()  # the switch is restored
+    with pytest.raises(TypeError, match="forward_twin"):  # the plain model refuses, and says why
+        forward_grad(f, params)
 
 
 # --- compare ---------------------------------------------------------------------------
@@ -346,8 +351,7 @@ def broken_dense(out_dim: int, factor: float = 1.01) -> funnet.Layer:
         dparams, dx = layer.backward(params, res, dy)
         return {**dparams, "W": factor * dparams["W"]}, dx
 
-    return funnet.Layer(layer.init, layer.apply, layer.forward, backward,
-                        name=f"BrokenDense({out_dim})")
+    return dataclasses.replace(layer, backward=backward, name=f"BrokenDense({out_dim})")
 
 
 @pytest.mark.parametrize(
@@ -422,12 +426,13 @@ def test_check_model_l2_and_dropout_key():
     params, x, y = problem(net, 3, 10, seed=5, classes=2)
     key = jax.random.key(7, impl="rbg")  # rbg: a cheap-to-compile generator
     result = check_model(net, params, x, y, funnet.softmax_cross_entropy, l2=0.5, key=key,
-                         methods=("hand", "reverse"))
+                         train=True, methods=("hand", "reverse"))
     assert result.ok
     # the objective holds the penalty and the same dropout mask as the key gives apply
-    out = net.apply(params, x, key=key)
+    out = net.apply(params, x, key=key, train=True)
+    assert not np.allclose(out, net.apply(params, x, key=key))  # dropout was active
     assert result.value == pytest.approx(
-        float(funnet.softmax_cross_entropy(out, y) + funnet.l2_penalty(params, 0.5)), rel=1e-12)
+        float(funnet.softmax_cross_entropy(out, y) + plain_l2(params, 0.5)), rel=1e-12)
 
 
 def test_check_model_plain_loss_callable():

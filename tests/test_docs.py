@@ -89,7 +89,7 @@ def page_runs(request, tmp_path_factory):
 
 def test_docs_have_pages_and_code():
     names = {p.name for p in PAGES}
-    for page in ("index.md", "concepts.md", "activations.md", "backprop.md",
+    for page in ("index.md", "concepts.md", "custom-layers.md", "activations.md", "backprop.md",
                  "gradient-checking.md", "training.md", "multi-device.md", "gallery.md",
                  "benchmarks.md", "api.md"):
         assert page in names, f"docs/{page} is missing"
@@ -162,8 +162,8 @@ def test_every_public_name_is_in_the_api_reference():
 def test_api_reference_renders_every_module():
     api = (DOCS / "api.md").read_text(encoding="utf-8")
     rendered = set(_rendered_modules(api))
-    for module in ("activations", "layers", "losses", "backprop", "check", "train", "data",
-                   "checkpoint"):
+    for module in ("contract", "activations", "layers", "losses", "backprop", "check", "train",
+                   "data", "checkpoint"):
         assert f"funnet.{module}" in rendered, f"docs/api.md does not render funnet.{module}"
 
 
@@ -223,6 +223,7 @@ def test_mkdocs_build_strict(tmp_path):
     assert "WARNING" not in log, log[-6000:]
     html = (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
     for anchor in ("funnet.layers.Dense", "funnet.activations.relu", "funnet.losses.mse",
-                   "funnet.backprop.value_and_grad", "funnet.checkpoint.save"):
+                   "funnet.backprop.value_and_grad", "funnet.checkpoint.save", "funnet.layer",
+                   "funnet.forward_twin", "funnet.check.check_layer"):
         assert f'id="{anchor}"' in html, f"the API page has no entry {anchor}"
     assert (tmp_path / "site" / "img" / "activations" / "relu.png").is_file()

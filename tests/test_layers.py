@@ -97,21 +97,21 @@ def eager(case_id: str) -> dict:
     case = CASES_BY_ID[case_id]
     params, x = _problem(case)
     key = _key(case)
-    y = case.layer.apply(params, x, key=key)
+    y = case.layer.apply(params, x, key=key, train=case.needs_key)
     dy = _cotangent(y)
     return {
         "params": params, "x": x, "dy": dy, "y": y,
-        "backward": funnet.backprop.backward(case.layer, params, x, dy, key=key),
+        "backward": funnet.backprop.backward(case.layer, params, x, dy, key=key, train=case.needs_key),
     }
 
 
 def _jitted_case(case: LayerCase, params, x, dy) -> dict:
     key = _key(case)
     out = {
-        "y": case.layer.apply(params, x, key=key),
-        "forward": case.layer.forward(params, x, key=key)[0],
-        "backward": funnet.backprop.backward(case.layer, params, x, dy, key=key),
-        "vjp": jax.vjp(lambda p, x: case.layer.apply(p, x, key=key), params, x)[1](dy),
+        "y": case.layer.apply(params, x, key=key, train=case.needs_key),
+        "forward": case.layer.forward(params, x, key=key, train=case.needs_key)[0],
+        "backward": funnet.backprop.backward(case.layer, params, x, dy, key=key, train=case.needs_key),
+        "vjp": jax.vjp(lambda p, x: case.layer.apply(p, x, key=key, train=case.needs_key), params, x)[1](dy),
         # one sample at a time (no key: Dropout is then the identity)
         "vmap": jax.vmap(lambda xi: case.layer.apply(params, xi[None])[0])(x),
         "batched": case.layer.apply(params, x),
@@ -175,15 +175,16 @@ def test_jit_and_vmap(case):
 @pytest.mark.parametrize("case", CASES)
 def test_unpacks_as_init_apply(case):
     init, apply = case.layer
-    assert len(case.layer) == 2 and case.layer[0] is case.layer.init
+    assert len(case.layer) == 2 and case.layer[0] == case.layer.init
     params, x = _problem(case)
     box = {}
     jax.eval_shape(lambda k: box.setdefault("out", init(k, case.input_shape)[0]) and (), KEY)
     assert box["out"] == case.out_shape
     key = _key(case)
-    expected = case.layer.apply(params, x, key=key)
-    assert_trees_close(apply(params, x, key=key), expected, rtol=0, atol=0)
-    assert_trees_close(apply(params, x, rng=key), expected, rtol=0, atol=0)  # stax's keyword
+    expected = case.layer.apply(params, x, key=key, train=case.needs_key)
+    assert_trees_close(apply(params, x, key=key, train=case.needs_key), expected, rtol=0, atol=0)
+    assert_trees_close(apply(params, x, rng=key, train=case.needs_key), expected, rtol=0,
+                       atol=0)  # stax's keyword
 
 
 def test_stax_layers_inside_funnet_serial():
@@ -206,12 +207,12 @@ def test_funnet_layers_inside_stax_serial():
     assert out_shape == (-1, 2)
     ours = funnet.serial(funnet.Dense(4), funnet.Tanh, funnet.Dense(2))
     np.testing.assert_allclose(y, ours.apply(tuple(params), x), rtol=1e-14, atol=0)
-    # stax's rng reaches funnet's Dropout as its key
+    # stax's rng reaches funnet's Dropout as its key; stax.serial forwards train=True
     init, apply = stax.serial(funnet.Dense(50), funnet.Dropout(0.5))
     _, params = init(KEY, (-1, 3))
-    dropped = apply(params, x, rng=KEY)
+    dropped = apply(params, x, rng=KEY, train=True)
     assert 0.3 < float(jnp.mean(dropped == 0)) < 0.7
-    assert not np.any(apply(params, x) == 0)  # no rng: identity
+    assert not np.any(apply(params, x, rng=KEY) == 0)  # evaluation mode: identity
 
 
 # --- inspection -------------------------------------------------------------------------------
@@ -288,29 +289,37 @@ def test_bad_configuration():
 
 def test_dropout_rate_is_the_drop_probability():
     rate, x = 0.3, jnp.ones((200, 250))
-    y = funnet.Dropout(rate).apply((), x, key=KEY)
+    y = funnet.Dropout(rate).apply((), x, key=KEY, train=True)
     dropped = float(jnp.mean(y == 0))
     # 50 000 Bernoulli(0.3) draws: σ = √(0.3·0.7/50000) ≈ 0.002; allow 5σ.
     assert abs(dropped - rate) < 0.01, dropped
     np.testing.assert_allclose(y[y != 0], 1 / (1 - rate), rtol=1e-15)  # inverted scaling
-    other = funnet.Dropout(rate).apply((), x, key=jax.random.PRNGKey(1))
+    other = funnet.Dropout(rate).apply((), x, key=jax.random.PRNGKey(1), train=True)
     assert not np.array_equal(y, other)  # the mask comes from the key
 
 
-def test_dropout_without_key_is_the_identity():
+def test_dropout_in_evaluation_mode_is_the_identity():
     x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 6)))
     layer = funnet.Dropout(0.5)
     assert layer.apply((), x) is x
-    dparams, dx = funnet.backprop.backward(layer, (), x, 2 * x)
+    assert layer.apply((), x, key=KEY) is x  # a key alone does not mean training
+    dparams, dx = funnet.backprop.backward(layer, (), x, 2 * x, key=KEY)
     assert dparams == () and np.array_equal(dx, 2 * x)
-    np.testing.assert_array_equal(funnet.Dropout(0.0).apply((), x, key=KEY), x)
+    np.testing.assert_array_equal(funnet.Dropout(0.0).apply((), x, key=KEY, train=True), x)
+
+
+def test_dropout_in_training_mode_needs_a_key():
+    net = funnet.serial(funnet.Dense(3), funnet.Dropout(0.5))
+    params = init_params(net, (-1, 4))
+    with pytest.raises(funnet.LayerError, match=r"serial\[1\] › Dropout\(0.5\): train=True needs"):
+        net.apply(params, jnp.ones((2, 4)), train=True)
 
 
 def test_dropout_backward_uses_the_forward_mask():
     layer = funnet.Dropout(0.4)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((30, 20)))
     dy = jnp.asarray(np.random.default_rng(1).standard_normal((30, 20)))
-    y, mask = layer.forward((), x, key=KEY)
+    y, mask = layer.forward((), x, key=KEY, train=True)
     _, dx = layer.backward((), mask, dy)
     kept = np.asarray(y != 0)
     assert 0 < kept.mean() < 1
@@ -321,8 +330,8 @@ def test_dropout_backward_uses_the_forward_mask():
     params = init_params(net, (-1, 20))
     t = jnp.zeros((30, 1))
     (_, grads), ref = jax.jit(lambda p: (
-        funnet.backprop.value_and_grad(net, funnet.mse)(p, x, t, key=KEY),
-        jax.grad(lambda p: funnet.mse(net.apply(p, x, key=KEY), t))(p),
+        funnet.backprop.value_and_grad(net, funnet.mse)(p, x, t, key=KEY, train=True),
+        jax.grad(lambda p: funnet.mse(net.apply(p, x, key=KEY, train=True), t))(p),
     ))(params)
     assert_trees_close(grads, ref, **TIGHT)
 
@@ -402,8 +411,10 @@ def test_fan_in_concat_init_shapes_along_any_axis():
 
 
 def test_a_layer_with_a_backward_but_no_forward_is_named():
-    half = funnet.Layer(funnet.Relu.init, funnet.Relu.apply, None, funnet.Relu.backward,
-                        name="HalfRelu")
+    half = funnet.Layer(funnet.Relu.init_with_state, funnet.Relu.apply_with_state, None,
+                        funnet.Relu.backward, name="HalfRelu")
+    with pytest.raises(TypeError, match="forward and backward come together"):
+        funnet.layer(funnet.Relu.init, backward=funnet.Relu.backward, apply=funnet.Relu.apply)
     net = funnet.serial(funnet.Dense(2), half)
     params = init_params(net, (-1, 3))
     with pytest.raises(funnet.NoBackwardRuleError, match=r"serial\[1\] HalfRelu"):
@@ -422,3 +433,56 @@ def test_hand_gradients_have_the_dtype_of_what_they_differentiate(param_dtype, x
     assert jax.tree_util.tree_map(lambda a: a.dtype, grads) == jax.tree_util.tree_map(
         lambda a: a.dtype, ref_grads)
     assert dx.dtype == ref_dx.dtype == x.dtype
+
+
+# --- the registry covers every public layer ------------------------------------------------
+
+
+def _stems(layer) -> set:
+    return {layer.name.split("(")[0]}.union(*(_stems(c) for c in layer.children))
+
+
+def test_every_public_layer_has_a_registry_entry():
+    covered = set().union(*(_stems(c.layer) | set(c.covers) for c in LAYER_CASES))
+    missing = []
+    for name in funnet.layers.__all__:
+        obj = getattr(funnet.layers, name)
+        if name in ("param_count", "summary"):
+            continue  # inspection, not layers
+        stem = obj.name.split("(")[0] if isinstance(obj, funnet.Layer) else name
+        if stem not in covered:
+            missing.append(name)
+    assert not missing, f"public layers without a case in tests/_registry.py: {missing}"
+
+
+# --- every witness on every registered layer -------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_check_layer_passes_on_every_registered_layer(case):
+    params, x = _problem(case)
+    result = funnet.check_layer(case.layer, params, x, key=_key(case), train=case.needs_key)
+    assert result.ok and result.dtype == "float64"
+    assert len(result.params.rows) == len(jax.tree_util.tree_leaves(params))
+    assert len(result.inputs.rows) == 1 and not result.no_gradient
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_jvp_of_the_forward_twin_is_the_transpose_of_the_hand_backward(case):
+    # ⟨J t, dy⟩ = ⟨t, Jᵀ dy⟩: J t by forward mode through the twin (custom_jvp from the
+    # hand f'), Jᵀ dy by the hand backward rule; float64, O(1) sums of ~100 terms
+    params, x = _problem(case)
+    key, train = _key(case), case.needs_key
+    twin = funnet.forward_twin(case.layer)
+    t_params, t_x = _cotangent(params, seed=2), _cotangent(x, seed=3)
+    y, jt = jax.jvp(lambda p, v: twin.apply(p, v, key=key, train=train), (params, x),
+                    (t_params, t_x))
+    dy = _cotangent(y, seed=4)
+    dparams, dx = funnet.backprop.backward(case.layer, params, x, dy, key=key, train=train)
+
+    def dot(a, b):
+        return sum(jnp.vdot(u, v) for u, v in zip(jax.tree_util.tree_leaves(a),
+                                                  jax.tree_util.tree_leaves(b)))
+
+    np.testing.assert_allclose(dot(jt, dy), dot(t_params, dparams) + dot(t_x, dx),
+                               rtol=1e-11, atol=1e-11)

@@ -1,4 +1,4 @@
-"""Losses (math.md §4): values vs the formulas in NumPy, hand ``.grad`` vs ``jax.grad``."""
+"""Losses (docs/math.md §4): values vs the formulas in NumPy, hand ``.grad`` vs ``jax.grad``."""
 
 from __future__ import annotations
 
@@ -77,18 +77,47 @@ def test_l2_penalty_counts_weights_only():
     lam = 0.3
     W = [np.asarray(params[0]["W"]), np.asarray(params[2]["W"])]
     expected = 0.5 * lam * sum(np.sum(w**2) for w in W)  # ½ λ Σ_l ||W(l)||_F²
-    np.testing.assert_allclose(funnet.l2_penalty(params, lam), expected, **TIGHT)
+    np.testing.assert_allclose(funnet.l2_penalty(params, lam, model=net), expected, **TIGHT)
+    assert net.decay_mask(params) == ({"W": True, "b": False}, {"slope": False},
+                                      {"W": True, "b": False})
     # biases and PReLU slopes are not penalised: changing them changes nothing
     moved = (
         {**params[0], "b": params[0]["b"] + 5}, {"slope": params[1]["slope"] + 5}, params[2]
     )
-    assert float(funnet.l2_penalty(moved, lam)) == float(funnet.l2_penalty(params, lam))
-    grad = funnet.losses.l2_penalty_grad(params, lam)
-    assert_trees_close(grad, jax.grad(funnet.l2_penalty)(params, lam), **TIGHT)
+    assert float(funnet.l2_penalty(moved, lam, model=net)) == float(
+        funnet.l2_penalty(params, lam, model=net))
+    grad = funnet.losses.l2_penalty_grad(params, lam, model=net)
+    assert_trees_close(grad, jax.grad(lambda p: funnet.l2_penalty(p, lam, model=net))(params),
+                       **TIGHT)
     np.testing.assert_array_equal(grad[1]["slope"], 0.0)
     np.testing.assert_array_equal(grad[0]["b"], 0.0)
     np.testing.assert_allclose(grad[2]["W"], lam * W[1], **TIGHT)
-    assert float(funnet.l2_penalty((), lam)) == 0.0
+    assert float(funnet.l2_penalty((), lam, mask=())) == 0.0
+    # an explicit mask decides, whatever the leaves are called
+    mask = ({"W": False, "b": True}, {"slope": True}, {"W": False, "b": False})
+    expected = 0.5 * lam * (np.sum(np.asarray(params[0]["b"]) ** 2)
+                            + np.sum(np.asarray(params[1]["slope"]) ** 2))
+    np.testing.assert_allclose(funnet.l2_penalty(params, lam, mask=mask), expected, **TIGHT)
+    with pytest.raises(TypeError, match="exactly one of model= .* or mask="):
+        funnet.l2_penalty(params, lam)
+
+
+def test_weight_decay_is_declared_not_guessed_from_names():
+    # a user layer whose weight matrix is not called W is decayed because it says so
+    def init(key, input_shape):
+        return input_shape[:-1] + (2,), {"kernel": jnp.ones((input_shape[-1], 2)),
+                                         "W": jnp.ones(2)}
+
+    def forward(params, x):
+        return x @ params["kernel"] + params["W"][None], x
+
+    def backward(params, x, dy):
+        return {"kernel": x.T @ dy, "W": dy.sum(0)}, dy @ params["kernel"].T
+
+    custom = funnet.layer(init, forward, backward, name="Custom", decay=("kernel",))
+    _, params = custom.init(jax.random.PRNGKey(0), (-1, 3))
+    assert custom.decay_mask(params) == {"kernel": True, "W": False}
+    assert float(funnet.l2_penalty(params, 1.0, model=custom)) == 3.0  # ½ · 6 entries of 1
 
 
 def test_accuracy():
@@ -228,7 +257,10 @@ def test_l2_refuses_matrices_it_would_not_penalise():
     net = funnet.serial(stax.Dense(3), funnet.Tanh, funnet.Dense(1))
     _, params = net.init(jax.random.PRNGKey(0), (-1, 2))
     for fn in (funnet.l2_penalty, funnet.losses.l2_penalty_grad):
-        with pytest.raises(ValueError, match=r"penalises the leaves named 'W' only.*"
-                                             r"\[0\]\[0\] \(2, 3\)"):
-            fn(params, 0.1)
-        fn(params, 0.0)  # no penalty asked for: nothing to refuse
+        with pytest.raises(funnet.ParamsError, match=r"serial\[0\] › .*declares no "
+                                                    r"weight-decayed params"):
+            fn(params, 0.1, model=net)
+    funnet.l2_penalty(params, 0.0)  # no penalty asked for: nothing to refuse
+    # a stax layer without params declares nothing and needs nothing
+    assert funnet.serial(stax.Tanh, funnet.Dense(1)).decay_mask(
+        ((), {"W": jnp.ones((2, 1)), "b": jnp.ones(1)})) == ((), {"W": True, "b": False})

@@ -1,4 +1,4 @@
-"""The worked examples of the source texts (math.md §1, §3, §5), recomputed by hand in NumPy."""
+"""The worked examples of the source texts (docs/math.md §1, §3, §5), recomputed by hand in NumPy."""
 
 from __future__ import annotations
 

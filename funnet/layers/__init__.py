@@ -1,0 +1,72 @@
+r"""Layers: each constructor returns a :class:`funnet.Layer` (see :mod:`funnet.contract`).
+
+One module per concept: ``dense``, ``elementwise`` (activations, PReLU, softmax),
+``reshape`` (Identity, Flatten, Reshape), ``dropout``, ``combinators`` (serial, parallel,
+fanout, fan-ins) and ``inspection`` (param_count, summary). A new layer family joins as one
+module here, one re-export line below and in ``funnet/__init__.py``, and one entry in the
+test registry (``tests/_registry.py``).
+
+::
+
+    init, apply = funnet.Dense(4)
+    out_shape, params = init(key, (-1, 2))        # params = {"W": [2, 4], "b": [4]}
+    y = apply(params, x)                          # x: [batch, 2] -> y: [batch, 4]
+
+Shapes use ``-1`` (or any int) for the batch axis.
+"""
+
+from .combinators import FanInConcat as FanInConcat
+from .combinators import FanInSum as FanInSum
+from .combinators import fanout as fanout
+from .combinators import parallel as parallel
+from .combinators import serial as serial
+from .dense import Dense as Dense
+from .dropout import Dropout as Dropout
+from .elementwise import ActivationLayer as ActivationLayer
+from .elementwise import Elu as Elu
+from .elementwise import HardLogistic as HardLogistic
+from .elementwise import HardTanh as HardTanh
+from .elementwise import LeakyRelu as LeakyRelu
+from .elementwise import Logistic as Logistic
+from .elementwise import LogSoftmax as LogSoftmax
+from .elementwise import PRelu as PRelu
+from .elementwise import Relu as Relu
+from .elementwise import Sigmoid as Sigmoid
+from .elementwise import Softmax as Softmax
+from .elementwise import Softplus as Softplus
+from .elementwise import Step as Step
+from .elementwise import Tanh as Tanh
+from .reshape import Flatten as Flatten
+from .reshape import Identity as Identity
+from .reshape import Reshape as Reshape
+from .inspection import param_count as param_count
+from .inspection import summary as summary
+
+__all__ = [
+    "ActivationLayer",
+    "Dense",
+    "Dropout",
+    "Elu",
+    "FanInConcat",
+    "FanInSum",
+    "Flatten",
+    "HardLogistic",
+    "HardTanh",
+    "Identity",
+    "LeakyRelu",
+    "LogSoftmax",
+    "Logistic",
+    "PRelu",
+    "Relu",
+    "Reshape",
+    "Sigmoid",
+    "Softmax",
+    "Softplus",
+    "Step",
+    "Tanh",
+    "fanout",
+    "parallel",
+    "param_count",
+    "serial",
+    "summary",
+]

@@ -1,0 +1,287 @@
+"""The layer contract v2 (funnet/contract.py): state, train mode, inputs without gradients,
+declared weight decay, forward twins, and the per-layer check.
+
+The stateful and id-consuming layers here are written in the test, with ``funnet.layer``,
+as a user would write them: they exercise the contract, not a library layer.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _registry import assert_trees_close, init_params
+from jax.example_libraries import stax
+
+import funnet
+
+KEY = jax.random.PRNGKey(0)
+TIGHT = {"rtol": 1e-12, "atol": 1e-14}
+
+
+def RunningMean(momentum: float = 0.5) -> funnet.Layer:
+    """Centre the features: by the batch mean in training (and update the running mean),
+    by the running mean in evaluation. State ``{"mean", "count"}``; no params."""
+
+    def init(key, input_shape):
+        d = input_shape[-1]
+        return input_shape, (), {"mean": jnp.zeros(d), "count": jnp.zeros((), jnp.int32)}
+
+    def forward(params, state, x, *, train=False):
+        if train:
+            mu = x.mean(axis=0)
+            new = {"mean": momentum * state["mean"] + (1 - momentum) * mu,
+                   "count": state["count"] + 1}
+            return x - mu[None], new, x.shape[0]
+        return x - state["mean"][None], state, None
+
+    def backward(params, n, dy):
+        if n is None:  # evaluation: y = x - constant
+            return (), dy
+        return (), dy - dy.mean(axis=0, keepdims=True)  # y = x - mean(x): dx = dy - mean(dy)
+
+    return funnet.layer(init, forward, backward, name="RunningMean", stateful=True)
+
+
+def Lookup(vocab: int, dim: int) -> funnet.Layer:
+    """Integer ids -> rows of a table; the ids get no gradient (``None``)."""
+
+    def init(key, input_shape):
+        return tuple(input_shape) + (dim,), {"table": jax.random.normal(key, (vocab, dim))}
+
+    def forward(params, ids):
+        return params["table"][ids], ids
+
+    def backward(params, ids, dy):
+        dtable = jnp.zeros_like(params["table"]).at[ids.reshape(-1)].add(dy.reshape(-1, dim))
+        return {"table": dtable}, None  # scatter-add; integer ids: no gradient
+
+    return funnet.layer(init, forward, backward, name=f"Lookup({vocab}, {dim})")
+
+
+# --- state ------------------------------------------------------------------------------------
+
+
+def test_stateless_models_have_empty_state_that_comes_back_unchanged():
+    net = funnet.serial(funnet.Dense(3), funnet.Relu, funnet.fanout(1),
+                        funnet.parallel(funnet.Tanh))
+    out_shape, params, state = net.init_with_state(KEY, (-1, 2))
+    assert state == () and not net.stateful and out_shape == ((-1, 3),)
+    x = jnp.ones((4, 2))
+    inner = funnet.serial(funnet.Dense(3), funnet.Relu)
+    y, new_state = inner.apply_with_state(params[:2], (), x, train=True)
+    assert new_state == ()
+    np.testing.assert_array_equal(y, inner.apply(params[:2], x))
+
+
+def test_state_threads_through_combinators_and_train_mode_chooses_statistics():
+    net = funnet.serial(funnet.Dense(3), RunningMean(), funnet.fanout(2),
+                        funnet.parallel(funnet.Identity, RunningMean(0.0)), funnet.FanInSum)
+    assert net.stateful and net.stateful_path() == "serial[1] › RunningMean"
+    _, params, state = net.init_with_state(KEY, (-1, 2))
+    assert jax.tree_util.tree_structure(state) == jax.tree_util.tree_structure(
+        ((), {"mean": 0, "count": 0}, (), ((), {"mean": 0, "count": 0}), ()))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((6, 2)))
+    y_eval, same = net.apply_with_state(params, state, x)  # evaluation: state unchanged
+    assert_trees_close(same, state, rtol=0, atol=0)
+    y, new = net.apply_with_state(params, state, x, train=True)
+    h = x @ params[0]["W"] + params[0]["b"][None]
+    np.testing.assert_allclose(new[1]["mean"], 0.5 * h.mean(0), **TIGHT)
+    assert int(new[1]["count"]) == 1 and int(new[3][1]["count"]) == 1
+    centred = h - h.mean(0)[None]
+    np.testing.assert_allclose(y, 2 * centred, **TIGHT)  # both branches centre by the batch
+    np.testing.assert_allclose(y_eval, 2 * h, **TIGHT)  # running means start at 0
+    # the second RunningMean saw centred inputs: its running mean stays 0
+    np.testing.assert_allclose(new[3][1]["mean"], 0.0, atol=1e-15)
+    # evaluation after an update uses the running statistics
+    y2, _ = net.apply_with_state(params, new, x)
+    np.testing.assert_allclose(y2, 2 * (h - 0.5 * h.mean(0)[None]), **TIGHT)
+
+
+def test_plain_entry_points_refuse_a_stateful_model_and_name_the_layer():
+    net = funnet.serial(funnet.Dense(3), funnet.fanout(1), funnet.parallel(RunningMean()))
+    msg = r"serial\[2\] › parallel\[0\] › RunningMean holds state.*init_with_state.*apply_with_state"
+    with pytest.raises(funnet.StatefulModelError, match=msg):
+        net.init(KEY, (-1, 2))
+    _, params, state = net.init_with_state(KEY, (-1, 2))
+    with pytest.raises(funnet.StatefulModelError, match=msg):
+        net.apply(params, jnp.ones((2, 2)))
+    with pytest.raises(funnet.StatefulModelError, match=msg):
+        init, apply = net  # the stax view is stateless too
+        apply(params, jnp.ones((2, 2)))
+    with pytest.raises(funnet.StatefulModelError, match="has_state=True"):
+        funnet.backprop.value_and_grad(net, funnet.mse)
+    with pytest.raises(funnet.ParamsError, match="state must be a tuple"):
+        net.apply_with_state(params, (), jnp.ones((2, 2)))
+    assert funnet.summary(net, (-1, 2), print_fn=None).splitlines()[0].split() == [
+        "#", "layer", "output", "shape", "params", "state"]
+
+
+def test_hand_backprop_with_state_equals_jax_grad_and_never_differentiates_state():
+    net = funnet.serial(funnet.Dense(4), RunningMean(), funnet.Tanh, funnet.Dense(2))
+    _, params, state = net.init_with_state(KEY, (-1, 3))
+    params = init_params(funnet.serial(funnet.Dense(4), funnet.Identity, funnet.Tanh,
+                                       funnet.Dense(2)), (-1, 3), seed=1)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((5, 3)))
+    y = jnp.asarray(np.random.default_rng(2).standard_normal((5, 2)))
+    fn = jax.jit(funnet.backprop.value_and_grad(net, funnet.mse, has_state=True, l2=0.1),
+                 static_argnames="train")
+    for train in (True, False):
+        (value, new_state), grads = fn(params, state, x, y, train=train)
+
+        def objective(p):
+            out, s = net.apply_with_state(p, state, x, train=train)
+            w = p[0]["W"], p[3]["W"]
+            return funnet.mse(out, y) + 0.05 * sum(jnp.sum(v**2) for v in w), s
+
+        (ref_value, ref_state), ref = jax.value_and_grad(objective, has_aux=True)(params)
+        np.testing.assert_allclose(value, ref_value, **TIGHT)
+        assert_trees_close(grads, ref, rtol=1e-10, atol=1e-12)
+        assert_trees_close(new_state, ref_state, rtol=0, atol=0)
+        assert int(new_state[1]["count"]) == int(train)
+
+
+# --- inputs without gradients -------------------------------------------------------------------
+
+
+def test_ids_get_no_gradient_and_the_table_gets_a_scatter_add():
+    net = funnet.serial(Lookup(7, 3), funnet.Tanh, funnet.Flatten, funnet.Dense(2))
+    _, params = net.init(KEY, (-1, 4))
+    ids = jnp.array([[1, 1, 6, 0], [6, 2, 2, 2]])  # repeated ids accumulate
+    y = jnp.asarray(np.random.default_rng(0).standard_normal((2, 2)))
+    _, grads = funnet.backprop.value_and_grad(net, funnet.mse)(params, ids, y)
+    ref = jax.grad(lambda p: funnet.mse(net.apply(p, ids), y))(params)
+    assert_trees_close(grads, ref, **TIGHT)
+    assert float(jnp.abs(grads[0]["table"][3:6]).max()) == 0.0  # ids never seen: no gradient
+    dparams, dx = funnet.backprop.backward(net, params, ids, y)
+    assert dx is None
+    result = funnet.check_layer(net, params, ids)
+    assert result.ok and result.no_gradient == ("x",) and not result.inputs.rows
+
+
+def test_combinators_carry_none_cotangents():
+    # a tuple input (ids, features): the ids branch returns None, the features branch a gradient
+    net = funnet.serial(
+        funnet.parallel(funnet.serial(Lookup(5, 3), funnet.Flatten), funnet.Dense(6)),
+        funnet.FanInConcat(), funnet.fanout(2), funnet.parallel(funnet.Tanh, funnet.Identity),
+        funnet.FanInSum, funnet.Dense(1))
+    _, params = net.init(KEY, ((-1, 2), (-1, 4)))
+    ids = jnp.array([[0, 4], [3, 3], [1, 0]])
+    feats = jnp.asarray(np.random.default_rng(3).standard_normal((3, 4)))
+    y = jnp.ones((3, 1))
+    _, grads = funnet.backprop.value_and_grad(net, funnet.mse)(params, (ids, feats), y)
+    ref = jax.grad(lambda p: funnet.mse(net.apply(p, (ids, feats)), y))(params)
+    assert_trees_close(grads, ref, **TIGHT)
+    _, (d_ids, d_feats) = funnet.backprop.backward(net, params, (ids, feats), y)
+    assert d_ids is None and d_feats.shape == feats.shape
+    assert funnet.check_layer(net, params, (ids, feats)).no_gradient == ("x[0]",)
+
+
+def test_a_layer_below_a_none_gradient_gets_zeros():
+    stop = funnet.layer(lambda k, s: (s, ()), lambda p, x: (x, None),
+                        lambda p, r, dy: ((), None), name="StopGradient")
+    net = funnet.serial(funnet.Dense(2), stop, funnet.Dense(1))
+    params = init_params(net, (-1, 3))
+    dparams, dx = funnet.backprop.backward(net, params, jnp.ones((4, 3)), jnp.ones((4, 1)))
+    assert dx is None and float(jnp.abs(dparams[0]["W"]).max()) == 0.0
+    assert float(jnp.abs(dparams[2]["W"]).max()) > 0
+
+
+# --- construction, stax interplay, twins --------------------------------------------------------
+
+
+def test_layer_passes_only_the_keywords_a_function_accepts():
+    seen = {}
+
+    def forward(params, x, *, train=False):  # no key
+        seen["train"] = train
+        return x, None
+
+    lay = funnet.layer(lambda k, s: (s, ()), forward, lambda p, r, dy: ((), dy), name="T")
+    lay.apply((), jnp.ones(2), key=KEY, train=True)
+    assert seen["train"] is True
+    with pytest.raises(TypeError, match="give forward"):
+        funnet.layer(lambda k, s: (s, ()))
+
+
+@jax.numpy_rank_promotion("allow")  # stax.Dense adds its bias by implicit broadcasting
+def test_stax_pairs_inside_funnet_and_funnet_inside_stax():
+    net = funnet.serial(stax.Dense(3), funnet.Tanh)
+    _, params = net.init(KEY, (-1, 2))
+    x = jnp.ones((2, 2))
+    np.testing.assert_allclose(net.apply(params, x),
+                               jnp.tanh(x @ params[0][0] + params[0][1][None]))
+    with pytest.raises(funnet.ParamsError, match=r"serial\[0\] › .*declares no weight-decayed"):
+        funnet.fit(net, params, (x, jnp.ones((2, 3))), loss=funnet.mse,
+                   optimizer=__import__("optax").sgd(0.1), epochs=1, batch_size=2, key=KEY, l2=0.1)
+    init, apply = stax.serial(funnet.Dense(3), funnet.Relu)
+    _, params = init(KEY, (-1, 2))
+    assert apply(params, x).shape == (2, 3)
+
+
+def test_forward_twin_of_every_kind_of_layer_and_its_identity():
+    plain = funnet.serial(funnet.Dense(2), funnet.Flatten)
+    assert funnet.forward_twin(plain) is plain  # nothing to rewire: the model itself
+    net = funnet.serial(funnet.Dense(2), funnet.fanout(1), funnet.parallel(funnet.PRelu),
+                        funnet.FanInSum, funnet.Elu(alpha=0.5))
+    twin = funnet.forward_twin(net)
+    assert twin.name == net.name and twin.children[4].name == "Elu(alpha=0.5)"
+    assert twin.children[0] is net.children[0]  # Dense has nothing to rewire
+    _, params = net.init(KEY, (-1, 3))
+    x = jnp.ones((2, 3))
+    tangent = jax.tree_util.tree_map(jnp.ones_like, params)
+    _, jt = jax.jvp(lambda p: twin.apply(p, x), (params,), (tangent,))
+    _, ref = jax.jvp(lambda p: net.rewired("formula").apply(p, x), (params,), (tangent,))
+    np.testing.assert_allclose(jt, ref, **TIGHT)
+    with pytest.raises(ValueError, match="wiring must be one of"):
+        net.rewired("fast")
+
+
+def test_traced_train_flag_gets_a_clear_error():
+    net = funnet.serial(funnet.Dense(2), funnet.Dropout(0.5))
+    _, params = net.init(KEY, (-1, 3))
+    with pytest.raises(TypeError, match="static_argnames"):
+        jax.jit(lambda p, t: net.apply(p, jnp.ones((2, 3)), key=KEY, train=t))(params, True)
+
+
+def test_identity_and_reshape():
+    assert funnet.Identity.apply((), (jnp.ones(2), 3))[1] == 3  # any pytree passes through
+    r = funnet.Reshape((2, -1))
+    assert r.init(KEY, (-1, 3, 4))[0] == (-1, 2, 6)
+    with pytest.raises(funnet.LayerError, match=r"Reshape\(\(2, 5\)\).*12 entries"):
+        funnet.Reshape((2, 5)).init(KEY, (-1, 3, 4))
+    with pytest.raises(funnet.LayerError, match="at most one -1"):
+        funnet.Reshape((-1, -1))
+
+
+# --- check_layer catches wrong rules and names the layer ------------------------------------
+
+
+def test_check_layer_catches_a_wrong_activation_derivative_that_jax_grad_would_not():
+    bad = funnet.define_activation("badtanh", jnp.tanh, lambda x, y: 1.01 * (1 - y**2))
+    net = funnet.serial(funnet.Dense(4), funnet.ActivationLayer(bad), funnet.Dense(3))
+    params = init_params(net, (-1, 3))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((5, 3)))
+    with pytest.raises(funnet.GradientCheckError, match="disagrees with jax.vjp of its formula"):
+        funnet.check_layer(net, params, x)
+    for dtype in (jnp.float32, jnp.float64):  # caught in float32 too
+        layer = funnet.ActivationLayer(bad)
+        with pytest.raises(funnet.GradientCheckError, match="Badtanh"):
+            funnet.check_layer(layer, (), x.astype(dtype))
+
+
+def test_check_layer_catches_a_wrong_backward_and_names_the_leaf():
+    dense = funnet.Dense(3)
+
+    def backward(params, res, dy):
+        dparams, dx = dense.backward(params, res, dy)
+        return {**dparams, "b": 0 * dparams["b"]}, dx  # forgot the bias sum
+
+    import dataclasses
+
+    broken = dataclasses.replace(dense, backward=backward, name="NoBiasDense")
+    params = init_params(broken, (-1, 2))
+    with pytest.raises(funnet.GradientCheckError, match=r"NoBiasDense.*params leaf \['b'\]") as e:
+        funnet.check_layer(broken, params, jnp.ones((4, 2)))
+    assert not e.value.result.ok and "FAILED" in str(e.value.result)
