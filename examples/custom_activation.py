@@ -2,12 +2,12 @@
 
 ``swish(x) = x σ(x)``; by hand ``swish'(x) = σ(x) + x σ(x)(1 - σ(x)) = σ(x)(1 + x(1 - σ(x)))``.
 ``funnet.define_activation`` wires the hand derivative into ``jax.grad`` (custom_vjp) and,
-inside ``funnet.forward_mode()``, into ``jax.jvp`` (custom_jvp). On a grid of ``x`` in
+through its forward twin ``swish.jvp_twin``, into ``jax.jvp`` (custom_jvp). On a grid of ``x`` in
 ``[-12, 12]`` (float64) it is compared with
 
 1. autodiff of the *formula* ``x * jax.nn.sigmoid(x)`` (``jax.grad``, which never sees the
    hand derivative) and ``jax.grad`` of the new activation (the wiring);
-2. forward mode, ``jax.jacfwd`` inside ``funnet.forward_mode()``;
+2. forward mode, ``jax.jacfwd`` of the twin ``swish.jvp_twin``;
 3. central differences of the forward formula (``funnet.check.numerical_grad``);
 4. sympy's derivative of ``x / (1 + exp(-x))``.
 
@@ -54,8 +54,8 @@ def derivatives(xs: np.ndarray) -> dict:
             "jax.grad of the formula": jax.vmap(jax.grad(_swish))(x),
         })(x)
         out["numerical"] = numerical_grad(lambda v: jnp.sum(_swish(v)), x)
-        with funnet.forward_mode():
-            out["forward mode (custom_jvp)"] = jax.jit(jax.vmap(jax.jacfwd(swish)))(x)
+        twin = swish.jvp_twin  # custom_jvp from the same hand derivative
+        out["forward mode (custom_jvp)"] = jax.jit(jax.vmap(jax.jacfwd(twin)))(x)
         t = sympy.Symbol("t")
         d = sympy.lambdify(t, sympy.diff(t / (1 + sympy.exp(-t)), t), "numpy")
         out["sympy"] = d(np.asarray(xs, np.float64))

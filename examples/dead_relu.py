@@ -1,4 +1,4 @@
-"""Dead ReLUs never come back; leaky ReLU, PReLU and ELU do (math.md §6).
+"""Dead ReLUs never come back; leaky ReLU, PReLU and ELU do (docs/math.md §6).
 
 A 64-16-10 network on the digits whose 16 hidden units are pushed into the dead region:
 every hidden bias starts at -5, so ``z = x W + b < 0`` for every input. Then it is trained

@@ -1,4 +1,4 @@
-"""The whole training story on the embedded 8×8 digits (math.md §4–§6).
+"""The whole training story on the embedded 8×8 digits (docs/math.md §4–§6).
 
 1797 handwritten digits (``funnet.load_digits``) are split 70/15/15 into train, validation
 and test sets (``funnet.data.split``). A 64-64-10 ReLU network with a softmax cross-entropy

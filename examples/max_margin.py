@@ -1,4 +1,4 @@
-"""The window scorer trained with the max-margin loss, gradients derived by hand (math.md §4, §5).
+"""The window scorer trained with the max-margin loss, hand-derived gradients (docs/math.md §4, §5).
 
 A window of 5 word vectors of dimension 4 is ``x ∈ R²⁰`` (the source text says dimension 2,
 which would give R¹⁰; R²⁰ needs 4). The scorer has 8 logistic hidden units and no output

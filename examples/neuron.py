@@ -1,4 +1,4 @@
-"""The MP neuron, the perceptron, and why XOR needs a hidden layer (math.md §1).
+"""The MP neuron, the perceptron, and why XOR needs a hidden layer (docs/math.md §1).
 
 1. MP (threshold) neuron: ``a = step(x₁ + x₂ - θ)`` with ``θ = 40``: inputs summing to 30
    stay silent, inputs summing to 50 fire. The threshold is a bias of ``-θ``.

@@ -1,11 +1,12 @@
-"""Even the 1-1-1 network has a non-convex loss (math.md §6).
+"""Even the 1-1-1 network has a non-convex loss (docs/math.md §6).
 
 One input, one logistic hidden unit, one output, one weight per layer and no biases:
 ``ŷ = σ(w₂ σ(w₁ x))``. On a two-sample data set the loss is drawn over ``(w₁, w₂)`` for squared
 error ``½ mean (ŷ - y)²`` and for cross-entropy. Both surfaces are non-convex, shown two ways:
 
-- the Hessian (``jax.hessian`` inside ``funnet.forward_mode()``) has a negative eigenvalue on
-  part of the grid (shaded);
+- the Hessian (``jax.hessian``, which works on funnet's activations as they are: its inner
+  ``jacrev`` uses the hand derivative, whose code ``jacfwd`` differentiates) has a negative
+  eigenvalue on part of the grid (shaded);
 - the definition of convexity fails: for some pair of points ``a``, ``b`` the loss at the
   midpoint exceeds the mean of the endpoint losses, ``L((a+b)/2) > (L(a) + L(b))/2``
   (the dashed segment).
@@ -56,10 +57,11 @@ def min_eigenvalue(hessian: jax.Array) -> jax.Array:
 def surface(loss, grid: np.ndarray) -> dict:
     """Loss and the Hessian's smaller eigenvalue at every grid point ``[n, n, 2]``."""
     points = jnp.asarray(grid.reshape(-1, 2))
-    with funnet.forward_mode():  # jax.hessian = jacfwd(jacrev): needs the custom_jvp wiring
-        values, eig = jax.jit(jax.vmap(lambda w: (loss(w), min_eigenvalue(jax.hessian(loss)(w)))))(
-            points
-        )
+    # jax.hessian = jacfwd(jacrev): jacrev runs the hand derivative (custom_vjp's bwd), which is
+    # plain code that jacfwd differentiates, so no forward twin is needed.
+    values, eig = jax.jit(jax.vmap(lambda w: (loss(w), min_eigenvalue(jax.hessian(loss)(w)))))(
+        points
+    )
     shape = grid.shape[:2]
     return {"loss": np.asarray(values).reshape(shape), "min_eig": np.asarray(eig).reshape(shape)}
 

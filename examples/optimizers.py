@@ -1,6 +1,6 @@
 """Seven optimizers on the digits: SGD, momentum, AdaGrad, AdaDelta, RMSprop, Adam, cosine decay.
 
-The remedies of math.md §6 on one problem: a 64-64-10 ReLU network, softmax cross-entropy,
+The remedies of docs/math.md §6 on one problem: a 64-64-10 ReLU network, softmax cross-entropy,
 mini-batches of 32 from the digits' training split, the gradients from funnet's
 hand-derived backprop, the updates from optax. Every optimizer starts from the same params
 and sees exactly the same mini-batches in the same order: all seven run side by side in one

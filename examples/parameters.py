@@ -1,4 +1,4 @@
-"""Counting parameters: ``M_{l-1}·M_l + M_l`` per dense layer (math.md §3).
+"""Counting parameters: ``M_{l-1}·M_l + M_l`` per dense layer (docs/math.md §3).
 
 A dense layer from ``M_{l-1}`` to ``M_l`` neurons has a ``M_{l-1} × M_l`` weight matrix and
 ``M_l`` biases. The 2-4-1 network of the text has ``2·4 + 4 + 4·1 + 1 = 17``. For every model

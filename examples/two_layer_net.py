@@ -1,4 +1,4 @@
-"""The 2-4-3 network of the source text, forward and backward, layer by layer (math.md §4, §5).
+"""The 2-4-3 network of the source text, forward and backward by layer (docs/math.md §4, §5).
 
 ``x`` is a batch of 10 points in R²; the network is Affine(2→4), Sigmoid, Affine(4→3), and
 Softmax-with-Loss on top. Forward: scores ``s``, probabilities ``y = softmax(s)``, the
@@ -137,7 +137,7 @@ def compute(model: funnet.Layer, params: tuple, x: jax.Array, t: jax.Array) -> d
 
 
 def node_checks(seed: int) -> dict:
-    """Backward of the graph nodes (math.md §5) against ``jax.vjp``: max abs difference."""
+    """Backward of the graph nodes (docs/math.md §5) against ``jax.vjp``: max abs difference."""
     d, n = 8, 7
     rng = np.random.default_rng(seed)
     x, y, m = rng.standard_normal((1, d)), rng.standard_normal((1, d)), rng.standard_normal((d, 3))

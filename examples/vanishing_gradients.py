@@ -1,4 +1,4 @@
-"""Vanishing gradients: the error term ``δ(l)`` layer by layer in a deep network (math.md §6).
+"""Vanishing gradients: the error term ``δ(l)`` layer by layer in a deep net (docs/math.md §6).
 
 A 64-32×10-10 network (ten hidden layers of 32 units) on a batch of digits, at
 initialisation (Glorot-normal weights, zero biases), for several activations.
