@@ -4,18 +4,11 @@ from . import activations as activations
 from . import backprop as backprop
 from . import check as check
 from . import checkpoint as checkpoint
+from . import contract as contract
 from . import data as data
 from . import layers as layers
 from . import losses as losses
 from . import train as train
-from . import contract as contract
-from .contract import Layer as Layer
-from .contract import LayerError as LayerError
-from .contract import NoBackwardRuleError as NoBackwardRuleError
-from .contract import ParamsError as ParamsError
-from .contract import StatefulModelError as StatefulModelError
-from .contract import forward_twin as forward_twin
-from .contract import layer as layer
 from .activations import Activation as Activation
 from .activations import define_activation as define_activation
 from .activations import elu as elu
@@ -32,6 +25,13 @@ from .activations import tanh as tanh
 from .check import GradientCheckError as GradientCheckError
 from .check import check_layer as check_layer
 from .check import check_model as check_model
+from .contract import Layer as Layer
+from .contract import LayerError as LayerError
+from .contract import NoBackwardRuleError as NoBackwardRuleError
+from .contract import ParamsError as ParamsError
+from .contract import StatefulModelError as StatefulModelError
+from .contract import forward_twin as forward_twin
+from .contract import layer as layer
 from .data import Dataset as Dataset
 from .data import load_digits as load_digits
 from .data import load_mnist as load_mnist
@@ -117,8 +117,8 @@ __all__ = [
     "check",
     "check_layer",
     "check_model",
-    "contract",
     "checkpoint",
+    "contract",
     "data",
     "define_activation",
     "elu",

@@ -17,10 +17,10 @@ __all__ = [
     "LayerError",
     "ParamsError",
     "check_input_shape",
+    "check_int",
     "expect_no_params",
     "expect_params",
     "expect_rank",
-    "positive_int",
     "shape_of",
     "static_bool",
 ]
@@ -34,17 +34,18 @@ class ParamsError(TypeError):
     """Params of the wrong structure for a layer; the message names the layer."""
 
 
-def positive_int(value: Any, what: str, *, error: type[Exception] = ValueError,
-                 allow_none: bool = False) -> int | None:
-    """``value`` as an ``int`` if it is a positive integer (not a bool), else ``error``.
+def check_int(value: Any, what: str, *, minimum: int = 1, allow_none: bool = False,
+              error: type[Exception] = ValueError) -> int | None:
+    """``value`` as an ``int`` if it is an integer ``≥ minimum`` (not a bool), else ``error``.
 
-    ``what`` names the argument in the message, e.g. ``"Dense: out_dim"``.
+    ``what`` names the argument in the message, e.g. ``"Dense: out_dim"``; with
+    ``allow_none`` a ``None`` passes through.
     """
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         also = " or None" if allow_none else ""
-        raise error(f"{what} must be a positive int{also}, got {value!r}")
+        raise error(f"{what} must be an int ≥ {minimum}{also}, got {value!r}")
     return int(value)
 
 

@@ -46,6 +46,7 @@ from jax.flatten_util import ravel_pytree
 
 from . import backprop
 from ._table import table
+from ._validate import check_int
 from .contract import Layer, NoBackwardRuleError, PyTree, as_layer, forward_twin
 from .layers import param_count
 from .losses import Loss, l2_penalty
@@ -103,9 +104,7 @@ def _float_dtype(params: PyTree, what: str) -> np.dtype:
 def _chunk(n: int, batch_size: int | None) -> int:
     if batch_size is None:
         return max(1, min(n, _CHUNK_ELEMENTS // max(n, 1)))
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    return int(min(batch_size, n))
+    return min(check_int(batch_size, "batch_size"), n)
 
 
 def _coordinatewise(
@@ -693,8 +692,9 @@ class LayerCheck:
 
     def __str__(self) -> str:
         verdict = "OK" if self.ok else "FAILED"
-        parts = [f"layer check of {self.layer} ({self.dtype}): hand backward vs jax.vjp of "
-                 "the formula", "params (dparams): " + str(self.params),
+        title = (f"layer check of {self.layer} ({self.dtype}): hand backward vs jax.vjp of "
+                 "the formula")
+        parts = [title, "params (dparams): " + str(self.params),
                  "input (dx): " + str(self.inputs)]
         if self.no_gradient:
             parts.append(f"no gradient (None) for input(s): {', '.join(self.no_gradient)}")

@@ -99,6 +99,8 @@ from jax.tree_util import (
     tree_unflatten,
 )
 
+from ._validate import check_int
+
 __all__ = ["FORMAT_VERSION", "MAGIC", "latest_step", "load", "load_metadata", "load_step",
            "save", "save_step"]
 
@@ -698,8 +700,7 @@ def save_step(directory: str | os.PathLike, step: int, tree: Any, *,
     >>> tmp.cleanup()
     """
     step = _check_step(step)
-    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
-        raise ValueError(f"keep must be a positive int or None, got {keep!r}")
+    keep = check_int(keep, "keep", allow_none=True)
     root = pathlib.Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     written = save(_step_path(root, step), tree, metadata=metadata)

@@ -22,7 +22,6 @@ from jax.typing import ArrayLike
 
 from .contract import PyTree, as_layer
 
-
 __all__ = [
     "Loss",
     "accuracy",

@@ -47,8 +47,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import checkpoint as ckpt
-from .contract import Layer, PyTree, as_layer
+from ._table import table
+from ._validate import check_int
 from .backprop import value_and_grad as hand_value_and_grad
+from .contract import Layer, PyTree, as_layer
 from .data import Dataset, check_arrays
 from .losses import Loss, binary_cross_entropy, l2_penalty, softmax_cross_entropy
 
@@ -464,12 +466,7 @@ def predict(model: Layer, params: PyTree, x: Any, *, batch_size: int | None = No
 
 
 def _check_eval_batch(batch_size: Any) -> int | None:
-    if batch_size is None:
-        return None
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-    return int(batch_size)
+    return check_int(batch_size, "batch_size", allow_none=True)
 
 
 # --------------------------------------------------------------------------- History
@@ -517,7 +514,7 @@ class History(list):
         """The history as an aligned text table; ``*`` marks the best epoch."""
         cols = [(k, title, fmt) for k, title, fmt in _COLUMNS
                 if k == "epoch" or any(r.get(k) is not None for r in self)]
-        rows = [[title for _, title, _ in cols]]
+        rows = []
         for r in self:
             cells = []
             for k, _, fmt in cols:
@@ -526,11 +523,10 @@ class History(list):
             if r.get("epoch") == self.best_epoch:
                 cells[0] += "*"
             rows.append(cells)
-        widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
-        lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+        text = table([title for _, title, _ in cols], rows, align="right")
         if self.stopped_early:
-            lines.append(f"stopped early; best epoch {self.best_epoch}")
-        return "\n".join(line.rstrip() for line in lines)
+            text += f"\nstopped early; best epoch {self.best_epoch}"
+        return text
 
     def plot(self, path: str | Path) -> Path:
         """Save learning curves (loss, and accuracy when known, per epoch) as an image.
@@ -633,12 +629,6 @@ def _check_data(model: Layer, params: PyTree, loss: Callable, x, y, *, batch: in
         raise ValueError(f"loss {loss!r} rejects the model output {out.shape} and "
                          f"{name}.y {y_spec.shape}: {e}") from None
     return kind
-
-
-def _check_int(value: Any, name: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int ≥ {minimum}, got {value!r}")
-    return int(value)
 
 
 def _mesh(devices: Any, batch_size: int) -> tuple[Mesh, str] | None:
@@ -1026,15 +1016,15 @@ def fit(
     (10, True)
     """
     model = as_layer(model)
-    epochs = _check_int(epochs, "epochs", minimum=0)
-    batch_size = _check_int(batch_size, "batch_size", minimum=1)
-    keep = _check_int(keep, "keep", minimum=1)
+    epochs = check_int(epochs, "epochs", minimum=0)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    keep = check_int(keep, "keep", minimum=1)
     l2 = _check_l2(l2)
     grad = _check_grad(grad)
     if l2:
         model.decay_mask(params)  # a layer that declares no decayed params: refuse it now
     if patience is not None:
-        patience = _check_int(patience, "patience", minimum=1)
+        patience = check_int(patience, "patience", minimum=1)
         if valid is None:
             raise ValueError("patience (early stopping) needs validation data: pass valid=")
     if resume and checkpoint is None:

@@ -23,7 +23,6 @@ os.environ.setdefault(
 
 import hypothesis
 import jax
-import pytest
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import doctest
 
 import jax
@@ -13,11 +12,11 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _registry import plain_l2
 from jax.flatten_util import ravel_pytree
 
 import funnet
 import funnet.check
-from _registry import plain_l2
 from funnet.check import (
     CheckResult,
     GradientCheckError,

@@ -104,11 +104,11 @@ def test_plain_entry_points_refuse_a_stateful_model_and_name_the_layer():
     msg = r"serial\[2\] › parallel\[0\] › RunningMean holds state.*init_with_state.*apply_with_state"
     with pytest.raises(funnet.StatefulModelError, match=msg):
         net.init(KEY, (-1, 2))
-    _, params, state = net.init_with_state(KEY, (-1, 2))
+    _, params, _ = net.init_with_state(KEY, (-1, 2))
     with pytest.raises(funnet.StatefulModelError, match=msg):
         net.apply(params, jnp.ones((2, 2)))
     with pytest.raises(funnet.StatefulModelError, match=msg):
-        init, apply = net  # the stax view is stateless too
+        _, apply = net  # the stax view is stateless too
         apply(params, jnp.ones((2, 2)))
     with pytest.raises(funnet.StatefulModelError, match="has_state=True"):
         funnet.backprop.value_and_grad(net, funnet.mse)
@@ -130,7 +130,7 @@ def test_hand_backprop_with_state_equals_jax_grad_and_never_differentiates_state
     for train in (True, False):
         (value, new_state), grads = fn(params, state, x, y, train=train)
 
-        def objective(p):
+        def objective(p, train=train):
             out, s = net.apply_with_state(p, state, x, train=train)
             w = p[0]["W"], p[3]["W"]
             return funnet.mse(out, y) + 0.05 * sum(jnp.sum(v**2) for v in w), s
@@ -154,7 +154,7 @@ def test_ids_get_no_gradient_and_the_table_gets_a_scatter_add():
     ref = jax.grad(lambda p: funnet.mse(net.apply(p, ids), y))(params)
     assert_trees_close(grads, ref, **TIGHT)
     assert float(jnp.abs(grads[0]["table"][3:6]).max()) == 0.0  # ids never seen: no gradient
-    dparams, dx = funnet.backprop.backward(net, params, ids, y)
+    _, dx = funnet.backprop.backward(net, params, ids, y)
     assert dx is None
     result = funnet.check_layer(net, params, ids)
     assert result.ok and result.no_gradient == ("x",) and not result.inputs.rows

@@ -277,7 +277,7 @@ def test_bad_configuration():
     with pytest.raises(TypeError, match="must be a Python number"):
         funnet.LeakyRelu(slope="0.1")
     for bad in (0, -3, 2.5, True):
-        with pytest.raises(funnet.LayerError, match="out_dim must be a positive int"):
+        with pytest.raises(funnet.LayerError, match="out_dim must be an int ≥ 1"):
             funnet.Dense(bad)
     for rate in (1.0, -0.1, 1.5):
         with pytest.raises(funnet.LayerError, match="drop probability"):

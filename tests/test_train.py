@@ -563,7 +563,7 @@ def test_evaluate_and_predict_in_chunks_agree_with_one_pass():
     np.testing.assert_allclose(whole["accuracy"], funnet.accuracy(logits, y), rtol=1e-12)
     np.testing.assert_allclose(predict(model, params, x, batch_size=8), logits, rtol=1e-12)
     np.testing.assert_allclose(predict(model, params, x), logits, rtol=1e-12)
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+    with pytest.raises(ValueError, match="batch_size must be an int ≥ 1 or None"):
         predict(model, params, x, batch_size=0)
     with pytest.raises(ValueError, match="37 samples but data.y has 36"):
         evaluate(model, params, (x, y[:-1]), loss=CE)

@@ -36,11 +36,11 @@ from .elementwise import Softmax as Softmax
 from .elementwise import Softplus as Softplus
 from .elementwise import Step as Step
 from .elementwise import Tanh as Tanh
+from .inspection import param_count as param_count
+from .inspection import summary as summary
 from .reshape import Flatten as Flatten
 from .reshape import Identity as Identity
 from .reshape import Reshape as Reshape
-from .inspection import param_count as param_count
-from .inspection import summary as summary
 
 __all__ = [
     "ActivationLayer",

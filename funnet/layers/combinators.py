@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validate import LayerError, ParamsError, expect_no_params, positive_int, shape_of
+from .._validate import LayerError, ParamsError, check_int, expect_no_params, shape_of
 from ..contract import Layer, NoBackwardRuleError, PyTree, StatefulModelError, as_layer, layer
 
 __all__ = ["FanInConcat", "FanInSum", "fanout", "parallel", "serial"]
@@ -236,7 +236,7 @@ def fanout(n: int) -> Layer:
     >>> len(funnet.fanout(3).apply((), jnp.ones(2)))
     3
     """
-    n = positive_int(n, "fanout: n", error=LayerError)
+    n = check_int(n, "fanout: n", error=LayerError)
     name = f"fanout({n})"
 
     def init(key, input_shape):

@@ -11,9 +11,9 @@ from .._validate import (
     LayerError,
     ParamsError,
     check_input_shape,
+    check_int,
     expect_params,
     expect_rank,
-    positive_int,
     shape_of,
 )
 from ..contract import Layer, layer
@@ -47,7 +47,7 @@ def Dense(
     >>> out_shape, params["W"].shape, params["b"].shape
     ((-1, 4), (2, 4), (4,))
     """
-    out_dim = positive_int(out_dim, "Dense: out_dim", error=LayerError)
+    out_dim = check_int(out_dim, "Dense: out_dim", error=LayerError)
     name = f"Dense({out_dim})"
 
     def init(key, input_shape):
