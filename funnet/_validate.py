@@ -56,6 +56,8 @@ def static_bool(value: Any, what: str) -> bool:
         raise TypeError(f"{what} must be a Python bool, not a traced value: it chooses the "
                         "computation. Under jax.jit mark it static, e.g. "
                         "jax.jit(fn, static_argnames='train'), or bind it with functools.partial")
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{what} must be True or False, got {value!r}")
     return bool(value)
 
 

@@ -62,10 +62,12 @@ __all__ = [
 ]
 
 _JVP_HELP = (
-    "{name} is wired with jax.custom_vjp (its hand derivative, for reverse mode), which JAX "
-    "cannot differentiate in forward mode (jax.jvp, jax.jacfwd, jax.linearize). Use its "
-    "forward twin, built from the same hand-derived derivative: funnet.{name}.jvp_twin for "
-    "the activation, funnet.forward_twin(model) for a model."
+    "activation {name} is wired with jax.custom_vjp (its hand derivative, for reverse mode), "
+    "which JAX cannot differentiate in forward mode (jax.jvp, jax.jacfwd). Use its forward "
+    "twin, built from the same hand-derived derivative: the activation's .jvp_twin (e.g. "
+    "funnet.relu.jvp_twin), or funnet.forward_twin(model) for a model. A custom layer that "
+    "calls an activation itself must say how to rewire it: funnet.layer(..., "
+    "rewire=lambda wiring: MyLayer(act.rewired(wiring)))."
 )
 
 

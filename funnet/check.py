@@ -47,7 +47,14 @@ from jax.flatten_util import ravel_pytree
 from . import backprop
 from ._table import table
 from ._validate import check_int
-from .contract import Layer, NoBackwardRuleError, PyTree, as_layer, forward_twin
+from .contract import (
+    Layer,
+    NoBackwardRuleError,
+    PyTree,
+    StatefulModelError,
+    as_layer,
+    forward_twin,
+)
 from .layers import param_count
 from .losses import Loss, l2_penalty
 
@@ -594,6 +601,11 @@ every evaluation).
     """
     methods = _validate_methods(methods, loss)
     model = as_layer(model)
+    if model.stateful:
+        raise StatefulModelError(
+            f"check_model: {model.stateful_path()} holds state, which check_model does not "
+            "carry yet; check the layer alone with funnet.check_layer(layer, params, x, "
+            "state=state)")
     reference = _reference(methods)
     dtype = _float_dtype(params, "check_model")
 
@@ -678,6 +690,8 @@ class LayerCheck:
       inputs: :class:`Report` of the hand ``dx`` against it (float inputs only).
       no_gradient: paths of the inputs the hand rule gives no gradient (``None``).
       dtype: the dtype that chose the default tolerances.
+      missing: the inputs among ``no_gradient`` whose reference gradient is not zero: the
+        hand rule wrongly drops their gradient (the check fails).
     """
 
     layer: str
@@ -685,10 +699,11 @@ class LayerCheck:
     inputs: Report
     no_gradient: tuple[str, ...]
     dtype: str
+    missing: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return self.params.ok and self.inputs.ok
+        return self.params.ok and self.inputs.ok and not self.missing
 
     def __str__(self) -> str:
         verdict = "OK" if self.ok else "FAILED"
@@ -698,6 +713,8 @@ class LayerCheck:
                  "input (dx): " + str(self.inputs)]
         if self.no_gradient:
             parts.append(f"no gradient (None) for input(s): {', '.join(self.no_gradient)}")
+        if self.missing:
+            parts.append(f"but jax.vjp gives a non-zero gradient for: {', '.join(self.missing)}")
         return "\n".join(parts + [verdict])
 
 
@@ -709,18 +726,24 @@ def _random_like(tree: PyTree, seed: int) -> PyTree:
     ])
 
 
-def _input_pairs(hand_dx: Any, ref_dx: Any) -> tuple[dict, dict, tuple[str, ...]]:
-    """Float input leaves by path for the hand and the reference ``dx``; ``None`` paths."""
+def _input_pairs(hand_dx: Any, ref_dx: Any) -> tuple[dict, dict, tuple[str, ...], tuple]:
+    """Float input leaves by path for the hand and the reference ``dx``; the ``None`` paths,
+    and those of them whose reference gradient is not zero (a wrongly missing gradient)."""
     hand = jax.tree_util.tree_flatten_with_path(hand_dx, is_leaf=lambda v: v is None)[0]
-    ref = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(ref_dx)[0]}
-    a, b, none = {}, {}, []
+    ref = [(jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_flatten_with_path(ref_dx)[0]]
+    a, b, none, missing = {}, {}, [], []
     for path, v in hand:
-        name = "x" + jax.tree_util.keystr(path)
+        key = jax.tree_util.keystr(path)
+        name = "x" + key
         if v is None:
             none.append(name)
+            below = [r for k, r in ref if k.startswith(key)
+                     and jnp.issubdtype(jnp.result_type(r), jnp.floating)]
+            if any(np.any(np.asarray(r) != 0) for r in below):
+                missing.append(name)
         elif jnp.issubdtype(jnp.result_type(v), jnp.floating):
-            a[name], b[name] = ref[jax.tree_util.keystr(path)], v
-    return a, b, tuple(none)
+            a[name], b[name] = dict(ref)[key], v
+    return a, b, tuple(none), tuple(missing)
 
 
 def check_layer(
@@ -759,6 +782,9 @@ def check_layer(
     layer = as_layer(layer)
     if not layer.has_backward:
         raise NoBackwardRuleError(f"check_layer: {layer.name} has no hand-derived backward rule")
+    if layer.stateful and not jax.tree_util.tree_leaves(state):
+        raise StatefulModelError(f"check_layer: {layer.stateful_path()} holds state: pass "
+                                 "state= (from init_with_state)")
     formula = layer.rewired("formula")
 
     def plain(p, inputs):
@@ -768,9 +794,17 @@ def check_layer(
     dy = _random_like(y, seed) if dy is None else dy
     ref_dparams, ref_dx = pullback(dy)
     _, _, residuals = layer.forward_with_state(params, state, x, key=key, train=train)
-    dparams, dx = layer.backward(params, residuals, dy)
+    out = layer.backward(params, residuals, dy)
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise GradientCheckError(f"check_layer: the backward of {layer.name} must return "
+                                 f"(dparams, dx), got {type(out).__name__}")
+    dparams, dx = out
 
-    ref_in, hand_in, none = _input_pairs(dx, ref_dx)
+    try:
+        ref_in, hand_in, none, missing = _input_pairs(dx, ref_dx)
+    except (KeyError, ValueError) as e:
+        raise GradientCheckError(f"check_layer: the dx of {layer.name}'s backward does not have "
+                                 f"the structure of its input: {e}") from None
     leaves = jax.tree_util.tree_leaves((params, x))
     floats = [v for v in leaves if jnp.issubdtype(jnp.result_type(v), jnp.floating)]
     dtype = np.dtype(jnp.result_type(*floats)) if floats else np.dtype(np.float32)
@@ -779,13 +813,21 @@ def check_layer(
         scale = max((float(np.max(np.abs(v), initial=0.0)) for v in jax.tree_util.tree_leaves(a)),
                     default=0.0)
         r, t = default_tolerances(dtype, numerical=False, scale=scale if scale > 0 else 1.0)
-        return compare(a, b, names=("vjp", "hand"), rtol=r if rtol is None else rtol,
-                       atol=t if atol is None else atol)
+        try:
+            return compare(a, b, names=("vjp", "hand"), rtol=r if rtol is None else rtol,
+                           atol=t if atol is None else atol)
+        except ValueError as e:  # another structure or shape: name the layer
+            raise GradientCheckError(f"check_layer: the backward of {layer.name}: {e}") from None
 
     result = LayerCheck(layer.name, report(ref_dparams, dparams), report(ref_in, hand_in),
-                        none, dtype.name)
+                        none, dtype.name, missing)
     if verbose:
         print(result)
+    if result.missing:
+        raise GradientCheckError(
+            f"check_layer: the hand backward of {layer.name} returns no gradient (None) for "
+            f"input(s) {', '.join(result.missing)}, but jax.vjp of its formula gives a "
+            "non-zero one", result)
     if not result.ok:
         what, rep = ("params leaf", result.params) if not result.params.ok else (
             "input", result.inputs)

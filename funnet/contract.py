@@ -99,6 +99,19 @@ def _keywords(fn: Callable, names: Sequence[str]) -> Callable[..., Any]:
     return call
 
 
+def _returns(fn: Callable, n: int, name: str, what: str, form: str) -> Callable:
+    """``fn``, checked to return a tuple of ``n`` values (named in the error otherwise)."""
+
+    def call(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        if not isinstance(out, tuple) or len(out) != n:
+            got = f"a tuple of {len(out)}" if isinstance(out, tuple) else type(out).__name__
+            raise LayerError(f"{name}: {what} must return {form}, got {got}")
+        return out
+
+    return call
+
+
 def _check_wiring(wiring: str) -> str:
     if wiring not in WIRINGS:
         raise ValueError(f"wiring must be one of {WIRINGS}, got {wiring!r}")
@@ -200,8 +213,11 @@ class Layer:
     def __getitem__(self, i: int) -> Callable[..., Any]:
         return self._stax_pair()[i]
 
-    def __call__(self, **options: Any) -> Layer:
+    def __call__(self, *args: Any, **options: Any) -> Layer:
         """``Elu(alpha=0.5)``: a copy of a configurable layer with other options."""
+        if args:
+            raise TypeError(f"{self.name} is not called on data: use {self.name}.apply(params, "
+                            "x) (or apply_with_state), or init, apply = layer")
         if self.configure is None:
             raise TypeError(f"{self.name} is a layer, not a layer constructor; it takes no options")
         return self.configure(**options)
@@ -258,13 +274,17 @@ class Layer:
         return self if self.rewire is None else self.rewire(wiring)
 
 
-def _decay_by_name(names: Sequence[str]) -> Callable[[PyTree], PyTree]:
+def _decay_by_name(layer_name: str, names: Sequence[str]) -> Callable[[PyTree], PyTree]:
     """The mask of a layer whose params are a dict: leaves under ``names`` are decayed."""
     names = frozenset(names)
 
     def mask(params):
-        if not isinstance(params, dict):
+        if not names:
             return jax.tree_util.tree_map(lambda _: False, params)
+        if not isinstance(params, dict) or not names <= set(params):
+            have = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise ParamsError(f"{layer_name}: decay names {sorted(names)}, but its params "
+                              f"have keys {have}")
         return {k: jax.tree_util.tree_map(lambda _, k=k: k in names, v) for k, v in params.items()}
 
     return mask
@@ -331,9 +351,22 @@ def layer(
     if (forward is None) != (backward is None):
         raise TypeError(f"layer {name!r}: forward and backward come together "
                         f"(got forward={forward is not None}, backward={backward is not None})")
+    if isinstance(decay, str):
+        decay = (decay,)
     kw = ("key", "train")
-    fwd = _keywords(forward, kw) if forward is not None else None
-    app = _keywords(apply, kw) if apply is not None else None
+    if stateful:
+        init = _returns(init, 3, name, "init", "(output_shape, params, state)")
+        forms = ("(y, new_state, residuals)", "(y, new_state)")
+    else:
+        init = _returns(init, 2, name, "init", "(output_shape, params)")
+        forms = ("(y, residuals)", None)
+    fwd = app = None
+    if forward is not None:
+        fwd = _returns(_keywords(forward, kw), 3 if stateful else 2, name, "forward", forms[0])
+    if apply is not None:
+        app = _keywords(apply, kw)
+        if stateful:
+            app = _returns(app, 2, name, "apply", forms[1])
 
     if stateful:
         init_with_state = init
@@ -361,7 +394,7 @@ def layer(
             return fwd(params, x, key=key, train=train)[0], state
 
     return Layer(init_with_state, apply_with_state, forward_with_state, backward, name=name,
-                 stateful=stateful, decay=_decay_by_name(decay), rewire=rewire,
+                 stateful=stateful, decay=_decay_by_name(name, decay), rewire=rewire,
                  configure=configure)
 
 
@@ -397,7 +430,9 @@ def as_layer(obj: Any) -> Layer:
         out_shape, params = init(key, input_shape)
         return out_shape, params, ()
 
-    return Layer(init_with_state, apply_with_state, name=getattr(apply, "__name__", "custom"))
+    qualname = getattr(apply, "__qualname__", None) or getattr(apply, "__name__", "custom")
+    outer = qualname.split(".<locals>")[0]  # stax.Dense(3)'s apply_fun -> "Dense"
+    return Layer(init_with_state, apply_with_state, name=f"{outer} (stax pair)")
 
 
 def forward_twin(model: Any) -> Layer:

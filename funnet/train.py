@@ -50,7 +50,7 @@ from . import checkpoint as ckpt
 from ._table import table
 from ._validate import check_int
 from .backprop import value_and_grad as hand_value_and_grad
-from .contract import Layer, PyTree, as_layer
+from .contract import Layer, PyTree, StatefulModelError, as_layer
 from .data import Dataset, check_arrays
 from .losses import Loss, binary_cross_entropy, l2_penalty, softmax_cross_entropy
 
@@ -66,6 +66,19 @@ __all__ = [
 ]
 
 GRADS = ("reverse", "hand")
+
+
+def _stateless(model: Any, what: str) -> Layer:
+    """``model`` as a Layer; a model holding state is refused before any work is done."""
+    model = as_layer(model)
+    if model.stateful:
+        raise StatefulModelError(
+            f"{what}: {model.stateful_path()} holds state, and {what} does not carry model state "
+            "yet (it arrives with training v2). Until then train it with your own jitted step "
+            "around funnet.backprop.value_and_grad(model, loss, has_state=True) or "
+            "model.apply_with_state(params, state, x, key=key, train=True)"
+        )
+    return model
 
 
 def _check_grad(grad: Any) -> str:
@@ -310,7 +323,7 @@ def make_step(
     >>> int(state.step), sorted(metrics)
     (1, ['accuracy', 'loss'])
     """
-    model = as_layer(model)
+    model = _stateless(model, "make_step")
     loss_and_grads = _loss_and_grads(model, loss, l2=_check_l2(l2), grad=_check_grad(grad))
 
     def step(state: TrainState, batch: tuple) -> tuple[TrainState, dict]:
@@ -434,6 +447,7 @@ def evaluate(
     >>> evaluate(net, params, (x, y), loss=funnet.softmax_cross_entropy)["accuracy"]
     0.6666666865348816
     """
+    _stateless(model, "evaluate")
     x, y = _unpack(data, "data")
     x, y = jnp.asarray(x), jnp.asarray(y)
     if len(x) != len(y):
@@ -462,6 +476,7 @@ def predict(model: Layer, params: PyTree, x: Any, *, batch_size: int | None = No
     >>> predict(funnet.Dense(1), params, jnp.ones((5, 2)), batch_size=2).ravel().tolist()
     [2.0, 2.0, 2.0, 2.0, 2.0]
     """
+    _stateless(model, "predict")
     return _predict_jit(model, params, jnp.asarray(x), _check_eval_batch(batch_size))
 
 
@@ -1015,7 +1030,7 @@ def fit(
     >>> len(history), history[-1]["train_accuracy"] > 0.9
     (10, True)
     """
-    model = as_layer(model)
+    model = _stateless(model, "fit")
     epochs = check_int(epochs, "epochs", minimum=0)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     keep = check_int(keep, "keep", minimum=1)

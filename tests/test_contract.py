@@ -285,3 +285,81 @@ def test_check_layer_catches_a_wrong_backward_and_names_the_leaf():
     with pytest.raises(funnet.GradientCheckError, match=r"NoBiasDense.*params leaf \['b'\]") as e:
         funnet.check_layer(broken, params, jnp.ones((4, 2)))
     assert not e.value.result.ok and "FAILED" in str(e.value.result)
+
+
+# --- mistakes a user makes get errors that name the layer (found by a new-user review) ------
+
+
+def _scale_init(key, shape):
+    return shape, {"s": jnp.ones(shape[-1])}
+
+
+def _scale_backward(params, x, dy):
+    return {"s": (dy * x).sum(0)}, dy * params["s"][None]
+
+
+def test_a_forward_without_residuals_is_named():
+    lay = funnet.layer(_scale_init, lambda p, x: x * p["s"][None], _scale_backward, name="Scale")
+    with pytest.raises(funnet.LayerError, match=r"Scale: forward must return \(y, residuals\)"):
+        lay.apply({"s": jnp.ones(3)}, jnp.ones((2, 3)))
+    bad_init = funnet.layer(lambda k, s: {"s": jnp.ones(3)}, lambda p, x: (x, x),
+                            _scale_backward, name="Scale")
+    with pytest.raises(funnet.LayerError, match=r"Scale: init must return \(output_shape, params"):
+        bad_init.init(KEY, (-1, 3))
+    stateful = funnet.layer(lambda k, s: (s, (), ()), lambda p, st, x: (x, st),
+                            lambda p, r, dy: ((), dy), name="S", stateful=True)
+    with pytest.raises(funnet.LayerError, match=r"S: forward must return \(y, new_state, resid"):
+        stateful.apply_with_state((), (), jnp.ones(2))
+
+
+def test_decay_names_are_checked_and_a_single_name_may_be_a_string():
+    fwd = lambda p, x: (x * p["scale"][None], x)  # noqa: E731
+    one = funnet.layer(_scale_init, fwd, _scale_backward, decay="scale")
+    assert one.decay_mask({"scale": jnp.ones(3)}) == {"scale": True}
+    typo = funnet.layer(_scale_init, fwd, _scale_backward, decay=("W",), name="Typo")
+    with pytest.raises(funnet.ParamsError, match=r"Typo: decay names \['W'\].*keys \['s'\]"):
+        typo.decay_mask({"s": jnp.ones(3)})
+
+
+def test_check_layer_fails_when_backward_drops_a_real_gradient():
+    drops = funnet.layer(_scale_init, lambda p, x: (x * p["s"][None], x),
+                         lambda p, x, dy: ({"s": (dy * x).sum(0)}, None), name="DropsDx")
+    params = {"s": jnp.full(3, 2.0)}
+    with pytest.raises(funnet.GradientCheckError, match=r"DropsDx returns no gradient .*x, but"):
+        funnet.check_layer(drops, params, jnp.ones((4, 3)))
+    wrong_shape = funnet.layer(_scale_init, lambda p, x: (x * p["s"][None], x),
+                               lambda p, x, dy: ({"s": dy}, dy), name="WrongShape")
+    with pytest.raises(funnet.GradientCheckError, match="WrongShape.*shape"):
+        funnet.check_layer(wrong_shape, params, jnp.ones((4, 3)))
+
+
+def test_training_entry_points_refuse_stateful_models_before_any_work():
+    import optax
+
+    net = funnet.serial(funnet.Dense(2), RunningMean())
+    _, params, state = net.init_with_state(KEY, (-1, 3))
+    data = (jnp.ones((4, 3)), jnp.ones((4, 2)))
+    calls = {
+        "fit": lambda: funnet.fit(net, params, data, loss=funnet.mse, optimizer=optax.sgd(0.1),
+                                  epochs=1, batch_size=2, key=KEY),
+        "make_step": lambda: funnet.make_step(net, funnet.mse, optax.sgd(0.1)),
+        "evaluate": lambda: funnet.evaluate(net, params, data, loss=funnet.mse),
+        "predict": lambda: funnet.predict(net, params, data[0]),
+        "check_model": lambda: funnet.check_model(net, params, *data, funnet.mse),
+    }
+    for what, call in calls.items():
+        with pytest.raises(funnet.StatefulModelError, match=rf"{what}: serial\[1\] › RunningMean"):
+            call()
+    with pytest.raises(funnet.StatefulModelError, match="pass state="):
+        funnet.check_layer(net, params, data[0])
+    assert funnet.check_layer(net, params, data[0], state=state, train=True).ok
+
+
+def test_small_mistakes_get_helpful_errors():
+    with pytest.raises(TypeError, match=r"not called on data: use Dense\(3\)\.apply"):
+        funnet.Dense(3)(jnp.ones((1, 2)))
+    with pytest.raises(TypeError, match="must be True or False"):
+        funnet.Dropout(0.5).apply((), jnp.ones(3), key=KEY, train="no")
+    with pytest.raises(funnet.LayerError, match="Reshape: shape must be a tuple of ints"):
+        funnet.Reshape("ab")
+    assert funnet.contract.as_layer(stax.Dense(3)).name == "Dense (stax pair)"

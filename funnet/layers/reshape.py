@@ -57,7 +57,7 @@ def Reshape(shape: Sequence[int]) -> Layer:
     """
     try:
         target = tuple(int(d) for d in shape)
-    except TypeError:
+    except (TypeError, ValueError):
         raise LayerError(f"Reshape: shape must be a tuple of ints, got {shape!r}") from None
     name = f"Reshape({target})"
     if sum(d == -1 for d in target) > 1 or any(d == 0 or d < -1 for d in target):
