@@ -313,7 +313,7 @@ def test_a_forward_without_residuals_is_named():
 
 
 def test_decay_names_are_checked_and_a_single_name_may_be_a_string():
-    fwd = lambda p, x: (x * p["scale"][None], x)  # noqa: E731
+    fwd = lambda p, x: (x * p["scale"][None], x)
     one = funnet.layer(_scale_init, fwd, _scale_backward, decay="scale")
     assert one.decay_mask({"scale": jnp.ones(3)}) == {"scale": True}
     typo = funnet.layer(_scale_init, fwd, _scale_backward, decay=("W",), name="Typo")
