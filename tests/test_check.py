@@ -454,7 +454,7 @@ def test_check_model_plain_loss_callable():
     ],
 )
 def test_reference_choice(methods, reference):
-    assert funnet.check._reference(methods) == reference
+    assert funnet.check.model._reference(methods) == reference
 
 
 def test_check_model_without_reverse():

@@ -1,0 +1,214 @@
+"""Comparing two gradient pytrees leaf by leaf, and the tolerances that decide."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from .._table import table
+from ..contract import PyTree
+
+__all__ = ["GradientCheckError", "Report", "Row", "compare", "default_tolerances"]
+
+
+class GradientCheckError(AssertionError):
+    """Two gradient methods disagree beyond the tolerance.
+
+    The message names the method pair, the params leaf, the errors and the tolerance;
+    ``.result`` holds the whole :class:`CheckResult` (``print(err.result)`` for the table).
+    """
+
+    def __init__(self, message: str, result: Any = None):
+        super().__init__(message)
+        self.result = result
+
+
+
+# ---------------------------------------------------------------------------------------
+# Comparing two gradient pytrees.
+
+
+class Row(NamedTuple):
+    """One params leaf of a :class:`Report`.
+
+    ``scale = max|a|``, ``abs_err = max|a - b|``, ``rel_err = max |a - b| / max(|a|, |b|, atol)``
+    (the ``atol`` floor is ``tiny`` when ``atol = 0``),
+    ``tol_ratio = max |a - b| / (atol + rtol max(|a|, |b|))`` (the worst element's error in
+    units of its tolerance), ``ok``: every element within tolerance (``tol_ratio ≤ 1``, no NaN).
+    """
+
+    leaf: str
+    shape: tuple[int, ...]
+    scale: float
+    abs_err: float
+    rel_err: float
+    tol_ratio: float
+    ok: bool
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.2e}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """Per-leaf comparison of two pytrees (see :func:`compare`); ``str(report)`` is a table."""
+
+    rows: tuple[Row, ...]
+    names: tuple[str, str] = ("a", "b")
+    rtol: float = 0.0
+    atol: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Every element of every leaf within tolerance."""
+        return all(r.ok for r in self.rows)
+
+    @property
+    def first_failure(self) -> Row | None:
+        """The first leaf (in pytree order) out of tolerance, or ``None``."""
+        return next((r for r in self.rows if not r.ok), None)
+
+    def table_rows(self) -> list[list[str]]:
+        return [
+            [r.leaf, str(r.shape), _fmt(r.scale), _fmt(r.abs_err), _fmt(r.rel_err),
+             _fmt(r.tol_ratio), str(r.ok)]
+            for r in self.rows
+        ]
+
+    def __str__(self) -> str:
+        a, b = self.names
+        header = ["leaf", "shape", f"max|{a}|", "max abs err", "max rel err", "err/tol", "ok"]
+        title = f"{b} vs {a}: rtol={self.rtol:.1e}, atol={self.atol:.1e}"
+        return title + "\n" + table(header, self.table_rows())
+
+
+def _leaf_row(path: str, a: Any, b: Any, rtol: float, atol: float) -> Row:
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a64.shape != b64.shape:
+        raise ValueError(
+            f"compare: leaf {path} has shape {a64.shape} in one tree, {b64.shape} in the other"
+        )
+    if a64.size == 0:
+        return Row(path, a64.shape, 0.0, 0.0, 0.0, 0.0, True)
+    with np.errstate(invalid="ignore", divide="ignore"):  # inf - inf, 0/0: NaN, not ok
+        err = np.abs(a64 - b64)
+        mag = np.maximum(np.abs(a64), np.abs(b64))
+        tol = atol + rtol * mag
+        rel = np.where(err == 0, 0.0, err / np.maximum(mag, atol or np.finfo(np.float64).tiny))
+        ratio = np.where(err == 0, 0.0, err / tol)
+    ok = bool(np.all(err <= tol))  # NaN compares False: NaN fails
+
+    def worst(v: np.ndarray) -> float:
+        return float("nan") if np.isnan(v).any() else float(np.max(v))
+
+    scale = float(np.max(np.abs(a64)))
+    return Row(path, a64.shape, scale, worst(err), worst(rel), worst(ratio), ok)
+
+
+def compare(
+    a: PyTree,
+    b: PyTree,
+    *,
+    names: tuple[str, str] = ("a", "b"),
+    rtol: float = 1e-7,
+    atol: float = 0.0,
+) -> Report:
+    r"""Compare two pytrees of arrays leaf by leaf; ``a`` is the reference.
+
+    For each element ``j`` of a leaf, with ``m_j = max(|a_j|, |b_j|)``::
+
+        abs err  e_j = |a_j - b_j|
+        rel err  r_j = e_j / max(m_j, atol)      (0 where e_j = 0; floor tiny if atol = 0)
+        ok       e_j ≤ atol + rtol · m_j         (symmetric numpy.allclose; NaN is never ok)
+
+    Each :class:`Row` holds the leaf path (``jax.tree_util.keystr``), its shape, ``max|a|``,
+    ``max_j e_j``, ``max_j r_j``, ``max_j e_j / (atol + rtol m_j)`` (``err/tol``: ok iff ≤ 1)
+    and whether every element is ok. Values are compared in
+    float64 (numpy). Different tree structures or leaf shapes raise ``ValueError``.
+
+    >>> import jax.numpy as jnp
+    >>> a = {"W": jnp.array([[1.0, 2.0]]), "b": jnp.array([0.5])}
+    >>> b = {"W": jnp.array([[1.0, 2.5]]), "b": jnp.array([0.5])}
+    >>> report = compare(a, b, rtol=1e-3)
+    >>> report.ok, report.first_failure.leaf, report.first_failure.abs_err
+    (False, "['W']", 0.5)
+    >>> print(report)
+    b vs a: rtol=1.0e-03, atol=0.0e+00
+    leaf   shape   max|a|    max abs err  max rel err  err/tol   ok
+    ['W']  (1, 2)  2.00e+00  5.00e-01     2.00e-01     2.00e+02  False
+    ['b']  (1,)    5.00e-01  0.00e+00     0.00e+00     0.00e+00  True
+    """
+    rtol, atol = float(rtol), float(atol)
+    if rtol < 0 or atol < 0:
+        raise ValueError(f"compare: rtol and atol must be ≥ 0, got rtol={rtol}, atol={atol}")
+    sa, sb = jax.tree_util.tree_structure(a), jax.tree_util.tree_structure(b)
+    if sa != sb:
+        raise ValueError(
+            f"compare: {names[0]} and {names[1]} have different pytree structures:\n"
+            f"  {names[0]}: {sa}\n  {names[1]}: {sb}"
+        )
+    leaves_a = jax.tree_util.tree_flatten_with_path(a)[0]
+    leaves_b = jax.tree_util.tree_leaves(b)
+    rows = tuple(
+        _leaf_row(jax.tree_util.keystr(path) or "<root>", la, lb, rtol, atol)
+        for (path, la), lb in zip(leaves_a, leaves_b)
+    )
+    return Report(rows, tuple(names), rtol, atol)
+
+
+# ---------------------------------------------------------------------------------------
+# Checking a model.
+
+# (rtol, atol / scale) by precision and by kind of pair (see default_tolerances).
+_TOLERANCES = {
+    ("float64", "analytic"): (1e-9, 1e-12),
+    ("float64", "numerical"): (1e-5, 1e-8),
+    ("float32", "analytic"): (1e-4, 1e-6),
+    ("float32", "numerical"): (5e-2, 1e-3),
+}
+
+
+def default_tolerances(dtype: Any, *, numerical: bool, scale: float = 1.0) -> tuple[float, float]:
+    r"""``(rtol, atol)`` that :func:`check_model` uses for a pair of methods; ``atol = k · scale``.
+
+    ==========  ========================  ======  ============
+    dtype       pair                      rtol    atol
+    ==========  ========================  ======  ============
+    float64     analytic vs analytic      1e-9    1e-12·scale
+    float64     numerical vs analytic     1e-5    1e-8·scale
+    float32     analytic vs analytic      1e-4    1e-6·scale
+    float32     numerical vs analytic     5e-2    1e-3·scale
+    ==========  ========================  ======  ============
+
+    ``check_model`` passes ``scale = max|g_ref|`` (the largest entry of the reference
+    gradient) for analytic pairs and ``scale = max(max|g_ref|, |R(θ)|)`` (also the objective's
+    value) for numerical pairs, 1 if that is 0. Scaling makes the check independent of the
+    units of the loss. Derivation, ``ε`` = machine epsilon (2.2e-16, 1.2e-7):
+
+    * Analytic vs analytic (``hand``/``reverse``/``forward``): the same sums in another order,
+      so they differ by rounding, ``≈ ε ·`` (terms summed) ``·`` scale: ~1e-16..1e-14 · scale
+      in float64, ~1e-7..1e-5 · scale in float32. ``atol`` sits 2 orders above that; entries
+      well above ``atol`` must agree to ``rtol``, so a 1 % error in any of them fails.
+    * Numerical vs analytic: with the step of :func:`default_eps`, rounding in
+      ``f(θ ± Δe_i)`` gives an absolute error ``≈ ε^(2/3) |R(θ)|`` (4e-11 |R| in float64,
+      2.4e-5 |R| in float32), plus truncation ``Δ² |∂³R/∂θ_i³| / 6``. ``atol`` is 2 orders
+      (float64) and 1.5 orders (float32) above the rounding part; ``rtol`` covers the
+      truncation part for the larger entries.
+
+    Any other float dtype (float16, bfloat16) gets the float32 values, which are likely too
+    tight there: pass your own.
+
+    >>> default_tolerances("float64", numerical=False)
+    (1e-09, 1e-12)
+    >>> default_tolerances("float32", numerical=True, scale=2.0)
+    (0.05, 0.002)
+    """
+    precision = "float64" if np.dtype(dtype) == np.float64 else "float32"
+    rtol, atol = _TOLERANCES[precision, "numerical" if numerical else "analytic"]
+    return rtol, atol * float(scale)
+
+

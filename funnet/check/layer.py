@@ -1,0 +1,196 @@
+"""One layer's hand backward against ``jax.vjp`` of its formula wiring."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..contract import Layer, NoBackwardRuleError, PyTree, StatefulModelError, as_layer
+from .comparison import GradientCheckError, Report, compare, default_tolerances
+
+__all__ = ["LayerCheck", "check_layer"]
+
+
+def _layer_at(model: Layer, params: PyTree, leaf: str) -> str:
+    """``serial[2] Dense(8)``: the (innermost) layer that owns the params leaf ``leaf``."""
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if jax.tree_util.keystr(path) != leaf:
+            continue
+        layer, where = model, []
+        for k in path:
+            if not (isinstance(k, jax.tree_util.SequenceKey) and layer.children):
+                break
+            where.append(f"{layer.name.split('(')[0]}[{k.idx}]")
+            layer = layer.children[k.idx]
+        return f"{' › '.join(where)} {layer.name}".strip()
+    return model.name
+
+
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LayerCheck:
+    """What :func:`check_layer` found; ``str(check)`` prints both tables.
+
+    Attributes:
+      layer: the layer's name.
+      params: :class:`Report` of the hand ``dparams`` against ``jax.vjp`` of the formula.
+      inputs: :class:`Report` of the hand ``dx`` against it (float inputs only).
+      no_gradient: paths of the inputs the hand rule gives no gradient (``None``).
+      dtype: the dtype that chose the default tolerances.
+      missing: the inputs among ``no_gradient`` whose reference gradient is not zero: the
+        hand rule wrongly drops their gradient (the check fails).
+    """
+
+    layer: str
+    params: Report
+    inputs: Report
+    no_gradient: tuple[str, ...]
+    dtype: str
+    missing: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.params.ok and self.inputs.ok and not self.missing
+
+    def __str__(self) -> str:
+        verdict = "OK" if self.ok else "FAILED"
+        title = (f"layer check of {self.layer} ({self.dtype}): hand backward vs jax.vjp of "
+                 "the formula")
+        parts = [title, "params (dparams): " + str(self.params),
+                 "input (dx): " + str(self.inputs)]
+        if self.no_gradient:
+            parts.append(f"no gradient (None) for input(s): {', '.join(self.no_gradient)}")
+        if self.missing:
+            parts.append(f"but jax.vjp gives a non-zero gradient for: {', '.join(self.missing)}")
+        return "\n".join(parts + [verdict])
+
+
+def _random_like(tree: PyTree, seed: int) -> PyTree:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    keys = jax.random.split(jax.random.PRNGKey(seed), max(len(leaves), 1))
+    return treedef.unflatten([
+        jax.random.normal(k, jnp.shape(v), jnp.result_type(v)) for k, v in zip(keys, leaves)
+    ])
+
+
+def _input_pairs(hand_dx: Any, ref_dx: Any) -> tuple[dict, dict, tuple[str, ...], tuple]:
+    """Float input leaves by path for the hand and the reference ``dx``; the ``None`` paths,
+    and those of them whose reference gradient is not zero (a wrongly missing gradient)."""
+    hand = jax.tree_util.tree_flatten_with_path(hand_dx, is_leaf=lambda v: v is None)[0]
+    ref = [(jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_flatten_with_path(ref_dx)[0]]
+    a, b, none, missing = {}, {}, [], []
+    for path, v in hand:
+        key = jax.tree_util.keystr(path)
+        name = "x" + key
+        if v is None:
+            none.append(name)
+            below = [r for k, r in ref if k.startswith(key)
+                     and jnp.issubdtype(jnp.result_type(r), jnp.floating)]
+            if any(np.any(np.asarray(r) != 0) for r in below):
+                missing.append(name)
+        elif jnp.issubdtype(jnp.result_type(v), jnp.floating):
+            a[name], b[name] = dict(ref)[key], v
+    return a, b, tuple(none), tuple(missing)
+
+
+def check_layer(
+    layer: Layer,
+    params: PyTree,
+    x: Any,
+    *,
+    state: PyTree = (),
+    key: jax.Array | None = None,
+    train: bool = False,
+    dy: Any = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    seed: int = 0,
+    verbose: bool = False,
+) -> LayerCheck:
+    r"""Check one layer's hand ``backward`` against ``jax.vjp`` of its plain formulas.
+
+    With ``y = layer(params, x)`` and a cotangent ``dy`` (random normal, from ``seed``,
+    unless given), the hand rule's ``(dparams, dx) = backward(params, residuals, dy)`` must
+    equal ``jax.vjp`` of the layer's forward pass in the ``"formula"`` wiring: activations
+    through their formula ``f``, not their hand ``f'``, so the witness shares no derivative
+    with what it checks. Inputs the rule gives no gradient (``None``) are listed, not
+    compared; integer inputs have none. Tolerances as :func:`check_model`'s between exact
+    methods (:func:`default_tolerances`, ``atol`` scaled by the largest reference entry).
+
+    Returns a :class:`LayerCheck`; raises :class:`GradientCheckError` naming the layer and
+    the first leaf out of tolerance.
+
+    >>> import jax, jax.numpy as jnp, funnet
+    >>> layer = funnet.serial(funnet.Dense(3), funnet.Tanh)
+    >>> _, params = layer.init(jax.random.PRNGKey(0), (-1, 2))
+    >>> funnet.check_layer(layer, params, jnp.ones((4, 2))).ok
+    True
+    """
+    layer = as_layer(layer)
+    if not layer.has_backward:
+        raise NoBackwardRuleError(f"check_layer: {layer.name} has no hand-derived backward rule")
+    if layer.stateful and not jax.tree_util.tree_leaves(state):
+        raise StatefulModelError(f"check_layer: {layer.stateful_path()} holds state: pass "
+                                 "state= (from init_with_state)")
+    formula = layer.rewired("formula")
+
+    def plain(p, inputs):
+        return formula.apply_with_state(p, state, inputs, key=key, train=train)[0]
+
+    y, pullback = jax.vjp(plain, params, x)
+    dy = _random_like(y, seed) if dy is None else dy
+    ref_dparams, ref_dx = pullback(dy)
+    _, _, residuals = layer.forward_with_state(params, state, x, key=key, train=train)
+    out = layer.backward(params, residuals, dy)
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise GradientCheckError(f"check_layer: the backward of {layer.name} must return "
+                                 f"(dparams, dx), got {type(out).__name__}")
+    dparams, dx = out
+
+    try:
+        ref_in, hand_in, none, missing = _input_pairs(dx, ref_dx)
+    except (KeyError, ValueError) as e:
+        raise GradientCheckError(f"check_layer: the dx of {layer.name}'s backward does not have "
+                                 f"the structure of its input: {e}") from None
+    leaves = jax.tree_util.tree_leaves((params, x))
+    floats = [v for v in leaves if jnp.issubdtype(jnp.result_type(v), jnp.floating)]
+    dtype = np.dtype(jnp.result_type(*floats)) if floats else np.dtype(np.float32)
+
+    def report(a, b):
+        scale = max((float(np.max(np.abs(v), initial=0.0)) for v in jax.tree_util.tree_leaves(a)),
+                    default=0.0)
+        r, t = default_tolerances(dtype, numerical=False, scale=scale if scale > 0 else 1.0)
+        try:
+            return compare(a, b, names=("vjp", "hand"), rtol=r if rtol is None else rtol,
+                           atol=t if atol is None else atol)
+        except ValueError as e:  # another structure or shape: name the layer
+            raise GradientCheckError(f"check_layer: the backward of {layer.name}: {e}") from None
+
+    result = LayerCheck(layer.name, report(ref_dparams, dparams), report(ref_in, hand_in),
+                        none, dtype.name, missing)
+    if verbose:
+        print(result)
+    if result.missing:
+        raise GradientCheckError(
+            f"check_layer: the hand backward of {layer.name} returns no gradient (None) for "
+            f"input(s) {', '.join(result.missing)}, but jax.vjp of its formula gives a "
+            "non-zero one", result)
+    if not result.ok:
+        what, rep = ("params leaf", result.params) if not result.params.ok else (
+            "input", result.inputs)
+        row = rep.first_failure
+        where = _layer_at(layer, params, row.leaf) if what == "params leaf" else layer.name
+        raise GradientCheckError(
+            f"check_layer: the hand backward of {where} disagrees with jax.vjp of its formula "
+            f"at {what} {row.leaf} (shape {row.shape}): max abs err {row.abs_err:.3e}, max rel "
+            f"err {row.rel_err:.3e} exceed rtol={rep.rtol:.1e}, atol={rep.atol:.1e}; "
+            "print(err.result) for the tables",
+            result,
+        )
+    return result
+
