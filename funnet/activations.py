@@ -7,6 +7,10 @@ derivative (``jax.grad``, ``jax.vjp``) is the hand-written ``f'``, wired in with
 
 One way to get ``f'(x)`` for any activation: ``act.derivative(x)``.
 
+The formulas are written with strict ``where``s, so that JAX's autodiff of a formula (the
+``formula`` wiring) also gives these values at the kinks: the formula witness holds at
+kinks too.
+
 Kink convention (one rule for all): at a kink the derivative is the value of the
 ``else`` branch of the table in docs/math.md §2, i.e. the inequalities are strict::
 
@@ -129,6 +133,8 @@ class Activation(_Twins):
       df: ``df(x, y, **hyper) -> f'(x)``, the hand-derived derivative; ``y = f(x)`` is
         passed so formulas such as ``σ' = σ(1 - σ)`` can reuse it.
       defaults: the keyword hyperparameters and their defaults (e.g. ``{"slope": 0.01}``).
+      kinks: the points where ``f'`` jumps (``relu``: ``(0.0,)``): a central difference whose
+        stencil straddles one mixes two slopes, so :func:`funnet.check_model` excludes it.
       wiring: how ``f'`` reaches JAX: ``"vjp"`` (``jax.custom_vjp``, the default),
         ``"jvp"`` (``jax.custom_jvp``: :attr:`jvp_twin`) or ``"formula"`` (none: JAX
         differentiates ``f``; :attr:`formula`).
@@ -143,6 +149,7 @@ class Activation(_Twins):
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
     doc: str = ""
     wiring: str = "vjp"
+    kinks: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.wiring not in ("vjp", "jvp", "formula"):
@@ -244,6 +251,8 @@ def define_activation(
     name: str,
     f: Callable[..., jax.Array],
     df: Callable[..., jax.Array],
+    *,
+    kinks: tuple[float, ...] = (),
     **defaults: Any,
 ) -> Activation:
     r"""Make a new activation from its formula and its hand-derived derivative.
@@ -252,6 +261,7 @@ def define_activation(
       name: used in layer names and errors.
       f: ``f(x, **hyper)``.
       df: ``df(x, y, **hyper)`` with ``y = f(x)``; must not differentiate ``f``.
+      kinks: the points where ``f'`` jumps (see :class:`Activation`).
       **defaults: keyword hyperparameters and their default values.
 
     The result works everywhere a built-in activation does: ``jax.grad`` uses ``df``
@@ -269,7 +279,8 @@ def define_activation(
     >>> round(float(jax.grad(swish)(1.0)), 6)
     0.927671
     """
-    return Activation(name=name, f=f, df=df, defaults=dict(defaults))
+    return Activation(name=name, f=f, df=df, defaults=dict(defaults),
+                      kinks=tuple(float(k) for k in kinks))
 
 
 # ---------------------------------------------------------------------------------------
@@ -315,15 +326,23 @@ Smooth, no kink. ``tanh'`` is evaluated as ``4e/(1+e)²``, ``e = exp(-2|x|)``.
 """)
 
 
+def _clip_strict(x, lo, hi, y):
+    """``y`` on ``lo < x < hi``, the constant ends outside; NaN stays NaN. Written with
+    strict ``where``s so that autodiff of the formula gives the documented kink value 0 at
+    ``lo`` and ``hi`` (``jnp.clip`` would give ½ there)."""
+    ends = jnp.where(x >= hi, jnp.asarray(y(hi), x.dtype), jnp.asarray(y(lo), x.dtype))
+    return _keep_nan(x, jnp.where((x > lo) & (x < hi), y(x), ends))
+
+
 def _hard_logistic(x):
-    return jnp.clip(0.25 * x + 0.5, 0, 1)  # max(min(0.25x + 0.5, 1), 0)
+    return _clip_strict(x, -2.0, 2.0, lambda v: 0.25 * v + 0.5)  # max(min(0.25x + 0.5, 1), 0)
 
 
 def _dhard_logistic(x, y):
     return _piecewise((x > -2) & (x < 2), 0.25, 0, x)  # 0.25 on (-2, 2), else 0
 
 
-hard_logistic = Activation("hard_logistic", _hard_logistic, _dhard_logistic, doc="""
+hard_logistic = Activation("hard_logistic", _hard_logistic, _dhard_logistic, kinks=(-2.0, 2.0), doc="""
 Hard logistic ``max(min(0.25x + 0.5, 1), 0)`` (σ's first-order Taylor at 0, clipped).
 
 ``f'(x) = 0.25`` on ``(-2, 2)``, else ``0``; kink convention: ``f'(±2) = 0``.
@@ -335,14 +354,14 @@ Not ``jax.nn.hard_sigmoid`` (slope 1/6).
 
 
 def _hard_tanh(x):
-    return jnp.clip(x, -1, 1)  # max(min(x, 1), -1)
+    return _clip_strict(x, -1.0, 1.0, lambda v: v)  # max(min(x, 1), -1)
 
 
 def _dhard_tanh(x, y):
     return _piecewise((x > -1) & (x < 1), 1, 0, x)  # 1 on (-1, 1), else 0
 
 
-hard_tanh = Activation("hard_tanh", _hard_tanh, _dhard_tanh, doc="""
+hard_tanh = Activation("hard_tanh", _hard_tanh, _dhard_tanh, kinks=(-1.0, 1.0), doc="""
 Hard tanh ``max(min(x, 1), -1)`` (tanh's first-order Taylor at 0, clipped).
 
 ``f'(x) = 1`` on ``(-1, 1)``, else ``0``; kink convention: ``f'(±1) = 0``.
@@ -353,14 +372,15 @@ Hard tanh ``max(min(x, 1), -1)`` (tanh's first-order Taylor at 0, clipped).
 
 
 def _relu(x):
-    return jnp.maximum(x, 0)  # max(0, x)
+    # max(0, x), as a strict where: autodiff of the formula gives relu'(0) = 0, the convention
+    return _keep_nan(x, jnp.where(x > 0, x, jnp.zeros_like(x)))
 
 
 def _drelu(x, y):
     return _piecewise(x > 0, 1, 0, x)  # 1 if x > 0 else 0
 
 
-relu = Activation("relu", _relu, _drelu, doc="""
+relu = Activation("relu", _relu, _drelu, kinks=(0.0,), doc="""
 Rectified linear unit ``max(0, x)``; ``f'(x) = 1 if x > 0 else 0``; ``relu'(0) = 0``.
 
 >>> relu.derivative(jnp.array([-1.0, 0.0, 2.0])).tolist()
@@ -377,7 +397,7 @@ def _dleaky_relu(x, y, slope):
     return _piecewise(x > 0, 1, slope, x)  # 1 if x > 0 else γ
 
 
-leaky_relu = Activation("leaky_relu", _leaky_relu, _dleaky_relu, {"slope": 0.01}, doc="""
+leaky_relu = Activation("leaky_relu", _leaky_relu, _dleaky_relu, {"slope": 0.01}, kinks=(0.0,), doc="""
 Leaky ReLU ``x if x > 0 else γx`` (``slope=γ``, default 0.01).
 
 ``f'(x) = 1 if x > 0 else γ``; kink convention: ``f'(0) = γ``.
@@ -388,7 +408,9 @@ Leaky ReLU ``x if x > 0 else γx`` (``slope=γ``, default 0.01).
 
 
 def _elu(x, alpha):
-    safe = jnp.minimum(x, 0)  # expm1 only sees x ≤ 0: no overflow, no NaN from where
+    # expm1 only sees x ≤ 0: no overflow, no NaN from where; a strict where (not minimum) so
+    # that autodiff of the formula gives elu'(0) = α, the convention
+    safe = jnp.where(x > 0, jnp.zeros_like(x), x)
     return jnp.where(x > 0, x, alpha * jnp.expm1(safe))  # x if x > 0 else γ(e^x - 1)
 
 
@@ -397,7 +419,7 @@ def _delu(x, y, alpha):
     return _keep_nan(x, jnp.where(x > 0, jnp.ones_like(x), alpha * jnp.exp(jnp.minimum(x, 0))))
 
 
-elu = Activation("elu", _elu, _delu, {"alpha": 1.0}, doc="""
+elu = Activation("elu", _elu, _delu, {"alpha": 1.0}, kinks=(0.0,), doc="""
 Exponential linear unit ``x if x > 0 else α(exp(x) - 1)`` (``alpha=α``, default 1).
 
 ``f'(x) = 1 if x > 0 else α exp(x)`` (``= ELU(x) + α``); kink convention: ``f'(0) = α``.
@@ -431,7 +453,7 @@ def _dstep(x, y):
     return _keep_nan(x, jnp.zeros_like(x))  # 0 everywhere (no gradient to descend)
 
 
-step = Activation("step", _step, _dstep, doc="""
+step = Activation("step", _step, _dstep, kinks=(0.0,), doc="""
 Heaviside step (the MP neuron): ``1 if x > 0 else 0``; ``step(0) = 0``.
 
 ``f'(x) = 0`` everywhere (at 0 by convention): gradient descent cannot train it.
@@ -533,6 +555,7 @@ class _PRelu(_Twins):
     """
 
     name = "prelu"
+    kinks = (0.0,)
 
     def __init__(self, wiring: str = "vjp") -> None:
         if wiring not in _PRELU_WIRINGS:

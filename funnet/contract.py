@@ -142,6 +142,8 @@ class Layer:
       rewire: ``wiring -> Layer``, the same layer with its activations wired another way
         (see :data:`WIRINGS`); ``None`` when the layer has no custom derivative inside.
       configure: ``**options -> Layer`` for configurable layers (``Elu(alpha=0.5)``).
+      kinks: for an elementwise layer, the input values where its derivative jumps
+        (``Relu``: ``(0.0,)``); gradient checks keep finite differences away from them.
     """
 
     init_with_state: Callable[..., tuple[Any, PyTree, PyTree]]
@@ -155,6 +157,7 @@ class Layer:
     decay: Callable[[PyTree], PyTree] | None = None
     rewire: Callable[[str], Layer] | None = None
     configure: Callable[..., Layer] | None = None
+    kinks: tuple[float, ...] = ()
 
     # -- the stateless (stax) view ------------------------------------------------------
 
@@ -301,6 +304,7 @@ def layer(
     stateful: bool = False,
     rewire: Callable[[str], Layer] | None = None,
     configure: Callable[..., Layer] | None = None,
+    kinks: Sequence[float] = (),
 ) -> Layer:
     r"""A :class:`Layer` from its ``init``, ``forward`` (with residuals) and hand ``backward``.
 
@@ -333,6 +337,7 @@ def layer(
       rewire: ``wiring -> Layer`` when the layer calls funnet activations (see
         :meth:`Layer.rewired`); without it the layer is its own forward twin.
       configure: ``**options -> Layer`` when the layer takes options.
+      kinks: for an elementwise layer, the input values where its derivative jumps.
 
     >>> import jax, jax.numpy as jnp, funnet
     >>> def init(key, input_shape):
@@ -395,7 +400,7 @@ def layer(
 
     return Layer(init_with_state, apply_with_state, forward_with_state, backward, name=name,
                  stateful=stateful, decay=_decay_by_name(name, decay), rewire=rewire,
-                 configure=configure)
+                 configure=configure, kinks=tuple(float(k) for k in kinks))
 
 
 def as_layer(obj: Any) -> Layer:

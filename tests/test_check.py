@@ -324,20 +324,23 @@ def test_check_model_deep_mixed_network_all_methods(deep_problem, capsys):
     net, params, x, y = deep_problem
     result = check_model(net, params, x, y, funnet.softmax_cross_entropy, verbose=True)
     assert isinstance(result, CheckResult) and result.ok and result.first_failure is None
-    assert result.reference == "reverse" and result.dtype == "float64"
-    assert list(result.reports) == [("hand", "reverse"), ("forward", "reverse"),
-                                    ("numerical", "reverse")]
+    assert result.reference == "formula" and result.dtype == "float64"
+    assert list(result.reports) == [("hand", "formula"), ("reverse", "formula"),
+                                    ("forward", "formula"), ("numerical", "formula")]
+    assert len(result.layers) == len(net.children) and all(v.ok for v in result.layers)
+    assert result.deltas.ok and len(result.deltas.rows) == len(net.children)
+    assert result.kinks.count == 0  # the inputs are chosen far from every kink
     n_leaves = len(jax.tree_util.tree_leaves(params))
     assert all(len(r.rows) == n_leaves == 23 for r in result.reports.values())
-    assert result.reports["hand", "reverse"].rtol == 1e-9
-    assert result.reports["numerical", "reverse"].rtol == 1e-5
+    assert result.reports["hand", "formula"].rtol == 1e-9
+    assert result.reports["numerical", "formula"].rtol == 1e-5
     # the errors are far inside the tolerances, not just inside
     for pair, report in result.reports.items():
         for row in report.rows:
             assert row.tol_ratio < 1e-2, (pair, row)
     printed = capsys.readouterr().out
     assert printed.strip() == str(result).strip()
-    assert "numerical vs reverse  [13]['slope']" in printed and printed.rstrip().endswith("OK")
+    assert "numerical vs formula  [13]['slope']" in printed and printed.rstrip().endswith("OK")
     assert result.value == pytest.approx(
         float(funnet.softmax_cross_entropy(net.apply(params, x), y)))
 
@@ -364,8 +367,10 @@ def test_check_model_raises_on_a_broken_backward(dtype, methods):
     with pytest.raises(GradientCheckError) as info:
         check_model(net, params, x, y, funnet.softmax_cross_entropy, methods=methods)
     message = str(info.value)
-    assert message.startswith("hand vs reverse disagree at params leaf [2]['W']")
-    assert "BrokenDense(5)" in message and "rtol=" in message and "atol=" in message
+    assert message.startswith("the first wrong layer is serial[2] › BrokenDense(5)")
+    assert "hand vs reverse disagree at params leaf [2]['W']" in message
+    assert "rtol=" in message and "atol=" in message
+    assert [v.path for v in info.value.result.layers if not v.ok] == ["serial[2] › BrokenDense(5)"]
     result = info.value.result
     hand = {row.leaf: row for row in result.reports["hand", "reverse"].rows}
     assert [leaf for leaf, row in hand.items() if not row.ok] == ["[2]['W']"]
@@ -383,7 +388,7 @@ def test_broken_layer_inside_parallel_is_named():
     params, x, y = problem(net, 2, 6, seed=2, targets=2)
     with pytest.raises(GradientCheckError, match=(
         r"hand vs reverse disagree at params leaf \[2\]\[1\]\[0\]\['W'\] \(shape \(4, 3\), layer "
-        r"serial\[2\] › parallel\[1\] › serial\[0\] BrokenDense\(3\)\)"
+        r"serial\[2\] › parallel\[1\] › serial\[0\] › BrokenDense\(3\)\)"
     )):
         check_model(net, params, x, y, funnet.mse, methods=("hand", "reverse"))
 
@@ -413,11 +418,17 @@ def test_numerical_check_fails_at_a_kink():
     x = jnp.array([[0.0, 0.0], [1.0, -0.5], [0.3, 0.8]])
     y = jnp.ones((3, 1))
     leaf_b = r"numerical vs reverse disagree at params leaf \[0\]\['b'\]"
+    methods = ("hand", "reverse", "numerical")
     with pytest.raises(GradientCheckError, match=leaf_b) as info:
-        check_model(net, params, x, y, funnet.mse, methods=("hand", "reverse", "numerical"))
+        check_model(net, params, x, y, funnet.mse, methods=methods, kinks=False)
     reports = info.value.result.reports
     assert reports["hand", "reverse"].ok  # the analytic methods agree at the kink
     assert [r.leaf for r in reports["numerical", "reverse"].rows if not r.ok] == ["[0]['b']"]
+    # kink-aware (the default): the straddling coordinates are excluded, and said so
+    result = check_model(net, params, x, y, funnet.mse, methods=("formula", *methods))
+    assert result.ok and result.kinks.count > 0
+    assert "sample 0, unit" in result.kinks.examples[0]
+    assert "serial[1] › Relu straddles 0" in result.kinks.examples[0]
 
 
 def test_check_model_l2_and_dropout_key():

@@ -1,25 +1,23 @@
-r"""Gradient checking: the same gradient four ways, compared leaf by leaf (docs/math.md §7).
+r"""Gradient truth: the same gradient by independent witnesses, and where it goes wrong.
 
-A model's gradient can be computed by
+A model's gradient (docs/math.md §7) can be computed by
 
 * ``"hand"``: the hand-derived δ-recursion, :func:`funnet.backprop.value_and_grad`;
-* ``"reverse"``: reverse-mode autodiff, :func:`jax.grad`;
-* ``"forward"``: forward-mode autodiff, :func:`forward_grad` (one JVP per parameter);
-* ``"numerical"``: central differences, :func:`numerical_grad`,
-  ``∂f/∂θ_i ≈ (f(θ + Δe_i) - f(θ - Δe_i)) / (2Δ)``.
+* ``"formula"``: ``jax.grad`` of the model's forward *formulas*, every activation through
+  its plain ``f`` (the ``"formula"`` wiring): it shares no hand-written derivative with
+  anything it checks, so it is the reference;
+* ``"reverse"``: ``jax.grad`` through the hand-wired ``custom_vjp`` rules;
+* ``"forward"``: forward mode, :func:`forward_grad`, on :func:`funnet.forward_twin`;
+* ``"numerical"``: central differences, kink-aware: coordinates whose stencil straddles
+  a kink of an activation are excluded and reported.
 
-The first three are exact up to rounding; the fourth also has a truncation error ``O(Δ²)``.
-:func:`check_model` computes the gradient by each, compares each against a reference with
-:func:`compare`, and raises :class:`GradientCheckError` naming the first method pair and
-params leaf that disagree beyond the tolerance.
-
-The ``"forward"`` method runs on :func:`funnet.forward_twin` of the model: activations are
-wired with ``jax.custom_vjp`` (their hand derivative), which JAX cannot push tangents
-through; the twin wires them with ``jax.custom_jvp`` built from the *same* derivative. No
-global switch is involved.
-
-:func:`check_layer` checks one layer's hand ``backward`` against ``jax.vjp`` of its plain
-formulas (activations through their formula ``f``, not their hand ``f'``).
+:func:`check_model` compares them leaf by leaf (:func:`compare`, tolerances of
+:func:`default_tolerances`) and adds the witnesses of :mod:`funnet.check.witnesses`:
+every layer's hand backward against ``jax.vjp`` of its formula at the inputs the forward
+pass gave it (naming the first wrong layer by its path), the δ-trace, and on request the
+Taylor-remainder slope, a sensitivity self-test and batch consistency. One report object,
+:class:`CheckResult`, prints as tables and converts to JSON. :func:`check_layer` checks one
+layer alone.
 
 >>> import jax, jax.numpy as jnp, funnet
 >>> from funnet.check import check_model
@@ -28,7 +26,7 @@ formulas (activations through their formula ``f``, not their hand ``f'``).
 >>> x, y = jnp.linspace(-2.0, 2.0, 20).reshape(5, 4), jnp.array([0, 1, 0, 1, 1])
 >>> result = check_model(net, params, x, y, funnet.softmax_cross_entropy)
 >>> result.ok, [f"{m} vs {r}" for m, r in result.reports]
-(True, ['hand vs reverse', 'forward vs reverse', 'numerical vs reverse'])
+(True, ['hand vs formula', 'reverse vs formula', 'forward vs formula', 'numerical vs formula'])
 """
 
 
@@ -45,6 +43,8 @@ from .layer import check_layer as check_layer
 from .model import METHODS as METHODS
 from .model import CheckResult as CheckResult
 from .model import check_model as check_model
+from .walk import walk as walk
+from .witnesses import taylor_slope as taylor_slope
 
 __all__ = [
     "METHODS",
@@ -60,5 +60,7 @@ __all__ = [
     "default_tolerances",
     "forward_grad",
     "numerical_grad",
+    "taylor_slope",
+    "walk",
 ]
 

@@ -16,7 +16,7 @@ __all__ = ["LayerCheck", "check_layer"]
 
 
 def _layer_at(model: Layer, params: PyTree, leaf: str) -> str:
-    """``serial[2] Dense(8)``: the (innermost) layer that owns the params leaf ``leaf``."""
+    """``serial[2] › Dense(8)``: the (innermost) layer that owns the params leaf ``leaf``."""
     for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
         if jax.tree_util.keystr(path) != leaf:
             continue
@@ -26,7 +26,7 @@ def _layer_at(model: Layer, params: PyTree, leaf: str) -> str:
                 break
             where.append(f"{layer.name.split('(')[0]}[{k.idx}]")
             layer = layer.children[k.idx]
-        return f"{' › '.join(where)} {layer.name}".strip()
+        return " › ".join([*where, layer.name])
     return model.name
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .. import backprop
@@ -19,17 +20,34 @@ from ..losses import Loss, l2_penalty
 from .comparison import GradientCheckError, Report, Row, compare, default_tolerances
 from .gradients import _float_dtype, forward_grad, numerical_grad
 from .layer import _layer_at
+from .walk import walk
+from .witnesses import (
+    BatchConsistency,
+    DeltaTrace,
+    KinkExclusion,
+    LayerVerdict,
+    Taylor,
+    batch_consistency,
+    delta_trace,
+    kink_aware_numerical_grad,
+    layer_verdicts,
+    sensitivity,
+    taylor_slope,
+)
 
 __all__ = ["METHODS", "CheckResult", "check_model"]
 
 #: The gradient methods :func:`check_model` knows, in its default order.
-METHODS: tuple[str, ...] = ("hand", "reverse", "forward", "numerical")
-_EXACT = ("reverse", "hand", "forward")  # exact up to rounding; "reverse" preferred as reference
+METHODS: tuple[str, ...] = ("hand", "formula", "reverse", "forward", "numerical")
+#: exact up to rounding, in order of preference as the reference: "formula" first, the one
+#: witness that shares no hand-written derivative with anything it checks
+_EXACT = ("formula", "reverse", "hand", "forward")
+_ANALYTIC = ("hand", "formula", "reverse", "forward")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class CheckResult:
-    """What :func:`check_model` found; ``str(result)`` is one table over all method pairs.
+    """What :func:`check_model` found; ``str(result)`` prints every table.
 
     Attributes:
       reference: the method every other one is compared against.
@@ -37,6 +55,14 @@ class CheckResult:
       grads: ``{method: gradient pytree}``.
       value: the objective ``loss(model(x), y) + l2 penalty`` at ``params``.
       dtype: the params' dtype name, which chose the default tolerances.
+      layers: a :class:`~funnet.check.witnesses.LayerVerdict` per leaf layer (its hand
+        backward against ``jax.vjp`` of its formula at the inputs it saw), by path.
+      deltas: the δ-trace (:class:`~funnet.check.witnesses.DeltaTrace`) or ``None``.
+      kinks: the coordinates the numerical method excluded
+        (:class:`~funnet.check.witnesses.KinkExclusion`) or ``None``.
+      taylor: Taylor-remainder slopes (:class:`~funnet.check.witnesses.Taylor`) or ``None``.
+      sensitivity: ``(noticed, leaf, relative error)`` of the self-test, or ``None``.
+      batch: :class:`~funnet.check.witnesses.BatchConsistency` or ``None``.
     """
 
     reference: str
@@ -44,10 +70,25 @@ class CheckResult:
     grads: dict[str, PyTree]
     value: float
     dtype: str
+    layers: tuple[LayerVerdict, ...] = ()
+    deltas: DeltaTrace | None = None
+    kinks: KinkExclusion | None = None
+    taylor: Taylor | None = None
+    sensitivity: tuple[bool, str, float] | None = None
+    batch: BatchConsistency | None = None
+
+    @property
+    def first_wrong_layer(self) -> LayerVerdict | None:
+        """The first leaf layer (in forward order) whose own check fails, or ``None``."""
+        return next((v for v in self.layers if not v.ok), None)
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.reports.values())
+        return (all(r.ok for r in self.reports.values()) and self.first_wrong_layer is None
+                and (self.deltas is None or self.deltas.ok)
+                and (self.taylor is None or all(self.taylor.ok(m) for m in self.taylor.slopes))
+                and (self.sensitivity is None or self.sensitivity[0])
+                and (self.batch is None or self.batch.ok))
 
     @property
     def first_failure(self) -> tuple[tuple[str, str], Row] | None:
@@ -57,12 +98,7 @@ class CheckResult:
                 return pair, report.first_failure
         return None
 
-    def __str__(self) -> str:
-        n = param_count(self.grads[self.reference])
-        title = (
-            f"gradient check ({self.dtype}, {n} parameters, loss {self.value:.6g}): "
-            f"every method vs {self.reference}"
-        )
+    def _leaf_table(self) -> str:
         header = ["methods", "leaf", "shape", "max|ref|", "max abs err", "max rel err",
                   "rtol", "atol", "err/tol", "ok"]
         rows = []
@@ -70,14 +106,69 @@ class CheckResult:
             for cells in report.table_rows():
                 rows.append([f"{method} vs {ref}", *cells[:5], f"{report.rtol:.0e}",
                              f"{report.atol:.1e}", *cells[5:]])
-        verdict = "OK" if self.ok else "FAILED"
-        return f"{title}\n{table(header, rows)}\n{verdict}"
+        return table(header, rows)
+
+    def __str__(self) -> str:
+        n = param_count(self.grads[self.reference])
+        parts = [f"gradient check ({self.dtype}, {n} parameters, loss {self.value:.6g}): "
+                 f"every method vs {self.reference}", self._leaf_table()]
+        if self.layers:
+            rows = [[v.path, v.status, v.detail[:70]] for v in self.layers]
+            title = "layers (hand backward vs jax.vjp of the formula, at their inputs):"
+            parts += [title, table(["layer", "verdict", "detail"], rows)]
+        if self.deltas is not None:
+            rows = [[p, f"{r.rows[0].abs_err:.2e}" if r.rows else "-",
+                     "ok" if r.ok else "DIVERGES"] for p, r in self.deltas.rows]
+            parts += ["δ-trace (hand δ at each layer's output vs reverse mode, output first):",
+                      table(["output of", "max abs err", "ok"], rows)]
+        if self.kinks is not None:
+            parts.append(str(self.kinks))
+        if self.taylor is not None:
+            slopes = ", ".join(f"{m} {s:.2f}" if s is not None else f"{m} n/a"
+                               for m, s in self.taylor.slopes.items())
+            parts.append(f"Taylor remainder slope (want {self.taylor.order}): {slopes}")
+        if self.sensitivity is not None:
+            noticed, leaf, rel = self.sensitivity
+            parts.append(f"sensitivity self-test: a relative error of {rel:g} in hand {leaf} is "
+                         + ("noticed" if noticed else "NOT noticed: the tolerances are too loose"))
+        if self.batch is not None:
+            parts.append(f"batch consistency: {self.batch.verdict}")
+        parts.append("OK" if self.ok else "FAILED")
+        return "\n".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        """A machine-readable form (plain dicts, lists, numbers and strings), e.g. for CI."""
+        def rows(report):
+            return [{"leaf": r.leaf, "shape": list(r.shape), "scale": r.scale,
+                     "abs_err": r.abs_err, "rel_err": r.rel_err, "err_over_tol": r.ratio,
+                     "ok": r.ok} for r in report.rows]
+
+        out: dict[str, Any] = {
+            "ok": self.ok, "dtype": self.dtype, "value": self.value,
+            "reference": self.reference,
+            "pairs": [{"method": m, "reference": r, "rtol": rep.rtol, "atol": rep.atol,
+                       "ok": rep.ok, "leaves": rows(rep)} for (m, r), rep in self.reports.items()],
+            "layers": [{"path": v.path, "verdict": v.status, "detail": v.detail}
+                       for v in self.layers],
+        }
+        if self.deltas is not None:
+            out["deltas"] = {"first_divergence": self.deltas.first_divergence,
+                             "layers": [{"output_of": p, "ok": r.ok} for p, r in self.deltas.rows]}
+        if self.kinks is not None:
+            out["kinks"] = {"excluded": self.kinks.count, "total": self.kinks.total,
+                            "examples": list(self.kinks.examples)}
+        if self.taylor is not None:
+            out["taylor"] = {"order": self.taylor.order, "slopes": self.taylor.slopes}
+        if self.sensitivity is not None:
+            out["sensitivity"] = {"noticed": self.sensitivity[0], "leaf": self.sensitivity[1],
+                                  "relative_error": self.sensitivity[2]}
+        if self.batch is not None:
+            out["batch"] = self.batch.verdict
+        return out
 
 
 def _reference(methods: Sequence[str]) -> str:
-    if "reverse" in methods:
-        return "reverse"
-    return next((m for m in methods if m in _EXACT), methods[0])
+    return next((m for m in _EXACT if m in methods), methods[0])
 
 
 def _validate_methods(methods: Sequence[str], loss: Any) -> tuple[str, ...]:
@@ -116,35 +207,52 @@ def check_model(
     rtol: float | None = None,
     atol: float | None = None,
     eps: float | None = None,
+    layers: bool = True,
+    kinks: bool = True,
+    taylor: bool = False,
+    sensitivity_error: float | None = None,
+    batch: bool = False,
     verbose: bool = False,
 ) -> CheckResult:
-    r"""Gradient of the objective by several methods, compared; raises if any pair disagrees.
+    r"""A model's gradient by several independent methods, and the witnesses that localise.
 
     The objective (docs/math.md §4) is
     ``R(θ) = loss(model.apply(θ, x, key=key, train=train), y) + ½ λ Σ ||W||²`` with
     ``λ = l2`` over the params the layers declare weight-decayed.
-    Methods (any two or more of :data:`METHODS`):
 
-    * ``"hand"``: :func:`funnet.backprop.value_and_grad` (needs a funnet :class:`~funnet.Loss`);
-    * ``"reverse"``: ``jax.grad(R)``;
-    * ``"forward"``: :func:`forward_grad` (``N`` JVPs) on :func:`funnet.forward_twin`;
-    * ``"numerical"``: :func:`numerical_grad` (central differences, step ``eps``).
+    Args:
+      model, params, x, y, loss: what to check; ``loss`` a funnet :class:`~funnet.Loss` for
+        ``"hand"``, else any callable.
+      methods: two or more of :data:`METHODS`:
 
-    The reference is ``"reverse"`` if listed, else the first exact method listed (``"hand"``,
-    ``"forward"``); every other method is compared with it by :func:`compare`. Tolerances:
-    ``rtol``/``atol`` if given (``atol`` absolute, applied to every pair), else
-    :func:`default_tolerances` for the params' dtype and the pair: in float64 ``rtol = 1e-9``
-    between exact methods and ``1e-5`` against ``"numerical"``; in float32 ``1e-4`` and
-    ``5e-2``; ``atol`` scaled by ``max|reference gradient|`` (and ``|R(θ)|`` for numerical).
+        * ``"hand"``: :func:`funnet.backprop.value_and_grad`, the hand δ-recursion;
+        * ``"formula"``: ``jax.grad`` of the model in the ``"formula"`` wiring, every
+          activation through its plain formula ``f``: independent of every hand-written
+          derivative, and the reference whenever it is listed;
+        * ``"reverse"``: ``jax.grad(R)`` through the hand-wired ``custom_vjp`` rules;
+        * ``"forward"``: :func:`forward_grad` (``N`` JVPs) on :func:`funnet.forward_twin`;
+        * ``"numerical"``: central differences (:func:`numerical_grad`, step ``eps``).
+      l2: ``λ``; key, train: as for ``apply`` (``Dropout`` drops with ``train=True``, the
+        same mask for every method and evaluation).
+      rtol, atol: override :func:`default_tolerances` for every pair.
+      eps: the relative step of the numerical method.
+      layers: check every leaf layer's hand backward against ``jax.vjp`` of its formula at
+        the inputs the forward pass gave it, and name the first wrong one.
+      kinks: the numerical method excludes the coordinates whose stencil straddles a kink
+        of an activation (``Layer.kinks``), and reports them.
+      taylor: fit the Taylor-remainder slope of every analytic gradient (2 when right).
+      sensitivity_error: inject this relative error (e.g. ``1e-3``) into the hand
+        gradient's largest leaf and require that the check notices it.
+      batch: compare the batch gradient with the mean of per-example gradients and with
+        the gradient of the shuffled batch.
+      verbose: print the report.
 
-    At a kink of an activation (a ``Relu`` pre-activation within ``eps`` of 0, …) the
-    numerical gradient legitimately differs from the analytic ones: check at inputs away from
-    kinks. ``key`` and ``train=True`` make ``Dropout`` drop (the same mask for every method and
-every evaluation).
+    With ``"hand"`` in ``methods`` and a ``serial`` model, the δ-trace compares the hand
+    δ at each top-level layer's output with reverse mode (zero probes added there).
 
-    Returns a :class:`CheckResult` (``print`` it for the table); with ``verbose=True`` the
-    table is printed as well. Raises :class:`GradientCheckError` (an ``AssertionError``) naming
-    the first method pair and params leaf out of tolerance, its errors and the tolerance.
+    Returns a :class:`CheckResult`. Raises :class:`GradientCheckError` naming the first
+    wrong layer (by its own check) and the first method pair and params leaf out of
+    tolerance; ``err.result`` holds the whole report.
 
     >>> import jax, jax.numpy as jnp, funnet
     >>> net = funnet.serial(funnet.Dense(4), funnet.Softplus, funnet.Dense(1))
@@ -152,9 +260,9 @@ every evaluation).
     >>> x = jnp.linspace(-1.0, 1.0, 18).reshape(6, 3)
     >>> y = jnp.sum(x, axis=1, keepdims=True)
     >>> result = check_model(net, params, x, y, funnet.mse, l2=0.1,
-    ...                      methods=("hand", "reverse", "numerical"))
+    ...                      methods=("hand", "formula", "numerical"))
     >>> result.ok, result.reference, sorted(result.reports)
-    (True, 'reverse', [('hand', 'reverse'), ('numerical', 'reverse')])
+    (True, 'formula', [('hand', 'formula'), ('numerical', 'formula')])
     """
     methods = _validate_methods(methods, loss)
     model = as_layer(model)
@@ -165,72 +273,134 @@ every evaluation).
             "state=state)")
     reference = _reference(methods)
     dtype = _float_dtype(params, "check_model")
-
     mask = model.decay_mask(params) if l2 else None
 
+    def penalty(p):
+        return l2_penalty(p, l2, mask=mask) if l2 else 0.0
+
     def risk(p, x, y, key, net=model):  # R(θ) = loss(model(x), y) + ½ λ Σ ||W||²
-        out = loss(net.apply(p, x, key=key, train=train), y)
-        return out + l2_penalty(p, l2, mask=mask) if l2 else out
+        return loss(net.apply(p, x, key=key, train=train), y) + penalty(p)
 
     def objective(p, net=model):
         return risk(p, x, y, key, net)
 
-    values = {}  # the objective's value, as a by-product of "reverse" or "hand"
+    visits = walk(model, params, x, key=key, train=train)[1]
+    kinked = [v for v in visits if v.layer.kinks]
+
+    def probed(p):  # R(θ) and the pre-activations of the kinked layers
+        out, vs = walk(model, p, x, key=key, train=train)
+        zs = [v.x for v in vs if v.layer.kinks]
+        return loss(out, y) + penalty(p), zs
+
+    values, exclusion, deltas = {}, None, None
+    hand_fn = backprop.value_and_grad(model, loss, l2=l2,
+                                      return_deltas=model.kind == "serial") \
+        if "hand" in methods else None
 
     def compute(method: str) -> PyTree:
+        nonlocal exclusion, deltas
         if method == "hand":
-            hand = backprop.value_and_grad(model, loss, l2=l2)
-            values[method], g = jax.jit(functools.partial(hand, train=train))(params, x, y,
-                                                                             key=key)
+            out = jax.jit(functools.partial(hand_fn, train=train))(params, x, y, key=key)
+            values[method], g = out[0], out[1]
+            if len(out) == 3:
+                deltas = delta_trace(model, params, x, y, loss, out[2], key=key, train=train,
+                                     l2_term=penalty, dtype=dtype)
             return g
-        if method == "reverse":
-            values[method], g = jax.jit(jax.value_and_grad(risk))(params, x, y, key)
+        if method in ("formula", "reverse"):
+            net = model.rewired("formula") if method == "formula" else model
+            values[method], g = jax.jit(jax.value_and_grad(
+                functools.partial(risk, net=net)))(params, x, y, key)
             return g
         if method == "forward":
             twin = forward_twin(model)
             return forward_grad(lambda p: objective(p, twin), params)
+        if kinks and kinked:
+            g, exclusion = kink_aware_numerical_grad(probed, params, kinked, eps=eps)
+            return g
         return numerical_grad(objective, params, eps=eps)
 
     grads = {m: compute(m) for m in methods}
-    value = values.get("reverse", values.get("hand"))
+    value = next((values[m] for m in ("formula", "reverse", "hand") if m in values), None)
     value = float(objective(params) if value is None else value)
     ref = grads[reference]
+    if exclusion is not None and exclusion.count:  # excluded entries take the reference's
+        grads["numerical"] = jax.tree_util.tree_map(
+            lambda g, r, m: jnp.where(m, r, g), grads["numerical"], ref, exclusion.mask)
     g_max = max((float(np.max(np.abs(g), initial=0.0)) for g in jax.tree_util.tree_leaves(ref)),
                 default=0.0)
 
-    reports = {}
-    for m in methods:
-        if m == reference:
-            continue
-        numerical = "numerical" in (m, reference)
+    def tolerances(numerical: bool) -> tuple[float, float]:
         scale = max(g_max, abs(value)) if numerical else g_max
         scale = scale if scale > 0 and math.isfinite(scale) else 1.0
-        pair_rtol, pair_atol = default_tolerances(dtype, numerical=numerical, scale=scale)
-        reports[m, reference] = compare(
-            ref,
-            grads[m],
-            names=(reference, m),
-            rtol=pair_rtol if rtol is None else rtol,
-            atol=pair_atol if atol is None else atol,
-        )
+        r, a = default_tolerances(dtype, numerical=numerical, scale=scale)
+        return (r if rtol is None else rtol), (a if atol is None else atol)
 
-    result = CheckResult(reference, reports, grads, value, np.dtype(dtype).name)
+    reports = {}
+    for m in methods:
+        if m != reference:
+            pair_rtol, pair_atol = tolerances("numerical" in (m, reference))
+            reports[m, reference] = compare(ref, grads[m], names=(reference, m),
+                                            rtol=pair_rtol, atol=pair_atol)
+
+    verdicts = layer_verdicts(visits, train=train) if layers else ()
+    slopes = None
+    if taylor:
+        analytic = {m: grads[m] for m in methods if m in _ANALYTIC}
+        slopes = taylor_slope(objective, params, analytic,
+                              probes=lambda p: probed(p)[1],
+                              kinks=[v.layer.kinks for v in kinked])
+    self_test = None
+    if sensitivity_error is not None:
+        target = "hand" if "hand" in methods and reference != "hand" else next(
+            m for m in methods if m != reference)
+        noticed, leaf = sensitivity(ref, grads[target], *tolerances(
+            "numerical" in (target, reference)), relative_error=sensitivity_error)
+        self_test = (noticed, leaf, float(sensitivity_error))
+    consistency = None
+    if batch:
+        net = model.rewired("formula")
+        consistency = batch_consistency(
+            jax.jit(lambda xb, yb: jax.grad(lambda p: risk(p, xb, yb, key, net))(params)), x, y,
+            dtype=dtype, couples=model.stateful)
+
+    result = CheckResult(reference, reports, grads, value, np.dtype(dtype).name, verdicts,
+                         deltas, exclusion, slopes, self_test, consistency)
     if verbose:
         print(result)
+    if not result.ok:
+        raise GradientCheckError(_failure_message(result, model, params), result)
+    return result
+
+
+def _failure_message(result: CheckResult, model: Layer, params: PyTree) -> str:
+    """What went wrong, most specific first: the layer, the leaf, the δ, the self-tests."""
+    parts = []
+    wrong = result.first_wrong_layer
+    if wrong is not None:
+        parts.append(f"the first wrong layer is {wrong.path}: its hand backward disagrees "
+                     f"with jax.vjp of its formula ({wrong.detail[:160]})")
     failure = result.first_failure
     if failure is not None:
         (m, ref_name), row = failure
-        report = reports[m, ref_name]
-        n_bad = sum(not other.ok for rep in reports.values() for other in rep.rows)
-        raise GradientCheckError(
+        report = result.reports[m, ref_name]
+        n_bad = sum(not r.ok for rep in result.reports.values() for r in rep.rows)
+        parts.append(
             f"{m} vs {ref_name} disagree at params leaf {row.leaf} "
             f"(shape {row.shape}, layer {_layer_at(model, params, row.leaf)}): "
             f"max abs err {row.abs_err:.3e}, max rel err {row.rel_err:.3e} exceed "
             f"rtol={report.rtol:.1e}, atol={report.atol:.1e} ({result.dtype}); "
-            f"{n_bad} (pair, leaf) row(s) out of tolerance, print(err.result) for the table",
-            result,
-        )
-    return result
-
-
-# ---------------------------------------------------------------------------------------
+            f"{n_bad} (pair, leaf) row(s) out of tolerance")
+    if result.deltas is not None and not result.deltas.ok:
+        parts.append(f"the hand δ first diverges at the output of {result.deltas.first_divergence}")
+    if result.taylor is not None:
+        bad = {m: s for m, s in result.taylor.slopes.items() if not result.taylor.ok(m)}
+        if bad:
+            parts.append(f"Taylor remainder slope {bad} below {result.taylor.order - 0.5} "
+                         f"(want {result.taylor.order}): the gradient is wrong")
+    if result.sensitivity is not None and not result.sensitivity[0]:
+        parts.append(f"sensitivity self-test: a relative error of {result.sensitivity[2]:g} in "
+                     f"{result.sensitivity[1]} goes unnoticed at these tolerances")
+    if result.batch is not None and not result.batch.ok:
+        parts.append("batch consistency failed: the gradient depends on the order of the batch "
+                     "or is not the mean of per-example gradients")
+    return "; ".join(parts) + "; print(err.result) for the tables"

@@ -21,7 +21,8 @@ def identity_init(name: str, *, min_rank: int = 0) -> Callable[..., tuple[Any, t
 def paramless(name: str, f: Callable[[Any], Any], res_backward: Callable[[Any, Any, Any], Any],
               *, min_rank: int = 1, init: Callable | None = None,
               configure: Callable[..., Layer] | None = None,
-              rewire: Callable[[str], Layer] | None = None) -> Layer:
+              rewire: Callable[[str], Layer] | None = None,
+              kinks: tuple[float, ...] = ()) -> Layer:
     """A layer without params: ``y = f(x)``; backward ``dx = res_backward(x, y, dy)``."""
 
     def apply(params, x):
@@ -38,4 +39,4 @@ def paramless(name: str, f: Callable[[Any], Any], res_backward: Callable[[Any, A
         return (), res_backward(x, y, dy)
 
     return layer(init or identity_init(name, min_rank=min_rank), forward, backward, apply=apply,
-                 name=name, configure=configure, rewire=rewire)
+                 name=name, configure=configure, rewire=rewire, kinks=kinks)

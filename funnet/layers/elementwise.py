@@ -60,6 +60,7 @@ def ActivationLayer(activation: act.Activation, **hyper: Any) -> Layer:
         min_rank=0,
         configure=lambda **kw: ActivationLayer(activation, **{**hyper, **kw}),
         rewire=lambda wiring: ActivationLayer(activation.rewired(wiring), **hyper),
+        kinks=activation.kinks,
     )
 
 
@@ -106,7 +107,8 @@ def _prelu_layer(slope_init: float = 0.25, *, fn: Any = act.prelu) -> Layer:
 
     return layer(init, forward, backward, apply=apply, name=name,
                  configure=lambda slope_init=0.25: _prelu_layer(slope_init, fn=fn),
-                 rewire=lambda wiring: _prelu_layer(slope_init, fn=fn.rewired(wiring)))
+                 rewire=lambda wiring: _prelu_layer(slope_init, fn=fn.rewired(wiring)),
+                 kinks=fn.kinks)
 
 
 #: PReLU with a learnable slope per neuron (init 0.25, not weight-decayed);

@@ -1,0 +1,70 @@
+r"""Walking a model's layer tree: what each layer saw in the forward pass.
+
+``serial`` and ``parallel`` are the only combinators with children; every other layer is
+a leaf. :func:`walk` runs a stateless model exactly as its ``apply`` does (the same key
+splits, the same train mode) and records, for every leaf, its path
+(``serial[3] › parallel[0] › Tanh``), params, input and key. Gradient checks use it to
+check each layer at its own inputs, to probe each layer's output, and to find the
+pre-activations a finite-difference stencil must not straddle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from ..contract import Layer, PyTree
+from ..layers.combinators import _split_key
+
+__all__ = ["Visit", "walk"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Visit:
+    """One leaf layer as the forward pass met it."""
+
+    path: str
+    layer: Layer
+    params: PyTree
+    x: Any
+    key: jax.Array | None
+    y: Any
+
+
+def _join(prefix: str, part: str) -> str:
+    return f"{prefix} › {part}" if prefix else part
+
+
+def walk(model: Layer, params: PyTree, x: Any, *, key: jax.Array | None = None,
+         train: bool = False, probe: Callable[[str, Any], Any] | None = None,
+         prefix: str = "") -> tuple[Any, list[Visit]]:
+    """``(y, visits)``: the output of the stateless ``model`` and every leaf it ran.
+
+    ``probe(path, y) -> y'`` may replace a top-level ``serial`` child's output (the
+    δ-trace adds zero probes there); ``path`` is the child's path.
+    """
+    visits: list[Visit] = []
+    if model.kind == "serial":
+        for i, (child, p, k) in enumerate(zip(model.children, params,
+                                              _split_key(key, len(model.children)))):
+            path = _join(prefix, f"serial[{i}]")
+            x, inner = walk(child, p, x, key=k, train=train, prefix=path)
+            if probe is not None:
+                x = probe(path, x)
+            visits += inner
+        return x, visits
+    if model.kind == "parallel":
+        ys = []
+        for i, (child, p, xi, k) in enumerate(zip(model.children, params, x,
+                                                  _split_key(key, len(model.children)))):
+            y, inner = walk(child, p, xi, key=k, train=train,
+                            prefix=_join(prefix, f"parallel[{i}]"))
+            ys.append(y)
+            visits += inner
+        return tuple(ys), visits
+    y = model.apply_with_state(params, (), x, key=key, train=train)[0]
+    where = _join(prefix, model.name)
+    return y, [Visit(where, model, params, x, key, y)]

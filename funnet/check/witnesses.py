@@ -1,0 +1,375 @@
+r"""The witnesses beyond a second gradient: per-layer verdicts, the δ-trace, kink-aware
+finite differences, the Taylor-remainder slope, the sensitivity self-test and batch
+consistency. :func:`funnet.check_model` runs them; each is usable alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from ..contract import Layer, NoBackwardRuleError, PyTree
+from .comparison import GradientCheckError, Report, compare, default_tolerances
+from .gradients import _chunk, _float_dtype, default_eps
+from .layer import LayerCheck, check_layer
+from .walk import Visit, walk
+
+__all__ = [
+    "BatchConsistency",
+    "DeltaTrace",
+    "KinkExclusion",
+    "LayerVerdict",
+    "Taylor",
+    "batch_consistency",
+    "delta_trace",
+    "kink_aware_numerical_grad",
+    "layer_verdicts",
+    "sensitivity",
+    "taylor_slope",
+]
+
+
+def _max_abs(tree: PyTree) -> float:
+    return max((float(np.max(np.abs(np.asarray(v, np.float64)), initial=0.0))
+                for v in jax.tree_util.tree_leaves(tree)), default=0.0)
+
+
+def _analytic_report(ref: PyTree, got: PyTree, dtype: Any, names: tuple[str, str]) -> Report:
+    scale = _max_abs(ref)
+    rtol, atol = default_tolerances(dtype, numerical=False, scale=scale if scale > 0 else 1.0)
+    return compare(ref, got, names=names, rtol=rtol, atol=atol)
+
+
+# ---------------------------------------------------------------------------------------
+# Per-layer verdicts.
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerVerdict:
+    """One leaf layer's hand backward against ``jax.vjp`` of its formula, at the inputs the
+    forward pass gave it. ``status``: ``"ok"``, ``"wrong"`` or ``"no hand rule"``."""
+
+    path: str
+    status: str
+    detail: str = ""
+    check: LayerCheck | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "wrong"
+
+
+def layer_verdicts(visits: Sequence[Visit], *, train: bool = False) -> tuple[LayerVerdict, ...]:
+    """:func:`check_layer` of every visited layer at its own input, params and key."""
+    verdicts = []
+    for v in visits:
+        try:
+            c = check_layer(v.layer, v.params, v.x, key=v.key, train=train)
+            verdicts.append(LayerVerdict(v.path, "ok", "", c))
+        except NoBackwardRuleError:
+            verdicts.append(LayerVerdict(v.path, "no hand rule"))
+        except GradientCheckError as e:
+            verdicts.append(LayerVerdict(v.path, "wrong", str(e).split(": ", 1)[-1], e.result))
+    return tuple(verdicts)
+
+
+# ---------------------------------------------------------------------------------------
+# The δ-trace.
+
+
+@dataclasses.dataclass(frozen=True)
+class DeltaTrace:
+    """Hand ``δ`` at each top-level layer's output against reverse mode with zero probes.
+
+    ``rows``: ``(path, Report)`` from the output layer down; ``first_divergence``: the path
+    of the highest layer whose output δ disagrees (the layer above it has the first wrong
+    backward), or ``None``.
+    """
+
+    rows: tuple[tuple[str, Report], ...]
+
+    @property
+    def first_divergence(self) -> str | None:
+        return next((path for path, r in self.rows if not r.ok), None)
+
+    @property
+    def ok(self) -> bool:
+        return self.first_divergence is None
+
+
+def delta_trace(model: Layer, params: PyTree, x: Any, y: Any, loss: Callable, hand_deltas:
+                Sequence[Any], *, key: jax.Array | None, train: bool, l2_term: Callable,
+                dtype: Any) -> DeltaTrace:
+    """Compare ``hand_deltas[l]`` (from ``return_deltas``) with ``∂R/∂probe_l`` at 0, where
+    ``probe_l`` is added to the output of top-level layer ``l`` of the formula wiring."""
+    formula = model.rewired("formula")
+    outputs: dict[str, Any] = {}
+
+    def record(path, out):
+        outputs[path] = out
+        return out
+
+    walk(formula, params, x, key=key, train=train, probe=record)
+    paths = list(outputs)
+    zeros = [jax.tree_util.tree_map(jnp.zeros_like, outputs[p]) for p in paths]
+
+    def objective(probes):
+        table = dict(zip(paths, probes))
+        out, _ = walk(formula, params, x, key=key, train=train,
+                      probe=lambda path, o: jax.tree_util.tree_map(jnp.add, o, table[path]))
+        return loss(out, y) + l2_term(params)
+
+    ref = jax.jit(jax.grad(objective))(zeros)
+    rows = []
+    for i in reversed(range(len(paths))):
+        if hand_deltas[i] is None:
+            continue
+        name = f"{paths[i]} › {model.children[i].name}"
+        rows.append((name, _analytic_report(ref[i], hand_deltas[i], dtype, ("reverse δ",
+                                                                             "hand δ"))))
+    return DeltaTrace(tuple(rows))
+
+
+# ---------------------------------------------------------------------------------------
+# Kink-aware central differences.
+
+
+@dataclasses.dataclass(frozen=True)
+class KinkExclusion:
+    """The params coordinates whose central-difference stencil straddles a kink.
+
+    ``count`` of ``total`` coordinates were excluded (their numerical entries replaced by the
+    reference's, so they do not count); ``examples``: the first few, in words.
+    """
+
+    count: int
+    total: int
+    examples: tuple[str, ...]
+    mask: PyTree = None
+
+    def __str__(self) -> str:
+        if not self.count:
+            return f"kink-aware differences: no stencil of the {self.total} coordinates " \
+                   "straddles a kink"
+        more = "" if self.count <= len(self.examples) else f", and {self.count - len(self.examples)} more"
+        return (f"kink-aware differences: {self.count} of {self.total} coordinates excluded, "
+                f"their stencil straddles a kink: {'; '.join(self.examples)}{more}")
+
+
+def kink_aware_numerical_grad(objective: Callable[[PyTree], tuple[Any, list]], params: PyTree,
+                              probe_visits: Sequence[Visit], *, eps: float | None = None,
+                              batch_size: int | None = None) -> tuple[PyTree, KinkExclusion]:
+    r"""Central differences that know where the kinks are.
+
+    ``objective(p) -> (R(p), [z_j])`` returns the pre-activations ``z_j`` of the kinked
+    layers ``probe_visits[j]`` (kinks ``probe_visits[j].layer.kinks``). Coordinate ``i`` is
+    *excluded* when, for some unit and kink ``k``, ``z - k`` changes sign (or is 0) among
+    ``θ - Δ_i e_i``, ``θ`` and ``θ + Δ_i e_i``: there the difference quotient mixes two
+    one-sided slopes. Returns ``(g, exclusion)``; ``g`` has NaN at excluded coordinates.
+    """
+    dtype = _float_dtype(params, "numerical_grad")
+    step = default_eps(dtype) if eps is None else float(eps)
+    theta0, unravel = ravel_pytree(params)
+    n = int(theta0.size)
+    meta = []  # per entry of the concatenated crossing vector: (visit j, flat unit, kink)
+    _, z0s = objective(params)
+    for j, (v, z) in enumerate(zip(probe_visits, z0s)):
+        for k in v.layer.kinks:
+            meta += [(j, u, k) for u in range(int(np.size(z)))]
+    if n == 0:
+        return params, KinkExclusion(0, 0, ())
+
+    def crossings(za, zb, z0):
+        parts = []
+        for v, a, b, c in zip(probe_visits, za, zb, z0):
+            for k in v.layer.kinks:
+                a_, b_, c_ = (jnp.ravel(t) - k for t in (a, b, c))
+                parts.append((a_ * c_ <= 0) | (b_ * c_ <= 0))
+        return jnp.concatenate(parts) if parts else jnp.zeros((1,), bool)
+
+    @jax.jit
+    def run(theta):
+        _, z0 = objective(unravel(theta))
+
+        def one(i):
+            t = theta[i]
+            d = step * jnp.maximum(1, jnp.abs(t))
+            up, down = t + d, t - d
+            fu, zu = objective(unravel(theta.at[i].set(up)))
+            fd, zd = objective(unravel(theta.at[i].set(down)))
+            g = (fu - fd) / (up - down)
+            c = crossings(zu, zd, z0)
+            return g.astype(theta.dtype), jnp.any(c), jnp.argmax(c)
+
+        return jax.lax.map(one, jnp.arange(n), batch_size=_chunk(n, batch_size))
+
+    g, crossed, first = (np.asarray(a) for a in run(theta0))
+    examples = []
+    flat_names = [jax.tree_util.keystr(p) for p, leaf in
+                  jax.tree_util.tree_flatten_with_path(params)[0] for _ in range(np.size(leaf))]
+    for i in np.flatnonzero(crossed)[:3]:
+        j, u, k = meta[int(first[i])]
+        shape = np.shape(z0s[j])
+        idx = np.unravel_index(u, shape) if shape else ()
+        unit = idx[1:] if len(idx) > 1 else ()
+        unit = unit[0] if len(unit) == 1 else unit
+        where = f"sample {idx[0]}, unit {unit}" if len(idx) > 1 else f"entry {idx}"
+        examples.append(f"params {flat_names[i]} #{i}: {where} of {probe_visits[j].path} "
+                        f"straddles {k:g}")
+    g = np.where(crossed, np.nan, g)
+    mask = unravel(jnp.asarray(crossed))
+    return unravel(jnp.asarray(g, theta0.dtype)), KinkExclusion(int(crossed.sum()), n,
+                                                               tuple(examples), mask)
+
+
+# ---------------------------------------------------------------------------------------
+# The Taylor-remainder test.
+
+
+@dataclasses.dataclass(frozen=True)
+class Taylor:
+    """Fitted log-log slopes of the Taylor remainder, one per gradient method.
+
+    ``slopes[method]``: the slope of ``log r(h)`` against ``log h`` with
+    ``r(h) = |R(θ + h v) - R(θ) - h ∇R·v|``, the median over directions ``v``: 2 for a right
+    gradient, 1 for a wrong one; ``None`` when fewer than 3 steps were usable (each step
+    must keep every pre-activation on its side of every kink and ``r`` above rounding).
+    ``order=3`` adds ``½ h² vᵀ H v`` (slope 3) with the Hessian-vector product.
+    """
+
+    slopes: dict[str, float | None]
+    order: int
+    steps: tuple[float, ...]
+
+    def ok(self, method: str) -> bool:
+        s = self.slopes.get(method)
+        return s is None or s > self.order - 0.5
+
+
+def _fit_slope(hs: np.ndarray, rs: np.ndarray, floor: float) -> float | None:
+    keep = np.isfinite(rs) & (rs > floor)
+    if keep.sum() < 3 or hs[keep].max() / hs[keep].min() < 10:
+        return None
+    return float(np.polyfit(np.log(hs[keep]), np.log(rs[keep]), 1)[0])
+
+
+def taylor_slope(objective: Callable[[PyTree], Any], params: PyTree, grads: dict[str, PyTree],
+                 *, probes: Callable[[PyTree], list] | None = None,
+                 kinks: Sequence[tuple[float, ...]] = (), hvp: Callable | None = None,
+                 directions: int = 3, seed: int = 0) -> Taylor:
+    """The Taylor-remainder test for each gradient in ``grads`` (see :class:`Taylor`).
+
+    ``probes(p)`` returns the kinked pre-activations (with their ``kinks``) so that steps
+    which carry one across a kink are dropped; ``hvp(v) -> H v`` switches to order 3.
+    """
+    theta, unravel = ravel_pytree(params)
+    dtype = theta.dtype
+    eps = float(np.finfo(dtype).eps)
+    hs = np.logspace(-1, -4, 13)
+    order = 3 if hvp is not None else 2
+    f0 = float(objective(params))
+    floor = 64 * eps * max(abs(f0), 1.0)
+    flat = {m: np.asarray(ravel_pytree(g)[0], np.float64) for m, g in grads.items()}
+    z0 = probes(params) if probes is not None else []
+    scale = max(float(jnp.linalg.norm(theta)), 1.0)
+    f = jax.jit(lambda t: objective(unravel(t)))
+    zf = jax.jit(lambda t: probes(unravel(t))) if probes is not None else None
+    slopes: dict[str, list[float]] = {m: [] for m in grads}
+    for d in range(directions):
+        v = jax.random.normal(jax.random.PRNGKey(seed + d), theta.shape, dtype)
+        v = v * (scale / jnp.linalg.norm(v))
+        vn = np.asarray(v, np.float64)
+        quad = 0.5 * float(jnp.vdot(v, hvp(unravel(v)))) if hvp is not None else 0.0
+        usable = np.ones(hs.size, bool)
+        values = np.empty(hs.size)
+        for j, h in enumerate(hs):
+            t = theta + h * v
+            values[j] = float(f(t))
+            if zf is not None:
+                for a, b, ks in zip(z0, zf(t), kinks):
+                    for k in ks:
+                        if np.any((np.asarray(a) - k) * (np.asarray(b) - k) <= 0):
+                            usable[j] = False
+        for m, g in flat.items():
+            r = np.abs(values - f0 - hs * float(g @ vn) - hs**2 * quad)
+            slope = _fit_slope(hs[usable], r[usable], floor)
+            if slope is not None:
+                slopes[m].append(slope)
+    return Taylor({m: (float(np.median(s)) if s else None) for m, s in slopes.items()}, order,
+                  tuple(float(h) for h in hs))
+
+
+# ---------------------------------------------------------------------------------------
+# The sensitivity self-test.
+
+
+def sensitivity(reference: PyTree, hand: PyTree, rtol: float, atol: float, *,
+                relative_error: float = 1e-3) -> tuple[bool, str]:
+    """Would the comparison at ``rtol``/``atol`` notice ``relative_error`` in one leaf?
+
+    The leaf of ``hand`` holding the largest entry is scaled by ``1 + relative_error`` and
+    compared with ``reference`` again. Returns ``(noticed, leaf)``.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(hand)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(hand)[0]]
+    big = int(np.argmax([float(np.max(np.abs(np.asarray(v)), initial=0.0)) for v in leaves]))
+    leaves = list(leaves)
+    leaves[big] = leaves[big] * (1 + relative_error)
+    report = compare(reference, treedef.unflatten(leaves), rtol=rtol, atol=atol)
+    return not report.ok, paths[big]
+
+
+# ---------------------------------------------------------------------------------------
+# Batch consistency.
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchConsistency:
+    """The batch gradient against the mean of per-example gradients and under shuffling.
+
+    ``verdict``: ``"consistent"``; ``"coupled"`` (shuffle invariant, but not the mean of
+    per-example gradients: a layer couples the batch, e.g. batch statistics); ``"failed"``
+    (not shuffle invariant, or not separable though no layer couples the batch: a mean/sum
+    or mask mistake).
+    """
+
+    verdict: str
+    per_example: Report
+    shuffled: Report
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict != "failed"
+
+
+def batch_consistency(grad_fn: Callable[[Any, Any], PyTree], x: Any, y: Any, *, dtype: Any,
+                      couples: bool, seed: int = 0) -> BatchConsistency:
+    """``grad_fn(x, y)`` on the batch, on each example alone (``vmap``) and shuffled."""
+    n = jax.tree_util.tree_leaves(x)[0].shape[0]
+    full = grad_fn(x, y)
+    per = jax.vmap(lambda xi, yi: grad_fn(jax.tree_util.tree_map(lambda a: a[None], xi),
+                                          jax.tree_util.tree_map(lambda a: a[None], yi)))(x, y)
+    mean = jax.tree_util.tree_map(lambda g: jnp.mean(g, axis=0), per)
+    order = np.random.default_rng(seed).permutation(n)
+    shuffled = grad_fn(jax.tree_util.tree_map(lambda a: a[order], x),
+                       jax.tree_util.tree_map(lambda a: a[order], y))
+    r_per = _analytic_report(full, mean, dtype, ("batch", "mean of per-example"))
+    r_shuf = _analytic_report(full, shuffled, dtype, ("batch", "shuffled batch"))
+    if not r_shuf.ok:
+        verdict = "failed"
+    elif r_per.ok:
+        verdict = "consistent"
+    else:
+        verdict = "coupled" if couples else "failed"
+    return BatchConsistency(verdict, r_per, r_shuf)
+
+
+def _finite(x: float) -> bool:
+    return x is not None and math.isfinite(x)
