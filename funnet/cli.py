@@ -37,7 +37,7 @@ OPTIMIZERS: dict[str, tuple[str, dict[str, float], float]] = {
 }
 SCHEDULES = ("constant", "step", "cosine")
 GRADS = ("reverse", "hand")
-METHODS = ("hand", "reverse", "forward", "numerical")
+METHODS = ("hand", "formula", "reverse", "forward", "numerical")
 
 
 def _activation_names() -> list[str]:
@@ -167,11 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     check = sub.add_parser(
-        "check", help="check an MLP's gradients four ways (float64)",
-        description="Compute the gradient of an MLP's loss on a small batch of digits by "
-                    "hand-derived backprop, reverse mode, forward mode and central "
-                    "differences (float64); print the per-leaf table; exit 1 on a mismatch.",
+        "check", help="check a model's gradients by every witness (float64)",
+        description="Compute the gradient of a model's loss by hand-derived backprop, "
+                    "autodiff of the plain formulas, reverse mode, forward mode and "
+                    "kink-aware central differences (float64), check every layer at its own "
+                    "inputs, and print the report. Without TARGET: an MLP on a small batch of "
+                    "the embedded digits. With TARGET = path/to/model.py:build, build() must "
+                    "return (model, params, x, y, loss). Exit codes: 0 every check passed, "
+                    "1 a check failed (the first wrong layer is named), 2 bad arguments or a "
+                    "TARGET that cannot be loaded.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    check.add_argument("target", nargs="?", default=None, metavar="TARGET",
+                       help="path/to/model.py:build (default: the built-in MLP)")
+    check.add_argument("--json", type=Path, default=None, metavar="PATH",
+                       help="also write the report as JSON to PATH")
     check.add_argument("--hidden", type=_hidden, default="16", metavar="N,N,...")
     check.add_argument("--activation", choices=activations, default="tanh", metavar="NAME",
                        help=f"hidden activation: {', '.join(activations)}")
@@ -349,26 +358,65 @@ def _check(args: argparse.Namespace) -> int:
         jax.config.update("jax_enable_x64", previous)
 
 
+def _load_target(target: str) -> tuple:
+    """``(model, params, x, y, loss)`` from ``path/to/model.py:build``; ValueError if not."""
+    import importlib.util
+
+    path, _, name = target.rpartition(":")
+    if not path or not name:
+        raise ValueError(f"TARGET {target!r}: expected path/to/model.py:build")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"TARGET {target!r}: no file {file}")
+    spec = importlib.util.spec_from_file_location(f"_funnet_check_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    build = getattr(module, name, None)
+    if not callable(build):
+        raise ValueError(f"TARGET {target!r}: {file} defines no function {name}()")  # noqa: TRY004
+    built = build()
+    if not isinstance(built, tuple) or len(built) != 5:
+        raise ValueError(f"TARGET {target!r}: {name}() must return (model, params, x, y, loss), "
+                         f"got {type(built).__name__}")
+    return built
+
+
 def _run_check(args: argparse.Namespace) -> int:
+    import json
+
     import jax
     import jax.numpy as jnp
 
     from . import check, data, losses
 
-    digits = data.split(data.load_digits(), seed=args.seed).train
-    x = jnp.asarray(digits.x[: args.batch_size], jnp.float64)
-    y = jnp.asarray(digits.y[: args.batch_size])
-    model = _mlp(args.hidden, args.activation, 10)
-    _, params = model.init(jax.random.PRNGKey(args.seed), (-1, x.shape[1]))
-    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-    print(f"model: {model.name}; {len(x)} digits rows; methods {', '.join(args.methods)}")
+    if args.target is not None:
+        try:
+            model, params, x, y, loss = _load_target(args.target)
+        except ValueError as e:
+            print(f"funnet check: {e}", file=sys.stderr)
+            return 2
+        print(f"model: {getattr(model, 'name', model)} from {args.target}; methods "
+              f"{', '.join(args.methods)}")
+    else:
+        digits = data.split(data.load_digits(), seed=args.seed).train
+        x = jnp.asarray(digits.x[: args.batch_size], jnp.float64)
+        y = jnp.asarray(digits.y[: args.batch_size])
+        model = _mlp(args.hidden, args.activation, 10)
+        _, params = model.init(jax.random.PRNGKey(args.seed), (-1, x.shape[1]))
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        loss = losses.softmax_cross_entropy
+        print(f"model: {model.name}; {len(x)} digits rows; methods {', '.join(args.methods)}")
+    methods = args.methods if isinstance(loss, losses.Loss) else tuple(
+        m for m in args.methods if m != "hand")
     try:
-        result = check.check_model(model, params, x, y, losses.softmax_cross_entropy,
-                                   methods=args.methods, verbose=False)
+        result = check.check_model(model, params, x, y, loss, methods=methods)
+        code = 0
     except check.GradientCheckError as e:
-        if getattr(e, "result", None) is not None:
-            print(e.result)
+        result, code = e.result, 1
+        print(result)
         print(f"funnet check: gradient check failed: {e}", file=sys.stderr)
-        return 1
-    print(result)
-    return 0
+    else:
+        print(result)
+    if args.json is not None and result is not None:
+        args.json.write_text(json.dumps(result.to_json(), indent=2))
+    return code

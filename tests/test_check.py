@@ -502,4 +502,6 @@ def test_check_model_explicit_tolerances_and_default_table():
         1e-3, 1e-6)
     assert default_tolerances(np.float64, numerical=True, scale=3.0) == pytest.approx((1e-5, 3e-8))
     assert default_tolerances(np.float32, numerical=False) == (1e-4, 1e-6)
-    assert default_tolerances(np.float16, numerical=False) == (1e-4, 1e-6)
+    assert default_tolerances(np.float16, numerical=False) == (5e-3, 3e-3)
+    assert default_tolerances(jnp.bfloat16, numerical=True) == (0.3, 0.3)
+    assert default_tolerances("float8_e4m3fn", numerical=False) == (1e-4, 1e-6)  # other: f32

@@ -151,7 +151,7 @@ def test_check_prints_the_table_in_float64_and_restores_x64(capsys):
         jax.config.update("jax_enable_x64", before)
     assert code == 0, err
     assert "gradient check (float64" in out and out.rstrip().endswith("OK")
-    for pair in ("hand vs reverse", "forward vs reverse", "numerical vs reverse"):
+    for pair in ("hand vs formula", "reverse vs formula", "forward vs formula", "numerical vs formula"):
         assert pair in out
     assert "[0]['W']" in out and "[1]['slope']" in out
 
@@ -186,3 +186,49 @@ def test_defaults_reach_96_percent_on_digits():
     assert proc.returncode == 0, proc.stderr
     accuracy = float(re.search(r"test accuracy: ([0-9.]+)", proc.stdout).group(1))
     assert accuracy >= 0.96, proc.stdout
+
+
+MODEL_FILE = '''
+import jax, jax.numpy as jnp, funnet
+
+bad = funnet.define_activation("badtanh", jnp.tanh, lambda x, y: 1.01 * (1 - y**2))
+
+
+def _build(act):
+    net = funnet.serial(funnet.Dense(4), act, funnet.Dense(3))
+    _, params = net.init(jax.random.PRNGKey(0), (-1, 3))
+    x = jax.random.normal(jax.random.PRNGKey(1), (8, 3))
+    return net, params, x, jnp.arange(8) % 3, funnet.softmax_cross_entropy
+
+
+def wrong():
+    return _build(funnet.ActivationLayer(bad))
+
+
+def right():
+    return _build(funnet.Relu)
+
+
+def not_five():
+    return 1, 2
+'''
+
+
+def test_check_a_users_model_from_a_file(tmp_path, capsys):
+    import json
+
+    path = tmp_path / "model.py"
+    path.write_text(MODEL_FILE)
+    report = tmp_path / "report.json"
+    assert cli.main(["check", f"{path}:wrong", "--json", str(report)]) == 1
+    out, err = capsys.readouterr()
+    assert "serial[1] › Badtanh   wrong" in out
+    assert "the first wrong layer is serial[1] › Badtanh" in err
+    data = json.loads(report.read_text())
+    assert data["ok"] is False and data["layers"][1]["verdict"] == "wrong"
+    assert cli.main(["check", f"{path}:right"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("OK")
+    assert cli.main(["check", f"{path}:not_five"]) == 2
+    assert "must return (model, params, x, y, loss)" in capsys.readouterr().err
+    assert cli.main(["check", f"{path}:missing"]) == 2
+    assert cli.main(["check", str(tmp_path / "none.py") + ":build"]) == 2

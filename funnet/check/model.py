@@ -110,10 +110,11 @@ class CheckResult:
 
     def __str__(self) -> str:
         n = param_count(self.grads[self.reference])
-        parts = [f"gradient check ({self.dtype}, {n} parameters, loss {self.value:.6g}): "
-                 f"every method vs {self.reference}", self._leaf_table()]
+        title = (f"gradient check ({self.dtype}, {n} parameters, loss {self.value:.6g}): "
+                 f"every method vs {self.reference}")
+        parts = [title, self._leaf_table()]
         if self.layers:
-            rows = [[v.path, v.status, v.detail[:70]] for v in self.layers]
+            rows = [[v.path, v.status, v.detail] for v in self.layers]
             title = "layers (hand backward vs jax.vjp of the formula, at their inputs):"
             parts += [title, table(["layer", "verdict", "detail"], rows)]
         if self.deltas is not None:
@@ -140,7 +141,7 @@ class CheckResult:
         """A machine-readable form (plain dicts, lists, numbers and strings), e.g. for CI."""
         def rows(report):
             return [{"leaf": r.leaf, "shape": list(r.shape), "scale": r.scale,
-                     "abs_err": r.abs_err, "rel_err": r.rel_err, "err_over_tol": r.ratio,
+                     "abs_err": r.abs_err, "rel_err": r.rel_err, "err_over_tol": r.tol_ratio,
                      "ok": r.ok} for r in report.rows]
 
         out: dict[str, Any] = {
@@ -221,7 +222,11 @@ def check_model(
     ``λ = l2`` over the params the layers declare weight-decayed.
 
     Args:
-      model, params, x, y, loss: what to check; ``loss`` a funnet :class:`~funnet.Loss` for
+      model: the model (a stateless :class:`~funnet.Layer` or stax pair).
+      params: its params.
+      x: the inputs.
+      y: the targets.
+      loss: ``loss(pred, target) -> scalar``; a funnet :class:`~funnet.Loss` for
         ``"hand"``, else any callable.
       methods: two or more of :data:`METHODS`:
 
@@ -232,9 +237,11 @@ def check_model(
         * ``"reverse"``: ``jax.grad(R)`` through the hand-wired ``custom_vjp`` rules;
         * ``"forward"``: :func:`forward_grad` (``N`` JVPs) on :func:`funnet.forward_twin`;
         * ``"numerical"``: central differences (:func:`numerical_grad`, step ``eps``).
-      l2: ``λ``; key, train: as for ``apply`` (``Dropout`` drops with ``train=True``, the
-        same mask for every method and evaluation).
-      rtol, atol: override :func:`default_tolerances` for every pair.
+      l2: ``λ`` of the L2 penalty.
+      key: PRNG key for stochastic layers (the same mask for every method and evaluation).
+      train: the mode, as for ``apply`` (``Dropout`` drops with ``train=True``).
+      rtol: overrides the relative tolerance of :func:`default_tolerances` for every pair.
+      atol: overrides the absolute tolerance likewise.
       eps: the relative step of the numerical method.
       layers: check every leaf layer's hand backward against ``jax.vjp`` of its formula at
         the inputs the forward pass gave it, and name the first wrong one.
@@ -304,7 +311,7 @@ def check_model(
             values[method], g = out[0], out[1]
             if len(out) == 3:
                 deltas = delta_trace(model, params, x, y, loss, out[2], key=key, train=train,
-                                     l2_term=penalty, dtype=dtype)
+                                     l2_term=penalty, dtype=dtype, rtol=rtol, atol=atol)
             return g
         if method in ("formula", "reverse"):
             net = model.rewired("formula") if method == "formula" else model
@@ -342,7 +349,7 @@ def check_model(
             reports[m, reference] = compare(ref, grads[m], names=(reference, m),
                                             rtol=pair_rtol, atol=pair_atol)
 
-    verdicts = layer_verdicts(visits, train=train) if layers else ()
+    verdicts = layer_verdicts(visits, train=train, rtol=rtol, atol=atol) if layers else ()
     slopes = None
     if taylor:
         analytic = {m: grads[m] for m in methods if m in _ANALYTIC}
@@ -378,7 +385,7 @@ def _failure_message(result: CheckResult, model: Layer, params: PyTree) -> str:
     wrong = result.first_wrong_layer
     if wrong is not None:
         parts.append(f"the first wrong layer is {wrong.path}: its hand backward disagrees "
-                     f"with jax.vjp of its formula ({wrong.detail[:160]})")
+                     f"with jax.vjp of its formula ({wrong.detail})")
     failure = result.first_failure
     if failure is not None:
         (m, ref_name), row = failure
@@ -391,7 +398,9 @@ def _failure_message(result: CheckResult, model: Layer, params: PyTree) -> str:
             f"rtol={report.rtol:.1e}, atol={report.atol:.1e} ({result.dtype}); "
             f"{n_bad} (pair, leaf) row(s) out of tolerance")
     if result.deltas is not None and not result.deltas.ok:
-        parts.append(f"the hand δ first diverges at the output of {result.deltas.first_divergence}")
+        parts.append(f"the hand δ first diverges at the output of "
+                     f"{result.deltas.first_divergence} (computed by the backward of the layer "
+                     "after it)")
     if result.taylor is not None:
         bad = {m: s for m, s in result.taylor.slopes.items() if not result.taylor.ok(m)}
         if bad:

@@ -41,10 +41,12 @@ def _max_abs(tree: PyTree) -> float:
                 for v in jax.tree_util.tree_leaves(tree)), default=0.0)
 
 
-def _analytic_report(ref: PyTree, got: PyTree, dtype: Any, names: tuple[str, str]) -> Report:
+def _analytic_report(ref: PyTree, got: PyTree, dtype: Any, names: tuple[str, str],
+                     rtol: float | None = None, atol: float | None = None) -> Report:
     scale = _max_abs(ref)
-    rtol, atol = default_tolerances(dtype, numerical=False, scale=scale if scale > 0 else 1.0)
-    return compare(ref, got, names=names, rtol=rtol, atol=atol)
+    r, a = default_tolerances(dtype, numerical=False, scale=scale if scale > 0 else 1.0)
+    return compare(ref, got, names=names, rtol=r if rtol is None else rtol,
+                   atol=a if atol is None else atol)
 
 
 # ---------------------------------------------------------------------------------------
@@ -66,18 +68,35 @@ class LayerVerdict:
         return self.status != "wrong"
 
 
-def layer_verdicts(visits: Sequence[Visit], *, train: bool = False) -> tuple[LayerVerdict, ...]:
+def layer_verdicts(visits: Sequence[Visit], *, train: bool = False, rtol: float | None = None,
+                   atol: float | None = None) -> tuple[LayerVerdict, ...]:
     """:func:`check_layer` of every visited layer at its own input, params and key."""
     verdicts = []
     for v in visits:
         try:
-            c = check_layer(v.layer, v.params, v.x, key=v.key, train=train)
+            c = check_layer(v.layer, v.params, v.x, key=v.key, train=train, rtol=rtol, atol=atol)
             verdicts.append(LayerVerdict(v.path, "ok", "", c))
         except NoBackwardRuleError:
             verdicts.append(LayerVerdict(v.path, "no hand rule"))
         except GradientCheckError as e:
-            verdicts.append(LayerVerdict(v.path, "wrong", str(e).split(": ", 1)[-1], e.result))
+            verdicts.append(LayerVerdict(v.path, "wrong", _what_is_off(e), e.result))
     return tuple(verdicts)
+
+
+def _what_is_off(error: GradientCheckError) -> str:
+    """``dparams['W']: max rel err 1.0e-02 > rtol 1e-09`` for the first leaf out of tolerance."""
+    check = error.result
+    if not isinstance(check, LayerCheck):
+        return str(error)
+    if check.missing:
+        return f"no gradient for {', '.join(check.missing)}, but jax.vjp gives one"
+    for what, report in (("dparams", check.params), ("dx", check.inputs)):
+        row = report.first_failure
+        if row is not None:
+            leaf = row.leaf if what == "dparams" else row.leaf.strip("[]'")[1:]
+            return (f"{what}{leaf and ' ' + leaf}: max abs err {row.abs_err:.2e}, max rel err "
+                    f"{row.rel_err:.2e} > rtol {report.rtol:.0e}")
+    return str(error)
 
 
 # ---------------------------------------------------------------------------------------
@@ -106,7 +125,7 @@ class DeltaTrace:
 
 def delta_trace(model: Layer, params: PyTree, x: Any, y: Any, loss: Callable, hand_deltas:
                 Sequence[Any], *, key: jax.Array | None, train: bool, l2_term: Callable,
-                dtype: Any) -> DeltaTrace:
+                dtype: Any, rtol: float | None = None, atol: float | None = None) -> DeltaTrace:
     """Compare ``hand_deltas[l]`` (from ``return_deltas``) with ``∂R/∂probe_l`` at 0, where
     ``probe_l`` is added to the output of top-level layer ``l`` of the formula wiring."""
     formula = model.rewired("formula")
@@ -132,8 +151,8 @@ def delta_trace(model: Layer, params: PyTree, x: Any, y: Any, loss: Callable, ha
         if hand_deltas[i] is None:
             continue
         name = f"{paths[i]} › {model.children[i].name}"
-        rows.append((name, _analytic_report(ref[i], hand_deltas[i], dtype, ("reverse δ",
-                                                                             "hand δ"))))
+        rows.append((name, _analytic_report(ref[i], hand_deltas[i], dtype,
+                                            ("reverse δ", "hand δ"), rtol, atol)))
     return DeltaTrace(tuple(rows))
 
 
@@ -253,11 +272,17 @@ class Taylor:
         return s is None or s > self.order - 0.5
 
 
-def _fit_slope(hs: np.ndarray, rs: np.ndarray, floor: float) -> float | None:
+def _fit_slope(hs: np.ndarray, rs: np.ndarray, floor: float, points: int = 7) -> float | None:
+    """Least-squares slope of ``log r`` on ``log h`` over the ``points`` smallest usable
+    steps (the asymptotic regime: a wrong gradient's ``h`` term dominates there), or None
+    when fewer than 3 remain or they span less than a decade."""
     keep = np.isfinite(rs) & (rs > floor)
-    if keep.sum() < 3 or hs[keep].max() / hs[keep].min() < 10:
+    h, r = hs[keep], rs[keep]
+    order = np.argsort(h)[:points]
+    h, r = h[order], r[order]
+    if h.size < 3 or h.max() / h.min() < 10:
         return None
-    return float(np.polyfit(np.log(hs[keep]), np.log(rs[keep]), 1)[0])
+    return float(np.polyfit(np.log(h), np.log(r), 1)[0])
 
 
 def taylor_slope(objective: Callable[[PyTree], Any], params: PyTree, grads: dict[str, PyTree],
@@ -272,7 +297,7 @@ def taylor_slope(objective: Callable[[PyTree], Any], params: PyTree, grads: dict
     theta, unravel = ravel_pytree(params)
     dtype = theta.dtype
     eps = float(np.finfo(dtype).eps)
-    hs = np.logspace(-1, -4, 13)
+    hs = np.logspace(-1, -5, 17)
     order = 3 if hvp is not None else 2
     f0 = float(objective(params))
     floor = 64 * eps * max(abs(f0), 1.0)

@@ -1,0 +1,296 @@
+"""Gradient truth v2 (funnet/check): every witness catches what it must, and names it.
+
+* a deliberately wrong ``f'`` of every activation (scaled by 1.01, the other side's value
+  at a kink, the mirrored derivative) is caught by the analytic methods alone, in float32
+  and float64, and the activation layer is named;
+* a deliberately wrong backward of every layer kind is caught and localised to its path;
+* a correct deep mixed network passes every method in float32 (kink-aware) and float64;
+* the Taylor slope is 2 for right gradients and ≈ 1 for wrong ones; the sensitivity
+  self-test fails when the tolerance is made too loose; batch consistency catches a loss
+  that sums instead of averaging; the report converts to JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _registry import ACTIVATION_CASES, init_params
+
+import funnet
+from funnet.check import GradientCheckError, check_model
+
+ANALYTIC = ("hand", "formula", "reverse", "forward")
+ACTS = [pytest.param(a, id=name) for name, a in funnet.activations.ACTIVATIONS.items()]
+
+
+def _wrong_derivatives(act):
+    """``{kind: df}``, each a plausible mistake in ``act.df``, only where it changes f'."""
+    grid = jnp.concatenate([jnp.linspace(-3.0, 3.0, 61), jnp.asarray(act.kinks)])
+    h = act.defaults
+    right = np.asarray(act.df(grid, act.f(grid, **h), **h))
+    out = {
+        "scaled by 1.01": lambda x, y, **k: 1.01 * act.df(x, y, **k),
+        "mirrored (the wrong branch)": lambda x, y, **k: act.df(-x, act.f(-x, **k), **k),
+    }
+    for k in act.kinks:  # at the kink, the value of the other side
+        def other_side(x, y, k=k, **kw):
+            inside = act.df(x, y, **kw)
+            right_side = act.df(jnp.full_like(x, k + 1e-3), act.f(jnp.full_like(x, k + 1e-3),
+                                                                  **kw), **kw)
+            left_side = act.df(jnp.full_like(x, k - 1e-3), act.f(jnp.full_like(x, k - 1e-3),
+                                                                 **kw), **kw)
+            at = act.df(jnp.full_like(x, k), act.f(jnp.full_like(x, k), **kw), **kw)
+            other = jnp.where(at == right_side, left_side, right_side)
+            return jnp.where(x == k, other, inside)
+
+        out[f"other side at the kink {k:g}"] = other_side
+    keep = {}
+    for kind, df in out.items():
+        wrong = np.asarray(df(grid, act.f(grid, **h), **h))
+        if not np.allclose(wrong, right, rtol=1e-6, atol=0):
+            keep[kind] = df
+    return keep
+
+
+def _kink_net(act, dtype):
+    """Dense(W = I, b = 0) -> the activation -> Dense: pre-activations equal x, which holds
+    every kink exactly and points on both sides of it."""
+    bad_layer = funnet.ActivationLayer(act)
+    net = funnet.serial(funnet.Dense(4), bad_layer, funnet.Dense(3))
+    params = init_params(net, (-1, 4), seed=2)
+    params = (dict(params[0], W=jnp.eye(4), b=jnp.zeros(4)), (), params[2])
+    values = np.concatenate([np.linspace(-2.7, 2.9, 20), np.repeat(act.kinks or (0.3,), 4)])
+    x = np.resize(values, (7, 4))
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)
+    return net, params, jnp.asarray(x, dtype), jnp.arange(7) % 3
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("act", ACTS)
+def test_a_wrong_activation_derivative_is_caught_by_the_analytic_methods_and_named(act, dtype):
+    wrongs = _wrong_derivatives(act)
+    if act.name == "step":
+        assert not wrongs  # f' = 0 everywhere: scaling or mirroring 0 changes nothing
+    for kind, df in wrongs.items():
+        bad = funnet.define_activation("bad_" + act.name, act.f, df, kinks=act.kinks,
+                                       **act.defaults)
+        net, params, x, y = _kink_net(bad, dtype)
+        with pytest.raises(GradientCheckError) as info:
+            check_model(net, params, x, y, funnet.softmax_cross_entropy, methods=ANALYTIC)
+        message = str(info.value)
+        layer_name = funnet.ActivationLayer(bad).name
+        assert message.startswith(f"the first wrong layer is serial[1] › {layer_name}"), kind
+        result = info.value.result
+        # jax.grad through the hand-wired rule agrees with the hand rule: only the formula
+        # witness (and the per-layer check built on it) sees the mistake
+        assert not result.reports["hand", "formula"].ok, kind
+        assert not result.reports["reverse", "formula"].ok, kind
+
+
+def _mutants():
+    """``(name, model, mutated model, input shape, needs train)`` for every layer kind."""
+    def replace(layer, backward, name):
+        return dataclasses.replace(layer, backward=backward, name=name)
+
+    dense = funnet.Dense(4)
+
+    def transposed(p, r, dy):
+        g, dx = dense.backward(p, r, dy)
+        return {**g, "W": g["W"].T}, dx
+
+    def no_bias_sum(p, r, dy):
+        g, dx = dense.backward(p, r, dy)
+        return {**g, "b": dy.reshape(-1, dy.shape[-1])[0]}, dx
+
+    prelu = funnet.PRelu
+
+    def prelu_no_sum(p, r, dy):
+        _, dx = prelu.backward(p, r, dy)
+        return {"slope": (dy * funnet.prelu.slope_derivative(r))[0]}, dx
+
+    drop = funnet.Dropout(0.5)
+
+    def dropped_mask(p, mask, dy):
+        return (), dy / 0.5
+
+    def scale_dx(layer, factor=1.01):
+        def backward(p, r, dy):
+            g, dx = layer.backward(p, r, dy)
+            return g, jax.tree_util.tree_map(lambda d: factor * d, dx)
+        return replace(layer, backward, "Bad" + layer.name)
+
+    cases = [
+        ("Dense: transposed dW", replace(dense, transposed, "BadDense"), False),
+        ("Dense: missing bias sum", replace(dense, no_bias_sum, "BadDense"), False),
+        ("PRelu: missing slope sum", replace(prelu, prelu_no_sum, "BadPRelu"), False),
+        ("Dropout: dropped mask", replace(drop, dropped_mask, "BadDropout"), True),
+    ]
+    for layer in (funnet.Tanh, funnet.Softmax, funnet.LogSoftmax, funnet.Identity,
+                  funnet.Reshape((2, 2)), funnet.Flatten):
+        cases.append((f"{layer.name}: dx scaled", scale_dx(layer), False))
+    return cases
+
+
+MUTANTS = [pytest.param(bad, train, id=name) for name, bad, train in _mutants()]
+
+
+@pytest.mark.parametrize("bad, train", MUTANTS)
+def test_a_wrong_layer_backward_is_caught_and_localised(bad, train):
+    tail = funnet.Flatten if bad.name in ("BadReshape((2, 2))",) else funnet.Identity
+    net = funnet.serial(funnet.Dense(4), funnet.Tanh, funnet.fanout(1),
+                        funnet.parallel(funnet.serial(bad, tail)), funnet.FanInSum,
+                        funnet.Flatten, funnet.Dense(3))
+    params = init_params(net, (-1, 4), seed=3)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((6, 4)))
+    y = jnp.arange(6) % 3
+    kw = {"key": jax.random.PRNGKey(1), "train": True} if train else {}
+    with pytest.raises(GradientCheckError) as info:
+        check_model(net, params, x, y, funnet.softmax_cross_entropy,
+                    methods=("hand", "formula"), **kw)
+    where = f"serial[3] › parallel[0] › serial[0] › {bad.name}"
+    assert str(info.value).startswith(f"the first wrong layer is {where}"), str(info.value)
+    wrong = [v.path for v in info.value.result.layers if not v.ok]
+    assert wrong == [where]
+
+
+def _deep(dtype, seed):
+    net = funnet.serial(
+        funnet.Dense(8), funnet.Logistic, funnet.Dense(8), funnet.Tanh, funnet.Dense(8),
+        funnet.Relu, funnet.Dense(8), funnet.LeakyRelu(slope=0.1), funnet.Dense(8), funnet.Elu,
+        funnet.Dense(8), funnet.Softplus, funnet.Dense(8), funnet.PRelu, funnet.Dense(8),
+        funnet.HardTanh, funnet.Dense(8), funnet.HardLogistic, funnet.Dense(3))
+    params = init_params(net, (-1, 5), seed=seed)
+    x = jnp.asarray(np.random.default_rng(seed).standard_normal((12, 5)), dtype)
+    return net, jax.tree_util.tree_map(lambda a: a.astype(dtype), params), x, jnp.arange(12) % 3
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["f32", "f64"])
+def test_a_correct_deep_mixed_network_passes_every_method(dtype):
+    net, params, x, y = _deep(dtype, seed=4)
+    result = check_model(net, params, x, y, funnet.softmax_cross_entropy, taylor=True,
+                         sensitivity_error=1e-3, batch=True)
+    assert result.ok and result.dtype == np.dtype(dtype).name
+    assert all(v.status == "ok" for v in result.layers) and len(result.layers) == 19
+    assert result.deltas.ok and result.sensitivity[0] and result.batch.verdict == "consistent"
+    if dtype == jnp.float32:  # the float32 step (7e-3 relative) straddles kinks: excluded
+        assert result.kinks.count > 0 and "straddles" in result.kinks.examples[0]
+    else:
+        slopes = result.taylor.slopes
+        assert all(s is not None and abs(s - 2) < 0.1 for s in slopes.values()), slopes
+    assert json.loads(json.dumps(result.to_json()))["ok"] is True
+    assert "layers (hand backward vs jax.vjp" in str(result) and "δ-trace" in str(result)
+
+
+def test_taylor_slope_is_two_for_right_and_one_for_wrong_gradients():
+    net, params, x, y = _deep(jnp.float64, seed=5)
+
+    def objective(p):
+        return funnet.softmax_cross_entropy(net.apply(p, x), y)
+
+    right = jax.grad(objective)(params)
+    wrong = jax.tree_util.tree_map(lambda g: g * 1.05, right)
+    t = funnet.check.taylor_slope(objective, params, {"right": right, "wrong": wrong})
+    assert abs(t.slopes["right"] - 2) < 0.1 and t.slopes["wrong"] <= 1.1, t.slopes
+    assert t.ok("right") and not t.ok("wrong")
+
+
+def test_taylor_slope_in_float32_on_a_smooth_network():
+    net = funnet.serial(funnet.Dense(6), funnet.Tanh, funnet.Dense(3))
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32),
+                                    init_params(net, (-1, 4), seed=1))
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((8, 4)), jnp.float32)
+    y = jnp.arange(8) % 3
+    result = check_model(net, params, x, y, funnet.softmax_cross_entropy,
+                         methods=("hand", "formula"), taylor=True)
+    assert abs(result.taylor.slopes["hand"] - 2) < 0.1, result.taylor.slopes
+
+
+def test_sensitivity_self_test_fails_when_the_tolerance_is_too_loose():
+    net, params, x, y = _deep(jnp.float64, seed=6)
+    ok = check_model(net, params, x, y, funnet.softmax_cross_entropy, methods=("hand", "formula"),
+                     sensitivity_error=1e-3)
+    assert ok.sensitivity[0]
+    with pytest.raises(GradientCheckError, match="goes unnoticed at these tolerances"):
+        check_model(net, params, x, y, funnet.softmax_cross_entropy, methods=("hand", "formula"),
+                    sensitivity_error=1e-3, rtol=1e-2)
+
+
+def test_batch_consistency_catches_a_loss_that_sums_instead_of_averaging():
+    net = funnet.serial(funnet.Dense(4), funnet.Tanh, funnet.Dense(2))
+    params = init_params(net, (-1, 3), seed=7)
+    x = jnp.asarray(np.random.default_rng(7).standard_normal((6, 3)))
+    t = jnp.asarray(np.random.default_rng(8).standard_normal((6, 2)))
+    summed = lambda pred, target: 0.5 * jnp.sum((pred - target) ** 2)
+    with pytest.raises(GradientCheckError, match="batch consistency failed"):
+        check_model(net, params, x, t, summed, methods=("formula", "reverse"), batch=True)
+    assert check_model(net, params, x, t, funnet.mse, methods=("formula", "reverse"),
+                       batch=True).batch.verdict == "consistent"
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in ACTIVATION_CASES])
+def test_second_order_hand_jvp_equals_the_formula_hvp(case):
+    # the twin's derivative is the hand f' (custom_jvp): its forward-over-reverse HVP must
+    # equal the HVP of the plain formula, away from kinks
+    x = jnp.linspace(-2.9, 2.9, 23) + 0.0123
+    v = jnp.cos(3 * x)
+    act = funnet.activations.ACTIVATIONS.get(case.id.split("[")[0])
+    if act is None:
+        twin, plain = case.twin, lambda z: jnp.where(z > 0, z, float(case.id[12:-1]) * z)
+    else:
+        hyper = {k: float(vv) for k, vv in (p.split("=") for p in case.id[len(act.name):]
+                                           .strip("[]").split("][") if p)}
+        twin = lambda z: act.jvp_twin(z, **hyper)
+        plain = lambda z: act.formula(z, **hyper)
+
+    def hvp(f):
+        return jax.jvp(jax.grad(lambda z: jnp.sum(f(z) ** 3)), (x,), (v,))[1]
+
+    np.testing.assert_allclose(hvp(twin), hvp(plain), rtol=1e-10, atol=1e-12)
+
+
+def test_second_order_on_a_deep_mixed_network():
+    net, params, x, y = _deep(jnp.float64, seed=4)
+    twin, formula = funnet.forward_twin(net), net.rewired("formula")
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    v = jnp.asarray(np.random.default_rng(0).standard_normal(flat.shape))
+
+    def hvp(model):
+        g = jax.grad(lambda f: funnet.softmax_cross_entropy(model.apply(unravel(f), x), y))
+        return jax.jvp(g, (flat,), (v,))[1]
+
+    np.testing.assert_allclose(hvp(twin), hvp(formula), rtol=1e-9, atol=1e-11)
+
+
+def test_formula_autodiff_gives_the_documented_kink_values():
+    for case in ACTIVATION_CASES:
+        act = funnet.activations.ACTIVATIONS.get(case.id.split("[")[0])
+        if act is None:
+            continue
+        hyper = {k: v for k, v in act.defaults.items()}
+        for kink, value in case.kinks.items():
+            if case.id != act.name:
+                continue
+            got = float(jax.grad(lambda z, a=act, h=hyper: a.formula(z, **h))(kink))
+            assert got == value, (case.id, kink, got, value)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+def test_half_precision_checks_pass_with_the_documented_tolerances(dtype):
+    net = funnet.serial(funnet.Dense(16), funnet.Tanh, funnet.Dense(16), funnet.Relu,
+                        funnet.Dense(3))
+    _, params = net.init(jax.random.PRNGKey(11), (-1, 8))
+    params = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
+    x = jax.random.normal(jax.random.PRNGKey(12), (16, 8)).astype(dtype)
+    result = check_model(net, params, x, jnp.arange(16) % 3, funnet.softmax_cross_entropy,
+                         methods=("hand", "formula", "reverse", "numerical"))
+    assert result.ok and result.dtype == np.dtype(dtype).name
+    # a 10 % error in a leaf is still caught at these tolerances
+    assert funnet.check.witnesses.sensitivity(
+        result.grads["formula"], result.grads["hand"],
+        *funnet.check.default_tolerances(dtype, numerical=False, scale=1e-9),
+        relative_error=0.1)[0]
