@@ -163,8 +163,9 @@ class Activation(_Twins):
     def rewired(self, wiring: str) -> Activation:
         """This activation with ``f'`` wired as ``wiring``; the same object for the same one."""
         if wiring not in self._twins:
-            self._twins[wiring] = dataclasses.replace(self, wiring=wiring)
-            self._twins[wiring]._twins.update(self._twins)
+            twin = dataclasses.replace(self, wiring=wiring)
+            object.__setattr__(twin, "_twins", self._twins)  # one table for all the twins
+            self._twins[wiring] = twin
         return self._twins[wiring]
 
     def _hyper(self, hyper: dict[str, Any]) -> tuple[tuple[str, Any], ...]:

@@ -363,3 +363,93 @@ def test_small_mistakes_get_helpful_errors():
     with pytest.raises(funnet.LayerError, match="Reshape: shape must be a tuple of ints"):
         funnet.Reshape("ab")
     assert funnet.contract.as_layer(stax.Dense(3)).name == "Dense (stax pair)"
+
+
+# --- gaps found by the mutation review -------------------------------------------------------
+
+
+def test_twins_are_shared_whatever_order_they_are_made_in():
+    for first in ("formula", "jvp"):
+        a = funnet.define_activation("fresh", jnp.tanh, lambda x, y: 1 - y**2)
+        a.rewired(first)
+        assert a.formula.jvp_twin is a.jvp_twin and a.jvp_twin.formula is a.formula
+        assert a.jvp_twin.rewired("vjp") is a and a.formula.rewired("vjp") is a
+
+
+def test_direct_backward_calls_with_a_none_cotangent():
+    _, dxs = funnet.backprop.backward(funnet.FanInConcat(), (), (jnp.ones((2, 1)), jnp.ones((2, 3))),
+                                      None)
+    assert dxs == (None, None)
+    p = funnet.parallel(funnet.Dense(2), funnet.Dense(3))
+    params = init_params(p, ((-1, 2), (-1, 2)))
+    dparams, dx = funnet.backprop.backward(p, params, (jnp.ones((2, 2)), jnp.ones((2, 2))), None)
+    assert dx == (None, None)
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree_util.tree_leaves(dparams))
+    assert jax.tree_util.tree_structure(dparams) == jax.tree_util.tree_structure(params)
+
+
+def test_serial_gives_each_child_its_own_key():
+    net = funnet.serial(funnet.Dropout(0.5), funnet.Dropout(0.5))
+    y = net.apply(((), ()), jnp.ones((1, 4000)), key=KEY, train=True)
+    kept = float(jnp.mean(y != 0))
+    assert abs(kept - 0.25) < 0.03, kept  # two independent masks keep a quarter
+    k0, k1 = jax.random.split(KEY, 2)
+    first = funnet.Dropout(0.5).apply((), jnp.ones((1, 4000)), key=k0, train=True)
+    np.testing.assert_array_equal(y, funnet.Dropout(0.5).apply((), first, key=k1, train=True))
+
+
+def test_dense_refuses_a_w_of_another_width():
+    with pytest.raises(funnet.ParamsError, match="5 outputs.*out_dim 4"):
+        funnet.Dense(4).apply({"W": jnp.ones((2, 5)), "b": jnp.ones(5)}, jnp.ones((1, 2)))
+
+
+def test_a_kwargs_forward_receives_every_keyword():
+    seen = {}
+
+    def forward(params, x, **kw):
+        seen.update(kw)
+        return x, None
+
+    lay = funnet.layer(lambda k, s: (s, ()), forward, lambda p, r, dy: ((), dy))
+    lay.apply((), jnp.ones(2), key=KEY, train=True)
+    assert seen["train"] is True and seen["key"] is KEY
+
+
+def test_stax_dropout_inside_funnet_gets_the_key():
+    net = funnet.serial(funnet.Dense(30), stax.Dropout(0.5, mode="train"))
+    _, params = net.init(KEY, (-1, 3))
+    y = net.apply(params, jnp.ones((4, 3)), key=KEY, train=True)
+    assert 0.2 < float(jnp.mean(y == 0)) < 0.8
+
+
+def test_check_layer_uses_the_given_cotangent_and_state():
+    dense = funnet.Dense(3)
+
+    def wrong_below_zero(p, r, dy):
+        return dense.backward(p, r, jnp.maximum(dy, 0))
+
+    import dataclasses
+
+    bad = dataclasses.replace(dense, backward=wrong_below_zero, name="HalfDense")
+    params = init_params(bad, (-1, 2))
+    x = jnp.ones((4, 2))
+    assert funnet.check_layer(bad, params, x, dy=jnp.ones((4, 3))).ok
+    with pytest.raises(funnet.GradientCheckError, match="HalfDense"):
+        funnet.check_layer(bad, params, x, dy=-jnp.ones((4, 3)))
+    rm = RunningMean()
+    _, _, st = rm.init_with_state(KEY, (-1, 3))
+    st = {"mean": jnp.full(3, 0.5), "count": st["count"]}
+    xs = jnp.asarray(np.random.default_rng(0).standard_normal((5, 3)))
+    for train in (False, True):
+        assert funnet.check_layer(rm, (), xs, state=st, train=train).ok
+
+
+def test_prelu_twin_keeps_its_options_and_its_formula_has_no_custom_rule():
+    layer = funnet.PRelu(slope_init=0.1)
+    twin = funnet.forward_twin(layer)
+    assert twin.name == "PRelu(slope_init=0.1)"
+    assert float(twin.init(KEY, (-1, 2))[1]["slope"][0]) == pytest.approx(0.1)
+    # the formula wiring is differentiable in forward mode: no custom rule inside
+    x, s = jnp.array([-2.0, 3.0]), jnp.array([0.3, 0.3])
+    _, t = jax.jvp(lambda a: funnet.prelu.formula(a, s), (x,), (jnp.ones(2),))
+    assert t.tolist() == pytest.approx([0.3, 1.0])

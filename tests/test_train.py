@@ -610,3 +610,41 @@ def test_progress_only_on_a_terminal_and_without_tqdm_one_line_per_epoch(capsys,
     err = capsys.readouterr().err.splitlines()
     assert [line.split()[:2] for line in err] == [["epoch", "1/2"], ["epoch", "2/2"]]
     assert "train_accuracy" in err[0]
+
+
+def test_training_runs_in_train_mode_and_evaluation_in_eval_mode():
+    # found by the mutation review: nothing failed when a step ran with train=False
+    x, y = blobs(24)
+    drop = funnet.serial(funnet.Dense(8), funnet.Dropout(0.5), funnet.Dense(3))
+    plain = funnet.serial(funnet.Dense(8), funnet.Identity, funnet.Dense(3))
+    params = init(drop)
+    tx = optax.sgd(0.5)
+    after = {}
+    for grad in ("hand", "reverse"):
+        for name, model in (("drop", drop), ("plain", plain)):
+            step = make_step(model, CE, tx, grad=grad)
+            state, _ = step(TrainState.create(params, tx, jax.random.PRNGKey(3)), (x, y))
+            after[name, grad] = state.params
+    assert_trees_close(after["drop", "hand"], after["drop", "reverse"], rtol=1e-10, atol=1e-12)
+    delta = jax.tree_util.tree_map(lambda a, b: jnp.max(jnp.abs(a - b)), after["drop", "hand"],
+                                   after["plain", "hand"])
+    assert max(jax.tree_util.tree_leaves(delta)) > 1e-3  # dropout was active in the step
+    # evaluation: Dropout is the identity
+    scores = evaluate(drop, params, (x, y), loss=CE)
+    assert scores["loss"] == pytest.approx(float(CE(drop.apply(params, x), y)), rel=1e-12)
+    np.testing.assert_allclose(predict(drop, params, x), plain.apply(params, x), rtol=1e-12)
+
+
+def test_the_old_grad_name_still_means_reverse_mode():
+    from jax.example_libraries import stax
+
+    net = funnet.serial(stax.Dense(3))  # no hand rule: only reverse mode can train it
+    _, params = net.init(jax.random.PRNGKey(0), (-1, 6))
+    tx = optax.sgd(0.1)
+    with pytest.warns(DeprecationWarning):
+        step = make_step(net, funnet.mse, tx, grad="autodiff")
+    x = jnp.ones((4, 6))
+    with jax.numpy_rank_promotion("allow"):  # stax.Dense broadcasts its bias
+        state, metrics = step(TrainState.create(params, tx, jax.random.PRNGKey(1)),
+                              (x, jnp.zeros((4, 3))))
+    assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
