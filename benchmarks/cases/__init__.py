@@ -4,4 +4,5 @@
 the steady-state cases; ``multidevice`` is last.
 """
 
-CASES = ("digits", "wide", "activations", "backprop", "gradmethods", "compile", "multidevice")
+CASES = ("digits", "wide", "activations", "backprop", "gradmethods", "checkcost", "compile",
+         "multidevice")

@@ -71,11 +71,20 @@ class LayerCheck:
 
 
 def _random_like(tree: PyTree, seed: int) -> PyTree:
+    """A generic cotangent like ``tree``: entries spread over (-1, 1) by an integer hash of
+    their index, the leaf and ``seed`` (exact integer arithmetic, so every use of it in a
+    compiled program sees the same values), cheaper on a CPU than a PRNG."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(jax.random.PRNGKey(seed), max(len(leaves), 1))
-    return treedef.unflatten([
-        jax.random.normal(k, jnp.shape(v), jnp.result_type(v)) for k, v in zip(keys, leaves)
-    ])
+    out = []
+    for k, v in enumerate(leaves):
+        h = jnp.arange(np.size(v), dtype=jnp.uint32).reshape(jnp.shape(v))
+        h = h * jnp.uint32(2654435761) + jnp.uint32((seed * 7919 + k * 104729 + 1) % 2**32)
+        for _ in range(2):  # xorshift-multiply rounds
+            h = (h ^ (h >> 16)) * jnp.uint32(0x45D9F3B)
+        h = h ^ (h >> 16)
+        unit = (h >> 8).astype(jnp.float32) / jnp.float32(2**24)  # [0, 1), exact
+        out.append((2 * unit - 1).astype(jnp.result_type(v)))
+    return treedef.unflatten(out)
 
 
 def _input_pairs(hand_dx: Any, ref_dx: Any) -> tuple[dict, dict, tuple[str, ...], tuple]:
@@ -114,7 +123,7 @@ def check_layer(
 ) -> LayerCheck:
     r"""Check one layer's hand ``backward`` against ``jax.vjp`` of its plain formulas.
 
-    With ``y = layer(params, x)`` and a cotangent ``dy`` (random normal, from ``seed``,
+    With ``y = layer(params, x)`` and a cotangent ``dy`` (generic entries in (-1, 1), from ``seed``,
     unless given), the hand rule's ``(dparams, dx) = backward(params, residuals, dy)`` must
     equal ``jax.vjp`` of the layer's forward pass in the ``"formula"`` wiring: activations
     through their formula ``f``, not their hand ``f'``, so the witness shares no derivative
@@ -137,6 +146,16 @@ def check_layer(
     if layer.stateful and not jax.tree_util.tree_leaves(state):
         raise StatefulModelError(f"check_layer: {layer.stateful_path()} holds state: pass "
                                  "state= (from init_with_state)")
+    pulled = pullbacks(layer, params, x, state=state, key=key, train=train, dy=dy, seed=seed)
+    return layer_report(layer, params, x, *pulled, rtol=rtol, atol=atol, verbose=verbose)
+
+
+def pullbacks(layer: Layer, params: PyTree, x: Any, *, state: PyTree = (),
+              key: jax.Array | None = None, train: bool = False, dy: Any = None,
+              seed: int = 0) -> tuple[Any, Any, Any, Any]:
+    """``(ref_dparams, ref_dx, dparams, dx)``: ``jax.vjp`` of the formula wiring and the hand
+    backward, for the same cotangent ``dy`` (a generic one from ``seed`` unless given).
+    Traceable: :func:`funnet.check_model` runs it for every layer inside one ``jax.jit``."""
     formula = layer.rewired("formula")
 
     def plain(p, inputs):
@@ -150,12 +169,19 @@ def check_layer(
     if not isinstance(out, tuple) or len(out) != 2:
         raise GradientCheckError(f"check_layer: the backward of {layer.name} must return "
                                  f"(dparams, dx), got {type(out).__name__}")
-    dparams, dx = out
+    return ref_dparams, ref_dx, out[0], out[1]
 
+
+def layer_report(layer: Layer, params: PyTree, x: Any, ref_dparams: Any, ref_dx: Any,
+                 dparams: Any, dx: Any, *, rtol: float | None = None,
+                 atol: float | None = None, verbose: bool = False,
+                 name: str | None = None) -> LayerCheck:
+    """The :class:`LayerCheck` of computed pullbacks; raises :class:`GradientCheckError`."""
+    name = layer.name if name is None else name
     try:
         ref_in, hand_in, none, missing = _input_pairs(dx, ref_dx)
     except (KeyError, ValueError) as e:
-        raise GradientCheckError(f"check_layer: the dx of {layer.name}'s backward does not have "
+        raise GradientCheckError(f"check_layer: the dx of {name}'s backward does not have "
                                  f"the structure of its input: {e}") from None
     leaves = jax.tree_util.tree_leaves((params, x))
     floats = [v for v in leaves if jnp.issubdtype(jnp.result_type(v), jnp.floating)]
@@ -169,22 +195,22 @@ def check_layer(
             return compare(a, b, names=("vjp", "hand"), rtol=r if rtol is None else rtol,
                            atol=t if atol is None else atol)
         except ValueError as e:  # another structure or shape: name the layer
-            raise GradientCheckError(f"check_layer: the backward of {layer.name}: {e}") from None
+            raise GradientCheckError(f"check_layer: the backward of {name}: {e}") from None
 
-    result = LayerCheck(layer.name, report(ref_dparams, dparams), report(ref_in, hand_in),
+    result = LayerCheck(name, report(ref_dparams, dparams), report(ref_in, hand_in),
                         none, dtype.name, missing)
     if verbose:
         print(result)
     if result.missing:
         raise GradientCheckError(
-            f"check_layer: the hand backward of {layer.name} returns no gradient (None) for "
+            f"check_layer: the hand backward of {name} returns no gradient (None) for "
             f"input(s) {', '.join(result.missing)}, but jax.vjp of its formula gives a "
             "non-zero one", result)
     if not result.ok:
         what, rep = ("params leaf", result.params) if not result.params.ok else (
             "input", result.inputs)
         row = rep.first_failure
-        where = _layer_at(layer, params, row.leaf) if what == "params leaf" else layer.name
+        where = _layer_at(layer, params, row.leaf) if what == "params leaf" else name
         raise GradientCheckError(
             f"check_layer: the hand backward of {where} disagrees with jax.vjp of its formula "
             f"at {what} {row.leaf} (shape {row.shape}): max abs err {row.abs_err:.3e}, max rel "
@@ -193,4 +219,3 @@ def check_layer(
             result,
         )
     return result
-

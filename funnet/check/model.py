@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -12,13 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import backprop
 from .._table import table
-from ..contract import Layer, PyTree, StatefulModelError, as_layer, forward_twin
+from ..contract import Layer, PyTree, StatefulModelError, as_layer
 from ..layers import param_count
 from ..losses import Loss, l2_penalty
+from . import programs
 from .comparison import GradientCheckError, Report, Row, compare, default_tolerances
-from .gradients import _float_dtype, forward_grad, numerical_grad
+from .gradients import _float_dtype, numerical_grad
 from .layer import _layer_at
 from .walk import walk
 from .witnesses import (
@@ -27,6 +26,7 @@ from .witnesses import (
     KinkExclusion,
     LayerVerdict,
     Taylor,
+    _max_abs,
     batch_consistency,
     delta_trace,
     kink_aware_numerical_grad,
@@ -280,47 +280,42 @@ def check_model(
             "state=state)")
     reference = _reference(methods)
     dtype = _float_dtype(params, "check_model")
-    mask = model.decay_mask(params) if l2 else None
+    if l2:
+        model.decay_mask(params)  # a layer that declares no decayed params: refuse it now
+    l2 = float(l2)
+    train = bool(train)
 
     def penalty(p):
-        return l2_penalty(p, l2, mask=mask) if l2 else 0.0
+        return l2_penalty(p, l2, model=model) if l2 else 0.0
 
-    def risk(p, x, y, key, net=model):  # R(θ) = loss(model(x), y) + ½ λ Σ ||W||²
+    def objective(p, net=model):  # R(θ) = loss(model(x), y) + ½ λ Σ ||W||²
         return loss(net.apply(p, x, key=key, train=train), y) + penalty(p)
-
-    def objective(p, net=model):
-        return risk(p, x, y, key, net)
-
-    visits = walk(model, params, x, key=key, train=train)[1]
-    kinked = [v for v in visits if v.layer.kinks]
 
     def probed(p):  # R(θ) and the pre-activations of the kinked layers
         out, vs = walk(model, p, x, key=key, train=train)
-        zs = [v.x for v in vs if v.layer.kinks]
-        return loss(out, y) + penalty(p), zs
+        return loss(out, y) + penalty(p), [v.x for v in vs if v.layer.kinks]
 
-    values, exclusion, deltas = {}, None, None
-    hand_fn = backprop.value_and_grad(model, loss, l2=l2,
-                                      return_deltas=model.kind == "serial") \
-        if "hand" in methods else None
+    values, exclusion, deltas, directions = {}, None, None, None
 
     def compute(method: str) -> PyTree:
-        nonlocal exclusion, deltas
+        nonlocal exclusion, deltas, directions
         if method == "hand":
-            out = jax.jit(functools.partial(hand_fn, train=train))(params, x, y, key=key)
+            serial = model.kind == "serial"
+            out = programs.hand(model, loss, l2, train, serial)(params, x, y, key)
             values[method], g = out[0], out[1]
-            if len(out) == 3:
+            if serial:
                 deltas = delta_trace(model, params, x, y, loss, out[2], key=key, train=train,
-                                     l2_term=penalty, dtype=dtype, rtol=rtol, atol=atol)
+                                     l2=l2, dtype=dtype, rtol=rtol, atol=atol)
             return g
         if method in ("formula", "reverse"):
-            net = model.rewired("formula") if method == "formula" else model
-            values[method], g = jax.jit(jax.value_and_grad(
-                functools.partial(risk, net=net)))(params, x, y, key)
+            wiring = "formula" if method == "formula" else "vjp"
+            values[method], g = programs.value_and_grad(model, loss, l2, train, wiring)(
+                params, x, y, key)
             return g
         if method == "forward":
-            twin = forward_twin(model)
-            return forward_grad(lambda p: objective(p, twin), params)
+            g, directions = programs.directional(model, loss, l2, train)(params, x, y, key)
+            return g
+        kinked = [v for v in walk(model, params, x, key=key, train=train)[1] if v.layer.kinks]
         if kinks and kinked:
             g, exclusion = kink_aware_numerical_grad(probed, params, kinked, eps=eps)
             return g
@@ -343,32 +338,44 @@ def check_model(
         return (r if rtol is None else rtol), (a if atol is None else atol)
 
     reports = {}
+    projected = None
+    if directions is not None:  # ⟨∇_l R, v_l⟩ of the reference, leaf by leaf
+        projected = jax.tree_util.tree_map(lambda g, v: jnp.vdot(g, v), ref, directions)
     for m in methods:
-        if m != reference:
-            pair_rtol, pair_atol = tolerances("numerical" in (m, reference))
+        if m == reference:
+            continue
+        pair_rtol, pair_atol = tolerances("numerical" in (m, reference))
+        if m == "forward":
+            scale = max(_max_abs(projected), 1e-300)
+            r, a = default_tolerances(dtype, numerical=False, scale=scale)
+            reports[m, reference] = compare(projected, grads[m], names=(reference, m),
+                                            rtol=r if rtol is None else rtol,
+                                            atol=a if atol is None else atol)
+        else:
             reports[m, reference] = compare(ref, grads[m], names=(reference, m),
                                             rtol=pair_rtol, atol=pair_atol)
 
-    verdicts = layer_verdicts(visits, train=train, rtol=rtol, atol=atol) if layers else ()
+    verdicts = layer_verdicts(model, params, x, key=key, train=train, rtol=rtol,
+                              atol=atol) if layers else ()
     slopes = None
     if taylor:
-        analytic = {m: grads[m] for m in methods if m in _ANALYTIC}
+        analytic = {m: grads[m] for m in methods if m in _ANALYTIC and m != "forward"}
         slopes = taylor_slope(objective, params, analytic,
                               probes=lambda p: probed(p)[1],
-                              kinks=[v.layer.kinks for v in kinked])
+                              kinks=[v.layer.kinks for v in walk(
+                                  model, params, x, key=key, train=train)[1] if v.layer.kinks])
     self_test = None
     if sensitivity_error is not None:
         target = "hand" if "hand" in methods and reference != "hand" else next(
-            m for m in methods if m != reference)
+            m for m in methods if m not in (reference, "forward"))
         noticed, leaf = sensitivity(ref, grads[target], *tolerances(
             "numerical" in (target, reference)), relative_error=sensitivity_error)
         self_test = (noticed, leaf, float(sensitivity_error))
     consistency = None
     if batch:
-        net = model.rewired("formula")
-        consistency = batch_consistency(
-            jax.jit(lambda xb, yb: jax.grad(lambda p: risk(p, xb, yb, key, net))(params)), x, y,
-            dtype=dtype, couples=model.stateful)
+        formula = programs.value_and_grad(model, loss, l2, train, "formula")
+        consistency = batch_consistency(lambda xb, yb: formula(params, xb, yb, key)[1], x, y,
+                                        dtype=dtype, couples=model.stateful)
 
     result = CheckResult(reference, reports, grads, value, np.dtype(dtype).name, verdicts,
                          deltas, exclusion, slopes, self_test, consistency)

@@ -15,11 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ..contract import Layer, NoBackwardRuleError, PyTree
+from ..contract import Layer, PyTree
+from . import programs
 from .comparison import GradientCheckError, Report, compare, default_tolerances
 from .gradients import _chunk, _float_dtype, default_eps
-from .layer import LayerCheck, check_layer
-from .walk import Visit, walk
+from .layer import LayerCheck, layer_report
+from .walk import Visit
 
 __all__ = [
     "BatchConsistency",
@@ -36,9 +37,15 @@ __all__ = [
 ]
 
 
+@jax.jit
+def _max_abs_device(leaves: list) -> jax.Array:
+    return jnp.max(jnp.stack([jnp.max(jnp.abs(v)).astype(jnp.float32) for v in leaves]))
+
+
 def _max_abs(tree: PyTree) -> float:
-    return max((float(np.max(np.abs(np.asarray(v, np.float64)), initial=0.0))
-                for v in jax.tree_util.tree_leaves(tree)), default=0.0)
+    """``max |entry|`` over the leaves of ``tree`` (0 for none), computed on device."""
+    leaves = [v for v in jax.tree_util.tree_leaves(tree) if np.size(v)]
+    return float(_max_abs_device(leaves)) if leaves else 0.0
 
 
 def _analytic_report(ref: PyTree, got: PyTree, dtype: Any, names: tuple[str, str],
@@ -68,18 +75,23 @@ class LayerVerdict:
         return self.status != "wrong"
 
 
-def layer_verdicts(visits: Sequence[Visit], *, train: bool = False, rtol: float | None = None,
+def layer_verdicts(model: Layer, params: PyTree, x: Any, *, key: jax.Array | None = None,
+                   train: bool = False, rtol: float | None = None,
                    atol: float | None = None) -> tuple[LayerVerdict, ...]:
-    """:func:`check_layer` of every visited layer at its own input, params and key."""
+    """Every leaf layer's hand backward against ``jax.vjp`` of its formula, at the inputs,
+    params and key the forward pass gave it (one compiled program for all of them)."""
+    fn, visits = programs.layer_pullbacks(model, train)
+    results = fn(params, x, key)
     verdicts = []
-    for v in visits:
+    for (path, layer), (p, xin, pulled) in zip(visits, results):
+        if pulled is None:
+            verdicts.append(LayerVerdict(path, "no hand rule"))
+            continue
         try:
-            c = check_layer(v.layer, v.params, v.x, key=v.key, train=train, rtol=rtol, atol=atol)
-            verdicts.append(LayerVerdict(v.path, "ok", "", c))
-        except NoBackwardRuleError:
-            verdicts.append(LayerVerdict(v.path, "no hand rule"))
+            c = layer_report(layer, p, xin, *pulled, rtol=rtol, atol=atol)
+            verdicts.append(LayerVerdict(path, "ok", "", c))
         except GradientCheckError as e:
-            verdicts.append(LayerVerdict(v.path, "wrong", _what_is_off(e), e.result))
+            verdicts.append(LayerVerdict(path, "wrong", _what_is_off(e), e.result))
     return tuple(verdicts)
 
 
@@ -124,33 +136,16 @@ class DeltaTrace:
 
 
 def delta_trace(model: Layer, params: PyTree, x: Any, y: Any, loss: Callable, hand_deltas:
-                Sequence[Any], *, key: jax.Array | None, train: bool, l2_term: Callable,
+                Sequence[Any], *, key: jax.Array | None, train: bool, l2: float,
                 dtype: Any, rtol: float | None = None, atol: float | None = None) -> DeltaTrace:
     """Compare ``hand_deltas[l]`` (from ``return_deltas``) with ``∂R/∂probe_l`` at 0, where
     ``probe_l`` is added to the output of top-level layer ``l`` of the formula wiring."""
-    formula = model.rewired("formula")
-    outputs: dict[str, Any] = {}
-
-    def record(path, out):
-        outputs[path] = out
-        return out
-
-    walk(formula, params, x, key=key, train=train, probe=record)
-    paths = list(outputs)
-    zeros = [jax.tree_util.tree_map(jnp.zeros_like, outputs[p]) for p in paths]
-
-    def objective(probes):
-        table = dict(zip(paths, probes))
-        out, _ = walk(formula, params, x, key=key, train=train,
-                      probe=lambda path, o: jax.tree_util.tree_map(jnp.add, o, table[path]))
-        return loss(out, y) + l2_term(params)
-
-    ref = jax.jit(jax.grad(objective))(zeros)
+    ref = programs.delta_reference(model, loss, l2, train)(params, x, y, key)
     rows = []
-    for i in reversed(range(len(paths))):
+    for i in reversed(range(len(ref))):
         if hand_deltas[i] is None:
             continue
-        name = f"{paths[i]} › {model.children[i].name}"
+        name = f"serial[{i}] › {model.children[i].name}"
         rows.append((name, _analytic_report(ref[i], hand_deltas[i], dtype,
                                             ("reverse δ", "hand δ"), rtol, atol)))
     return DeltaTrace(tuple(rows))
