@@ -294,3 +294,26 @@ def test_half_precision_checks_pass_with_the_documented_tolerances(dtype):
         result.grads["formula"], result.grads["hand"],
         *funnet.check.default_tolerances(dtype, numerical=False, scale=1e-9),
         relative_error=0.1)[0]
+
+
+def test_taylor_with_the_hessian_vector_product_has_slope_three():
+    net = funnet.serial(funnet.Dense(6), funnet.Tanh, funnet.Dense(3))
+    params = init_params(net, (-1, 4), seed=2)
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((8, 4)))
+    y = jnp.arange(8) % 3
+
+    def objective(p, model=net):
+        return funnet.softmax_cross_entropy(model.apply(p, x), y)
+
+    twin = funnet.forward_twin(net)
+    grad = jax.grad(objective)(params)
+
+    def hvp(v):  # forward over reverse through the twin: the hand f' pushed forward
+        return jax.jvp(jax.grad(lambda p: objective(p, twin)), (params,), (v,))[1]
+
+    t = funnet.check.taylor_slope(objective, params, {"hand": grad}, hvp=hvp)
+    assert t.order == 3 and abs(t.slopes["hand"] - 3) < 0.15, t.slopes
+    wrong = funnet.check.taylor_slope(objective, params, {"hand": grad},
+                                      hvp=lambda v: jax.tree_util.tree_map(lambda h: 1.1 * h,
+                                                                           hvp(v)))
+    assert wrong.slopes["hand"] < 2.5 and not wrong.ok("hand")

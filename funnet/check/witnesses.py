@@ -287,7 +287,8 @@ def taylor_slope(objective: Callable[[PyTree], Any], params: PyTree, grads: dict
     """The Taylor-remainder test for each gradient in ``grads`` (see :class:`Taylor`).
 
     ``probes(p)`` returns the kinked pre-activations (with their ``kinks``) so that steps
-    which carry one across a kink are dropped; ``hvp(v) -> H v`` switches to order 3.
+    which carry one across a kink are dropped; ``hvp(v) -> H v`` (pytrees like ``params``,
+    e.g. ``jax.jvp`` of ``jax.grad`` on :func:`funnet.forward_twin`) switches to order 3.
     """
     theta, unravel = ravel_pytree(params)
     dtype = theta.dtype
@@ -306,7 +307,8 @@ def taylor_slope(objective: Callable[[PyTree], Any], params: PyTree, grads: dict
         v = jax.random.normal(jax.random.PRNGKey(seed + d), theta.shape, dtype)
         v = v * (scale / jnp.linalg.norm(v))
         vn = np.asarray(v, np.float64)
-        quad = 0.5 * float(jnp.vdot(v, hvp(unravel(v)))) if hvp is not None else 0.0
+        quad = (0.5 * float(jnp.vdot(v, ravel_pytree(hvp(unravel(v)))[0]))
+                if hvp is not None else 0.0)
         usable = np.ones(hs.size, bool)
         values = np.empty(hs.size)
         for j, h in enumerate(hs):
