@@ -370,11 +370,18 @@ def _load_target(target: str) -> tuple:
         raise ValueError(f"TARGET {target!r}: no file {file}")
     spec = importlib.util.spec_from_file_location(f"_funnet_check_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - any error in the user's file: it cannot be loaded
+        raise ValueError(f"TARGET {target!r}: {file} cannot be loaded: "
+                         f"{type(e).__name__}: {e}") from None
     build = getattr(module, name, None)
     if not callable(build):
         raise ValueError(f"TARGET {target!r}: {file} defines no function {name}()")  # noqa: TRY004
-    built = build()
+    try:
+        built = build()
+    except Exception as e:  # noqa: BLE001 - reported as a bad target, not a traceback
+        raise ValueError(f"TARGET {target!r}: {name}() raised {type(e).__name__}: {e}") from None
     if not isinstance(built, tuple) or len(built) != 5:
         raise ValueError(f"TARGET {target!r}: {name}() must return (model, params, x, y, loss), "
                          f"got {type(built).__name__}")

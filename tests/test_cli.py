@@ -232,3 +232,11 @@ def test_check_a_users_model_from_a_file(tmp_path, capsys):
     assert "must return (model, params, x, y, loss)" in capsys.readouterr().err
     assert cli.main(["check", f"{path}:missing"]) == 2
     assert cli.main(["check", str(tmp_path / "none.py") + ":build"]) == 2
+    broken = tmp_path / "broken.py"
+    broken.write_text("def build(:\n")
+    assert cli.main(["check", f"{broken}:build"]) == 2
+    assert "cannot be loaded: SyntaxError" in capsys.readouterr().err
+    raising = tmp_path / "raising.py"
+    raising.write_text("def build():\n    raise RuntimeError('user bug')\n")
+    assert cli.main(["check", f"{raising}:build"]) == 2
+    assert "build() raised RuntimeError: user bug" in capsys.readouterr().err

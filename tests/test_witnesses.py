@@ -228,6 +228,9 @@ def test_batch_consistency_catches_a_loss_that_sums_instead_of_averaging():
     summed = lambda pred, target: 0.5 * jnp.sum((pred - target) ** 2)
     with pytest.raises(GradientCheckError, match="batch consistency failed"):
         check_model(net, params, x, t, summed, methods=("formula", "reverse"), batch=True)
+    # a plain loss without a hand gradient: the default methods leave "hand" out
+    result = check_model(net, params, x, t, lambda p, q: 0.5 * jnp.mean((p - q) ** 2))
+    assert "hand" not in result.grads and result.reference == "formula"
     assert check_model(net, params, x, t, funnet.mse, methods=("formula", "reverse"),
                        batch=True).batch.verdict == "consistent"
 

@@ -118,7 +118,7 @@ class CheckResult:
             title = "layers (hand backward vs jax.vjp of the formula, at their inputs):"
             parts += [title, table(["layer", "verdict", "detail"], rows)]
         if self.deltas is not None:
-            rows = [[p, f"{r.rows[0].abs_err:.2e}" if r.rows else "-",
+            rows = [[p, f"{max(row.abs_err for row in r.rows):.2e}" if r.rows else "-",
                      "ok" if r.ok else "DIVERGES"] for p, r in self.deltas.rows]
             parts += ["δ-trace (hand δ at each layer's output vs reverse mode, output first):",
                       table(["output of", "max abs err", "ok"], rows)]
@@ -201,7 +201,7 @@ def check_model(
     y: Any,
     loss: Loss | Callable[[Any, Any], Any],
     *,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] | None = None,
     l2: float = 0.0,
     key: jax.Array | None = None,
     train: bool = False,
@@ -228,7 +228,8 @@ def check_model(
       y: the targets.
       loss: ``loss(pred, target) -> scalar``; a funnet :class:`~funnet.Loss` for
         ``"hand"``, else any callable.
-      methods: two or more of :data:`METHODS`:
+      methods: two or more of :data:`METHODS` (default: all of them, less ``"hand"`` when
+        ``loss`` is a plain callable without a hand gradient):
 
         * ``"hand"``: :func:`funnet.backprop.value_and_grad`, the hand δ-recursion;
         * ``"formula"``: ``jax.grad`` of the model in the ``"formula"`` wiring, every
@@ -271,6 +272,8 @@ def check_model(
     >>> result.ok, result.reference, sorted(result.reports)
     (True, 'formula', [('hand', 'formula'), ('numerical', 'formula')])
     """
+    if methods is None:
+        methods = METHODS if isinstance(loss, Loss) else tuple(m for m in METHODS if m != "hand")
     methods = _validate_methods(methods, loss)
     model = as_layer(model)
     if model.stateful:
