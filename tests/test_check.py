@@ -451,7 +451,7 @@ def test_check_model_plain_loss_callable():
     plain = lambda pred, t: jnp.mean(jnp.abs(pred - t) ** 3)
     with pytest.raises(TypeError, match="method 'hand' needs a funnet Loss"):
         check_model(net, params, x, y, plain, methods=("hand", "reverse"))
-    assert "hand" not in check_model(net, params, x, y, plain).reports  # default: dropped
+    assert "hand" not in check_model(net, params, x, y, plain).grads  # default: dropped
     result = check_model(net, params, x, y, plain, methods=("numerical", "reverse"))
     assert result.ok and result.reference == "reverse"
 
