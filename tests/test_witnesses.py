@@ -320,3 +320,92 @@ def test_taylor_with_the_hessian_vector_product_has_slope_three():
                                       hvp=lambda v: jax.tree_util.tree_map(lambda h: 1.1 * h,
                                                                            hvp(v)))
     assert wrong.slopes["hand"] < 2.5 and not wrong.ok("hand")
+
+
+# --- gaps found by the mutation review of the checker ------------------------------------------
+
+
+@pytest.mark.parametrize("side", [-1.0, 1.0], ids=["only θ-Δ crosses", "only θ+Δ crosses"])
+def test_a_stencil_crossing_on_one_side_only_is_excluded(side):
+    # one pre-activation sits Δ/2 from the relu kink: only one end of the stencil of the
+    # bias b[0] crosses it (z = x·W + b, x = 0 for that row)
+    net = funnet.serial(funnet.Dense(2), funnet.Relu, funnet.Dense(1))
+    params = init_params(net, (-1, 2), seed=1)
+    step = funnet.check.default_eps(np.float64)
+    params = (dict(params[0], b=jnp.array([-side * step / 2, 0.7])), (), params[2])
+    x = jnp.array([[0.0, 0.0], [1.0, -0.5], [0.3, 0.8]])
+    result = check_model(net, params, x, jnp.ones((3, 1)), funnet.mse,
+                         methods=("formula", "numerical"), layers=False)
+    assert bool(result.kinks.mask[0]["b"][0]) and result.kinks.count >= 1
+    assert not bool(result.kinks.mask[0]["b"][1])
+
+
+def test_batch_consistency_fails_a_gradient_that_depends_on_the_order():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((6, 2)))
+    y = jnp.zeros((6, 1))
+
+    def grad_fn(xb, yb):  # weights the rows by their position: not shuffle invariant
+        w = jnp.arange(1, xb.shape[0] + 1, dtype=xb.dtype)
+        return {"g": jnp.sum(w[:, None] * xb, axis=0)}
+
+    r = funnet.check.witnesses.batch_consistency(grad_fn, x, y, dtype=np.float64, couples=True)
+    assert r.verdict == "failed" and not r.shuffled.ok
+    ok = funnet.check.witnesses.batch_consistency(
+        lambda xb, yb: {"g": jnp.mean(xb, axis=0)}, x, y, dtype=np.float64, couples=False)
+    assert ok.verdict == "consistent" and ok.shuffled.ok
+
+
+def test_the_delta_trace_names_where_delta_first_diverges():
+    dense = funnet.Dense(4)
+
+    def wrong_dx(p, r, dy):
+        g, dx = dense.backward(p, r, dy)
+        return g, 1.01 * dx
+
+    bad = dataclasses.replace(dense, backward=wrong_dx, name="BadDx")
+    net = funnet.serial(funnet.Dense(4), funnet.Tanh, bad, funnet.Tanh, funnet.Dense(3))
+    params = init_params(net, (-1, 3), seed=4)
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((6, 3)))
+    with pytest.raises(GradientCheckError, match="the hand δ first diverges at the output of "
+                                                 r"serial\[1\] › Tanh") as info:
+        check_model(net, params, x, jnp.arange(6) % 3, funnet.softmax_cross_entropy,
+                    methods=("hand", "formula"))
+    deltas = info.value.result.deltas
+    assert not deltas.ok and deltas.first_divergence == "serial[1] › Tanh"
+    assert [p for p, r in deltas.rows if r.ok] == ["serial[4] › Dense(3)", "serial[3] › Tanh",
+                                                    "serial[2] › BadDx"]
+
+
+def test_a_wrong_forward_twin_is_caught_by_the_forward_method_alone():
+    right = funnet.define_activation("sq", lambda x: x * jnp.tanh(x),
+                                     lambda x, y: jnp.tanh(x) + x * (1 - jnp.tanh(x) ** 2))
+    # a layer whose forward twin uses a derivative off by 1 %, while its vjp wiring is right
+    wrong_twin = funnet.define_activation("sq", right.f, lambda x, y: 1.01 * right.df(x, y))
+    layer = funnet.ActivationLayer(right)
+    layer = dataclasses.replace(
+        layer, rewire=lambda w: funnet.ActivationLayer(wrong_twin.rewired(w)) if w == "jvp"
+        else funnet.ActivationLayer(right.rewired(w)))
+    net = funnet.serial(funnet.Dense(4), layer, funnet.Dense(3))
+    params = init_params(net, (-1, 3), seed=5)
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((6, 3)))
+    with pytest.raises(GradientCheckError, match=r"forward vs formula disagree at params leaf "
+                                                 r"\[0\]\['W'\]") as info:
+        check_model(net, params, x, jnp.arange(6) % 3, funnet.softmax_cross_entropy,
+                    methods=("hand", "formula", "forward"))
+    reports = info.value.result.reports
+    assert reports["hand", "formula"].ok and not reports["forward", "formula"].ok
+
+
+def test_a_user_activation_keeps_its_kinks_and_the_check_excludes_them():
+    kinked = funnet.define_activation("myrelu", lambda x: jnp.where(x > 0, x, 0.0),
+                                      lambda x, y: jnp.where(x > 0, 1.0, 0.0), kinks=(0.0,))
+    assert kinked.kinks == (0.0,) and kinked.jvp_twin.kinks == (0.0,)
+    layer = funnet.ActivationLayer(kinked)
+    assert layer.kinks == (0.0,)
+    net = funnet.serial(funnet.Dense(3), layer, funnet.Dense(1))
+    params = init_params(net, (-1, 2), seed=4)
+    params = (dict(params[0], b=jnp.zeros(3)), (), params[2])
+    x = jnp.array([[0.0, 0.0], [1.0, -0.5], [0.3, 0.8]])  # row 0 sits on the kink
+    result = check_model(net, params, x, jnp.ones((3, 1)), funnet.mse,
+                         methods=("hand", "formula", "numerical"))
+    assert result.ok and result.kinks.count > 0
