@@ -123,7 +123,10 @@ def _softmax_ce(logits, labels):
     logits = _float(logits)
     t = _targets("softmax_cross_entropy", logits, labels)
     n = math.prod(logits.shape[:-1])
-    return -jnp.sum(t * jax.nn.log_softmax(logits, axis=-1)) / n  # -1/N Σ_n Σ_k t log y
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    # -1/N Σ_n Σ_k t log y, with 0 · log 0 = 0: a masked logit of -inf (log y = -inf) with
+    # t = 0 adds nothing, as in optax and torch (0 · -inf would be NaN)
+    return -jnp.sum(jnp.where(t == 0, jnp.zeros_like(logp), t * logp)) / n
 
 
 def _softmax_ce_grad(logits, labels):

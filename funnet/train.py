@@ -81,6 +81,16 @@ def _stateless(model: Any, what: str) -> Layer:
     return model
 
 
+def _check_optimizer(optimizer: Any) -> optax.GradientTransformation:
+    """``optimizer`` if it is an optax transformation (``init`` and ``update``), else a
+    TypeError naming the argument."""
+    if not (callable(getattr(optimizer, "init", None))
+            and callable(getattr(optimizer, "update", None))):
+        raise TypeError(f"optimizer must be an optax GradientTransformation, e.g. "
+                        f"optax.adam(1e-3), got {optimizer!r}")
+    return optimizer
+
+
 def _check_grad(grad: Any) -> str:
     """``grad`` as one of :data:`GRADS`; the old name ``"autodiff"`` still means ``"reverse"``."""
     if grad == "autodiff":
@@ -123,6 +133,7 @@ class TrainState(NamedTuple):
         >>> int(state.step), state.key.dtype
         (0, dtype('uint32'))
         """
+        optimizer = _check_optimizer(optimizer)
         return cls(params, optimizer.init(params), jnp.zeros((), jnp.int32), _raw_key(key))
 
 
@@ -324,6 +335,7 @@ def make_step(
     (1, ['accuracy', 'loss'])
     """
     model = _stateless(model, "make_step")
+    optimizer = _check_optimizer(optimizer)
     loss_and_grads = _loss_and_grads(model, loss, l2=_check_l2(l2), grad=_check_grad(grad))
 
     def step(state: TrainState, batch: tuple) -> tuple[TrainState, dict]:
@@ -639,10 +651,16 @@ def _check_data(model: Layer, params: PyTree, loss: Callable, x, y, *, batch: in
             f"{tuple(out.shape)[1:]} per sample"
         )
     try:
-        jax.eval_shape(loss, out, y_spec)
+        value = jax.eval_shape(loss, out, y_spec)
     except (ValueError, TypeError) as e:
         raise ValueError(f"loss {loss!r} rejects the model output {out.shape} and "
                          f"{name}.y {y_spec.shape}: {e}") from None
+    if getattr(value, "shape", None) != ():
+        # a per-row loss would be averaged over padded rows of the last batch too (and
+        # jax.grad of a vector is no gradient): require the mean over the batch
+        raise ValueError(f"loss {loss!r} must return a scalar (the mean over the batch), "
+                         f"got shape {getattr(value, 'shape', type(value).__name__)} for a "
+                         f"batch of {batch}")
     return kind
 
 
@@ -1031,6 +1049,7 @@ def fit(
     (10, True)
     """
     model = _stateless(model, "fit")
+    optimizer = _check_optimizer(optimizer)
     epochs = check_int(epochs, "epochs", minimum=0)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     keep = check_int(keep, "keep", minimum=1)
@@ -1044,10 +1063,13 @@ def fit(
             raise ValueError("patience (early stopping) needs validation data: pass valid=")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=DIR")
-    placement = _mesh(devices, batch_size)
-
     x, y = _unpack(train, "train")
     x, y = _as_inputs(x), _as_targets(y)
+    if np.ndim(x) and batch_size > len(x):  # padding every epoch up to batch_size rows
+        warnings.warn(f"batch_size {batch_size} is larger than the {len(x)} training rows; "
+                      f"using batch_size={len(x)}", stacklevel=2)
+        batch_size = len(x)
+    placement = _mesh(devices, batch_size)
     acc_kind = _check_data(model, params, loss, x, y, batch=batch_size, name="train")
     vx = vy = valid_kind = None
     if valid is not None:

@@ -264,3 +264,16 @@ def test_l2_refuses_matrices_it_would_not_penalise():
     # a stax layer without params declares nothing and needs nothing
     assert funnet.serial(stax.Tanh, funnet.Dense(1)).decay_mask(
         ((), {"W": jnp.ones((2, 1)), "b": jnp.ones(1)})) == ((), {"W": True, "b": False})
+
+
+def test_softmax_cross_entropy_with_masked_minus_inf_logits():
+    # the -inf masking idiom: optax and torch give log 2 here, and so must we (not NaN)
+    logits = jnp.array([[-jnp.inf, 0.0, 0.0]])
+    value = funnet.softmax_cross_entropy(logits, jnp.array([1]))
+    assert float(value) == pytest.approx(np.log(2.0), rel=1e-12)
+    grad = funnet.softmax_cross_entropy.grad(logits, jnp.array([1]))
+    np.testing.assert_allclose(grad, [[0.0, -0.5, 0.5]], atol=1e-15)
+    ref = jax.grad(lambda s: funnet.softmax_cross_entropy(s, jnp.array([1])))(logits)
+    np.testing.assert_allclose(ref, grad, atol=1e-15)
+    nan = funnet.softmax_cross_entropy(jnp.array([[jnp.nan, 0.0]]), jnp.array([1]))
+    assert np.isnan(float(nan))  # NaN in still gives NaN out

@@ -648,3 +648,33 @@ def test_the_old_grad_name_still_means_reverse_mode():
         state, metrics = step(TrainState.create(params, tx, jax.random.PRNGKey(1)),
                               (x, jnp.zeros((4, 3))))
     assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
+
+
+# --- defects of the training issue, fixed early -------------------------------------------------
+
+
+def test_an_optimizer_that_is_not_optax_is_named():
+    x, y = blobs(16)
+    model = mlp()
+    for call in (lambda: quiet_fit(model, init(model), (x, y), optimizer="adam"),
+                 lambda: make_step(model, CE, "adam"),
+                 lambda: TrainState.create(init(model), "adam", jax.random.PRNGKey(0))):
+        with pytest.raises(TypeError, match="optimizer must be an optax GradientTransformation"):
+            call()
+
+
+def test_a_loss_that_returns_a_vector_is_refused_before_training():
+    x, y = blobs(20)
+    model = mlp()
+    per_row = lambda out, t: CE.value(out, t) * jnp.ones(out.shape[0])  # noqa: E731
+    with pytest.raises(ValueError, match=r"must return a scalar .*got shape \(8,\)"):
+        quiet_fit(model, init(model), (x, y), loss=per_row, batch_size=8)
+
+
+def test_a_batch_larger_than_the_data_is_capped_with_a_warning():
+    x, y = blobs(12)
+    model = mlp()
+    with pytest.warns(UserWarning, match="batch_size 100000000 is larger than the 12 training"):
+        capped, _ = quiet_fit(model, init(model), (x, y), batch_size=10**8, epochs=1)
+    exact, _ = quiet_fit(model, init(model), (x, y), batch_size=12, epochs=1)
+    assert_trees_close(capped, exact, rtol=0, atol=0)
