@@ -666,7 +666,7 @@ def test_an_optimizer_that_is_not_optax_is_named():
 def test_a_loss_that_returns_a_vector_is_refused_before_training():
     x, y = blobs(20)
     model = mlp()
-    per_row = lambda out, t: CE.value(out, t) * jnp.ones(out.shape[0])  # noqa: E731
+    per_row = lambda out, t: CE.value(out, t) * jnp.ones(out.shape[0])
     with pytest.raises(ValueError, match=r"must return a scalar .*got shape \(8,\)"):
         quiet_fit(model, init(model), (x, y), loss=per_row, batch_size=8)
 
