@@ -461,9 +461,11 @@ def evaluate(
     """
     _stateless(model, "evaluate")
     x, y = _unpack(data, "data")
-    x, y = jnp.asarray(x), jnp.asarray(y)
+    x, y = jnp.asarray(x), jnp.asarray(_as_targets(y, "data"))
     if len(x) != len(y):
         raise ValueError(f"data.x has {len(x)} samples but data.y has {len(y)}")
+    # concrete data: labels out of range would be silently dropped by one_hot under jit
+    _check_data(as_layer(model), params, loss, x, y, batch=min(len(x), _EVAL_CHUNK), name="data")
     result = _evaluate_jit(model, loss, params, x, y, _check_eval_batch(batch_size))
     return {k: float(v) for k, v in jax.device_get(result).items()}
 
@@ -615,9 +617,17 @@ def _as_inputs(x: Any) -> np.ndarray | jax.Array:
     return x
 
 
-def _as_targets(y: Any) -> np.ndarray | jax.Array:
+def _as_targets(y: Any, name: str = "train") -> np.ndarray | jax.Array:
+    """Integer labels as int32; labels that int32 cannot hold are refused, not wrapped (an
+    int64 label of 2**32 would otherwise train as class 0)."""
     y = _strong(y)
     if jnp.issubdtype(y.dtype, jnp.integer) and y.dtype != np.int32:
+        info = np.iinfo(np.int32)
+        values = np.asarray(y)
+        if values.size and (values.max() > info.max or values.min() < info.min):
+            bad = values[(values > info.max) | (values < info.min)]
+            raise ValueError(f"{name}.y: label {int(bad.flat[0])} does not fit in int32; "
+                             "labels are class indices in [0, number of classes)")
         y = y.astype(np.int32)
     return y
 
@@ -1064,7 +1074,7 @@ def fit(
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=DIR")
     x, y = _unpack(train, "train")
-    x, y = _as_inputs(x), _as_targets(y)
+    x, y = _as_inputs(x), _as_targets(y, "train")
     if np.ndim(x) and batch_size > len(x):  # padding every epoch up to batch_size rows
         warnings.warn(f"batch_size {batch_size} is larger than the {len(x)} training rows; "
                       f"using batch_size={len(x)}", stacklevel=2)
@@ -1074,7 +1084,7 @@ def fit(
     vx = vy = valid_kind = None
     if valid is not None:
         vx, vy = _unpack(valid, "valid")
-        vx, vy = _as_inputs(vx), _as_targets(vy)
+        vx, vy = _as_inputs(vx), _as_targets(vy, "valid")
         valid_kind = _check_data(model, params, loss, vx, vy,
                                  batch=min(len(vx), _EVAL_CHUNK), name="valid")
 

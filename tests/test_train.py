@@ -678,3 +678,20 @@ def test_a_batch_larger_than_the_data_is_capped_with_a_warning():
         capped, _ = quiet_fit(model, init(model), (x, y), batch_size=10**8, epochs=1)
     exact, _ = quiet_fit(model, init(model), (x, y), batch_size=12, epochs=1)
     assert_trees_close(capped, exact, rtol=0, atol=0)
+
+
+def test_int64_labels_beyond_int32_are_refused_not_wrapped():
+    x, _ = blobs(8)
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 2**32], dtype=np.int64)  # 2**32 would wrap to 0
+    model = mlp()
+    with pytest.raises(ValueError, match=r"train\.y: label 4294967296 does not fit in int32"):
+        quiet_fit(model, init(model), (x, y), epochs=1)
+
+
+def test_evaluate_refuses_labels_out_of_range():
+    x, y = blobs(10)
+    model = mlp()
+    bad = np.asarray(y).copy()
+    bad[3] = 7  # three classes
+    with pytest.raises(ValueError, match=r"data\.y: 1 label outside \[0, 3\)"):
+        evaluate(model, init(model), (x, bad), loss=CE)
