@@ -43,7 +43,7 @@ from .layer import check_layer as check_layer
 from .model import METHODS as METHODS
 from .model import CheckResult as CheckResult
 from .model import check_model as check_model
-from .walk import walk as walk
+from .visits import walk as walk
 from .witnesses import taylor_slope as taylor_slope
 
 __all__ = [

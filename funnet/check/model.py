@@ -19,7 +19,7 @@ from . import programs
 from .comparison import GradientCheckError, Report, Row, compare, default_tolerances
 from .gradients import _float_dtype, numerical_grad
 from .layer import _layer_at
-from .walk import walk
+from .visits import walk
 from .witnesses import (
     BatchConsistency,
     DeltaTrace,

@@ -19,7 +19,7 @@ from .. import backprop
 from ..contract import Layer, forward_twin
 from ..losses import l2_penalty
 from .layer import pullbacks
-from .walk import walk
+from .visits import walk
 
 __all__ = ["delta_reference", "directional", "hand", "layer_pullbacks", "value_and_grad"]
 

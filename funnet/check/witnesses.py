@@ -20,7 +20,7 @@ from . import programs
 from .comparison import GradientCheckError, Report, compare, default_tolerances
 from .gradients import _chunk, _float_dtype, default_eps
 from .layer import LayerCheck, layer_report
-from .walk import Visit
+from .visits import Visit
 
 __all__ = [
     "BatchConsistency",
