@@ -6,7 +6,6 @@ consistency. :func:`funnet.check_model` runs them; each is usable alone.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -391,7 +390,3 @@ def batch_consistency(grad_fn: Callable[[Any, Any], PyTree], x: Any, y: Any, *, 
     else:
         verdict = "coupled" if couples else "failed"
     return BatchConsistency(verdict, r_per, r_shuf)
-
-
-def _finite(x: float) -> bool:
-    return x is not None and math.isfinite(x)
