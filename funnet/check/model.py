@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -294,6 +295,14 @@ def check_model(
     def objective(p, net=model):  # R(θ) = loss(model(x), y) + ½ λ Σ ||W||²
         return loss(net.apply(p, x, key=key, train=train), y) + penalty(p)
 
+    @functools.cache
+    def kinked() -> tuple:
+        """The leaf layers with kinks (path, layer), from an abstract trace: no forward pass."""
+        box = []
+        jax.eval_shape(lambda p: box.extend(walk(model, p, x, key=key, train=train)[1]) or 0,
+                       params)
+        return tuple(v for v in box if v.layer.kinks)
+
     def probed(p):  # R(θ) and the pre-activations of the kinked layers
         out, vs = walk(model, p, x, key=key, train=train)
         return loss(out, y) + penalty(p), [v.x for v in vs if v.layer.kinks]
@@ -318,9 +327,8 @@ def check_model(
         if method == "forward":
             g, directions = programs.directional(model, loss, l2, train)(params, x, y, key)
             return g
-        kinked = [v for v in walk(model, params, x, key=key, train=train)[1] if v.layer.kinks]
-        if kinks and kinked:
-            g, exclusion = kink_aware_numerical_grad(probed, params, kinked, eps=eps)
+        if kinks and kinked():
+            g, exclusion = kink_aware_numerical_grad(probed, params, kinked(), eps=eps)
             return g
         return numerical_grad(objective, params, eps=eps)
 
@@ -365,8 +373,7 @@ def check_model(
         analytic = {m: grads[m] for m in methods if m in _ANALYTIC and m != "forward"}
         slopes = taylor_slope(objective, params, analytic,
                               probes=lambda p: probed(p)[1],
-                              kinks=[v.layer.kinks for v in walk(
-                                  model, params, x, key=key, train=train)[1] if v.layer.kinks])
+                              kinks=[v.layer.kinks for v in kinked()])
     self_test = None
     if sensitivity_error is not None:
         target = "hand" if "hand" in methods and reference != "hand" else next(
