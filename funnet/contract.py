@@ -27,6 +27,10 @@ The hand-derived backward rule (:mod:`funnet.backprop`)::
   differentiated.
 * ``train`` is the mode: ``Dropout`` drops only when ``train=True`` (and then needs a
   ``key``); layers with running statistics use batch statistics in training.
+* ``mask`` (keyword, default ``None``: every row counts) is a 0/1 vector ``[batch]``
+  marking the rows of ``x`` that are real data; :func:`funnet.fit` passes it for the
+  padded last batch so that batch statistics (``BatchNorm``) ignore the padding rows.
+  Combinators hand it to every child; a layer that does not take it never sees it.
 * Each layer declares which of its params are weight-decayed (:meth:`Layer.decay_mask`):
   ``Dense``'s ``W``, not biases, slopes or norm scales.
 * Forward mode: funnet activations are wired with ``jax.custom_vjp`` (their hand
@@ -127,9 +131,10 @@ class Layer:
 
     Attributes:
       init_with_state: ``(key, input_shape) -> (output_shape, params, state)``.
-      apply_with_state: ``(params, state, x, *, key=None, train=False) -> (y, state)``.
-      forward_with_state: ``(params, state, x, *, key=None, train=False) -> (y, state,
-        residuals)``, or ``None`` when the layer has no hand-derived rule.
+      apply_with_state: ``(params, state, x, *, key=None, train=False, mask=None) -> (y,
+        state)``.
+      forward_with_state: ``(params, state, x, *, key=None, train=False, mask=None) -> (y,
+        state, residuals)``, or ``None`` when the layer has no hand-derived rule.
       backward: ``(params, residuals, dy) -> (dparams, dx)`` (``dx`` may be ``None``), or
         ``None`` when the layer has no hand-derived rule (then :mod:`funnet.backprop`
         raises, naming it).
@@ -177,16 +182,16 @@ class Layer:
         return out_shape, params
 
     def apply(self, params: PyTree, x: Any, *, key: jax.Array | None = None,
-              train: bool = False) -> Any:
+              train: bool = False, mask: Any = None) -> Any:
         """``y`` of a stateless layer (stax's ``apply_fun``)."""
         self._stateless("apply")
-        return self.apply_with_state(params, (), x, key=key, train=train)[0]
+        return self.apply_with_state(params, (), x, key=key, train=train, mask=mask)[0]
 
     def forward(self, params: PyTree, x: Any, *, key: jax.Array | None = None,
-                train: bool = False) -> tuple[Any, Any]:
+                train: bool = False, mask: Any = None) -> tuple[Any, Any]:
         """``(y, residuals)`` of a stateless layer, for :attr:`backward`."""
         self._stateless("forward")
-        y, _, res = self._forward_rule()(params, (), x, key=key, train=train)
+        y, _, res = self._forward_rule()(params, (), x, key=key, train=train, mask=mask)
         return y, res
 
     def _forward_rule(self) -> Callable[..., tuple[Any, PyTree, Any]]:
@@ -311,17 +316,19 @@ def layer(
     Without state (``stateful=False``)::
 
         init(key, input_shape) -> (output_shape, params)
-        forward(params, x, *, key, train) -> (y, residuals)
+        forward(params, x, *, key, train, mask) -> (y, residuals)
         backward(params, residuals, dy) -> (dparams, dx)      # dx may be None
-        apply(params, x, *, key, train) -> y                   # optional
+        apply(params, x, *, key, train, mask) -> y             # optional
 
     With ``stateful=True`` the same with state::
 
         init(key, input_shape) -> (output_shape, params, state)
-        forward(params, state, x, *, key, train) -> (y, new_state, residuals)
-        apply(params, state, x, *, key, train) -> (y, new_state)
+        forward(params, state, x, *, key, train, mask) -> (y, new_state, residuals)
+        apply(params, state, x, *, key, train, mask) -> (y, new_state)
 
-    ``forward`` and ``apply`` may leave out the ``key``/``train`` keywords they do not use.
+    ``forward`` and ``apply`` may leave out the ``key``/``train``/``mask`` keywords they do
+    not use (``mask``: the 0/1 ``[batch]`` vector of real rows, or ``None``; see the
+    module docstring).
     ``apply`` defaults to ``forward`` without its residuals; give it when the plain formula
     is cheaper. A layer with only ``apply`` (no ``forward``/``backward``) is fine for
     ``jax.grad`` training; :mod:`funnet.backprop` then names it as lacking a hand rule.
@@ -358,7 +365,7 @@ def layer(
                         f"(got forward={forward is not None}, backward={backward is not None})")
     if isinstance(decay, str):
         decay = (decay,)
-    kw = ("key", "train")
+    kw = ("key", "train", "mask")
     if stateful:
         init = _returns(init, 3, name, "init", "(output_shape, params, state)")
         forms = ("(y, new_state, residuals)", "(y, new_state)")
@@ -379,8 +386,8 @@ def layer(
         if app is not None:
             apply_with_state = app
         else:
-            def apply_with_state(params, state, x, *, key=None, train=False):
-                y, new_state, _ = fwd(params, state, x, key=key, train=train)
+            def apply_with_state(params, state, x, *, key=None, train=False, mask=None):
+                y, new_state, _ = fwd(params, state, x, key=key, train=train, mask=mask)
                 return y, new_state
     else:
         def init_with_state(key, input_shape):
@@ -389,14 +396,14 @@ def layer(
 
         forward_with_state = None
         if fwd is not None:
-            def forward_with_state(params, state, x, *, key=None, train=False):
-                y, res = fwd(params, x, key=key, train=train)
+            def forward_with_state(params, state, x, *, key=None, train=False, mask=None):
+                y, res = fwd(params, x, key=key, train=train, mask=mask)
                 return y, state, res
 
-        def apply_with_state(params, state, x, *, key=None, train=False):
+        def apply_with_state(params, state, x, *, key=None, train=False, mask=None):
             if app is not None:
-                return app(params, x, key=key, train=train), state
-            return fwd(params, x, key=key, train=train)[0], state
+                return app(params, x, key=key, train=train, mask=mask), state
+            return fwd(params, x, key=key, train=train, mask=mask)[0], state
 
     return Layer(init_with_state, apply_with_state, forward_with_state, backward, name=name,
                  stateful=stateful, decay=_decay_by_name(name, decay), rewire=rewire,
@@ -424,7 +431,7 @@ def as_layer(obj: Any) -> Layer:
         accepted = {}
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
 
-    def apply_with_state(params, state, x, *, key=None, train=False):
+    def apply_with_state(params, state, x, *, key=None, train=False, mask=None):
         if takes_kwargs:  # stax layers read `rng` from **kwargs and ignore the rest
             return apply(params, x, key=key, rng=key, train=train), state
         kwargs = {k: v for k, v in (("key", key), ("rng", key), ("train", train))

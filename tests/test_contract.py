@@ -205,6 +205,24 @@ def test_layer_passes_only_the_keywords_a_function_accepts():
         funnet.layer(lambda k, s: (s, ()))
 
 
+def test_the_row_mask_reaches_every_layer_that_takes_it_through_combinators():
+    seen = []
+
+    def forward(params, x, *, mask=None):
+        seen.append(None if mask is None else np.asarray(mask).tolist())
+        return x, None
+
+    probe = funnet.layer(lambda k, s: (s, ()), forward, lambda p, r, dy: ((), dy), name="P")
+    net = funnet.serial(funnet.Dense(2), probe, funnet.fanout(2),
+                        funnet.parallel(probe, funnet.Tanh), funnet.FanInSum)
+    _, params = net.init(KEY, (-1, 3))
+    mask = jnp.array([1.0, 1.0, 0.0])
+    net.apply(params, jnp.ones((3, 3)), mask=mask)
+    net.forward(params, jnp.ones((3, 3)), mask=mask)
+    net.apply(params, jnp.ones((3, 3)))
+    assert seen == [[1.0, 1.0, 0.0]] * 4 + [None, None]
+
+
 @jax.numpy_rank_promotion("allow")  # stax.Dense adds its bias by implicit broadcasting
 def test_stax_pairs_inside_funnet_and_funnet_inside_stax():
     net = funnet.serial(stax.Dense(3), funnet.Tanh)

@@ -1,6 +1,6 @@
 r"""Composition: ``serial``, ``parallel``, ``fanout``, ``FanInSum``, ``FanInConcat``.
 
-Combinators thread params, state, keys and the train mode through their children; their
+Combinators thread params, state, keys, the train mode and the row mask through their children; their
 params are tuples with one entry per child, and so is their state when a child holds
 state (``()`` otherwise). Backward rules (``dy = ∂L/∂y``; ``None``: no gradient)::
 
@@ -133,22 +133,23 @@ def serial(*layers: Any) -> Layer:
             states.append(s)
         return input_shape, tuple(params), c.pack(states)
 
-    def run(params, state, x, key, train, rule):
+    def run(params, state, x, key, train, mask, rule):
         _expect_sequence("serial", params, c.n)
         states, residuals = [], []
         for i, (p, s, k) in enumerate(zip(params, c.states(state), _split_key(key, c.n))):
-            out = _at(c.where(i), rule(i), p, s, x, key=k, train=train)
+            out = _at(c.where(i), rule(i), p, s, x, key=k, train=train, mask=mask)
             x, s = out[0], out[1]
             states.append(s)
             residuals.append(out[2] if len(out) == 3 else None)
         return x, c.pack(states), tuple(residuals)
 
-    def apply_with_state(params, state, x, *, key=None, train=False):
-        y, new_state, _ = run(params, state, x, key, train, lambda i: c.layers[i].apply_with_state)
+    def apply_with_state(params, state, x, *, key=None, train=False, mask=None):
+        y, new_state, _ = run(params, state, x, key, train, mask,
+                              lambda i: c.layers[i].apply_with_state)
         return y, new_state
 
-    def forward_with_state(params, state, x, *, key=None, train=False):
-        return run(params, state, x, key, train, c.forward_rule)
+    def forward_with_state(params, state, x, *, key=None, train=False, mask=None):
+        return run(params, state, x, key, train, mask, c.forward_rule)
 
     def backward(params, residuals, dy):
         dparams, dx, _ = _chain_backward(c.layers, params, residuals, dy)
@@ -199,24 +200,24 @@ def parallel(*layers: Any) -> Layer:
         return (tuple(o[0] for o in outs), tuple(o[1] for o in outs),
                 c.pack([o[2] for o in outs]))
 
-    def run(params, state, xs, key, train, rule):
+    def run(params, state, xs, key, train, mask, rule):
         _expect_sequence("parallel", params, c.n)
         check_inputs(xs)
         outs = [
-            _at(c.where(i), rule(i), p, s, x, key=k, train=train)
+            _at(c.where(i), rule(i), p, s, x, key=k, train=train, mask=mask)
             for i, (p, s, x, k) in enumerate(
                 zip(params, c.states(state), xs, _split_key(key, c.n)))
         ]
         residuals = tuple(o[2] if len(o) == 3 else None for o in outs)
         return tuple(o[0] for o in outs), c.pack([o[1] for o in outs]), residuals
 
-    def apply_with_state(params, state, xs, *, key=None, train=False):
-        ys, new_state, _ = run(params, state, xs, key, train,
+    def apply_with_state(params, state, xs, *, key=None, train=False, mask=None):
+        ys, new_state, _ = run(params, state, xs, key, train, mask,
                                lambda i: c.layers[i].apply_with_state)
         return ys, new_state
 
-    def forward_with_state(params, state, xs, *, key=None, train=False):
-        return run(params, state, xs, key, train, c.forward_rule)
+    def forward_with_state(params, state, xs, *, key=None, train=False, mask=None):
+        return run(params, state, xs, key, train, mask, c.forward_rule)
 
     def backward(params, residuals, dys):
         dys = (None,) * c.n if dys is None else dys
