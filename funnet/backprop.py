@@ -89,7 +89,9 @@ def value_and_grad(
     The objective is the structural risk of docs/math.md §4,
     ``R = loss(model(x), y) + ½ λ Σ_l ||W(l)||²`` with ``λ = l2`` over the params each
     layer declares weight-decayed. ``grads`` has exactly the pytree structure of ``params``.
-    ``key`` and ``train`` feed the forward pass (``Dropout`` drops when ``train=True``).
+    ``key``, ``train`` and ``mask`` feed the forward pass (``Dropout`` drops when
+    ``train=True``; ``mask``, the 0/1 vector of real rows, keeps padding rows out of batch
+    statistics — the loss must weight those rows by 0 itself).
     ``x`` may be a tuple whose parts have no gradient (ids, a graph), as the layers allow.
 
     With ``return_deltas=True`` (``model`` must be a ``serial``) a third element
@@ -116,9 +118,9 @@ def value_and_grad(
             "whose function takes (params, state, x, y) and returns ((loss, state), grads)"
         )
 
-    def run(params, state, x, y, key, train):
+    def run(params, state, x, y, key, train, mask):
         out, new_state, residuals = model.forward_with_state(params, state, x, key=key,
-                                                             train=train)
+                                                             train=train, mask=mask)
         value = loss(out, y)
         dout = loss.grad(out, y)  # δ at the output: ∂L/∂ŷ
         if return_deltas:
@@ -133,16 +135,17 @@ def value_and_grad(
         return value, new_state, grads, deltas
 
     if has_state:
-        def value_and_grad_with_state(params, state, x, y, *, key=None, train=False):
-            value, new_state, grads, deltas = run(params, state, x, y, key, train)
+        def value_and_grad_with_state(params, state, x, y, *, key=None, train=False,
+                                      mask=None):
+            value, new_state, grads, deltas = run(params, state, x, y, key, train, mask)
             out = ((value, new_state), grads)
             return (*out, deltas) if return_deltas else out
 
         return value_and_grad_with_state
 
     def value_and_grad_fn(params: PyTree, x: Any, y: Any, *, key: jax.Array | None = None,
-                          train: bool = False):
-        value, _, grads, deltas = run(params, (), x, y, key, train)
+                          train: bool = False, mask: Any = None):
+        value, _, grads, deltas = run(params, (), x, y, key, train, mask)
         return (value, grads, deltas) if return_deltas else (value, grads)
 
     return value_and_grad_fn

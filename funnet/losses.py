@@ -33,6 +33,9 @@ __all__ = [
     "softmax_cross_entropy",
 ]
 
+#: What a :class:`Loss` declares its predictions to be (see ``Loss.task``).
+TASKS = ("regression", "multiclass", "binary")
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Loss:
@@ -40,6 +43,12 @@ class Loss:
 
     ``ranking=True`` marks a loss of two score arrays ``(s, s_c)`` (``max_margin``), whose
     ``grad`` returns a pair: it is not a loss of a model's output and a target.
+
+    ``task`` declares what the outputs mean, so that training reports an accuracy for a
+    classification loss, a user's own included: ``"multiclass"`` (outputs are class scores
+    ``[N, K]``; a row is correct when its arg-max is the integer or one-hot label),
+    ``"binary"`` (outputs are logits; correct when ``ŷ > 0`` agrees with the 0/1 target),
+    or ``"regression"`` (no accuracy).
     """
 
     name: str
@@ -47,8 +56,12 @@ class Loss:
     grad: Callable[..., Any]
     doc: str = ""
     ranking: bool = False
+    task: str = "regression"
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"Loss {self.name!r}: task must be one of {TASKS}, "
+                             f"got {self.task!r}")
         object.__setattr__(self, "__doc__", self.doc or None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> jax.Array:
@@ -136,7 +149,8 @@ def _softmax_ce_grad(logits, labels):
     return (jax.nn.softmax(logits, axis=-1) - t) / n  # ∂L/∂s = (y - t) / N
 
 
-softmax_cross_entropy = Loss("softmax_cross_entropy", _softmax_ce, _softmax_ce_grad, doc=r"""
+softmax_cross_entropy = Loss("softmax_cross_entropy", _softmax_ce, _softmax_ce_grad,
+                             task="multiclass", doc=r"""
 Softmax cross-entropy on logits ``s [N, K]``: ``L = -1/N Σ_n Σ_k t_nk log softmax(s_n)_k``.
 
 ``labels``: integer classes ``[N]`` or one-hot / probability targets ``[N, K]``.
@@ -165,7 +179,7 @@ def _bce_grad(logits, labels):
     return (jax.nn.sigmoid(logits) - labels) / _n_samples(logits)  # (σ(z) - y) / N
 
 
-binary_cross_entropy = Loss("binary_cross_entropy", _bce, _bce_grad, doc=r"""
+binary_cross_entropy = Loss("binary_cross_entropy", _bce, _bce_grad, task="binary", doc=r"""
 Binary cross-entropy on logits: ``L = 1/N Σ [softplus(z) - y z]``
 (``= -[y log σ(z) + (1-y) log(1-σ(z))]``), mean over the leading axis. Stable for ±1e4.
 Hand gradient: ``∂L/∂z = (σ(z) - y)/N``.

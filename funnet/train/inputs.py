@@ -1,0 +1,121 @@
+r"""Checks of what a user hands to training: data, arguments, the model and its state.
+
+Everything here runs on concrete values before anything is compiled, so that a mistake is
+reported by name (``train.y``, ``batch_size``, the layer) before work is wasted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..contract import Layer, PyTree, StatefulModelError, as_layer
+from ..data import check_arrays
+from .objective import accuracy_kind
+
+__all__ = ["as_inputs", "as_targets", "check_data", "check_l2", "model_and_state", "unpack"]
+
+
+def model_and_state(model: Any, state: PyTree | None, what: str) -> tuple[Layer, PyTree]:
+    """``(model as a Layer, its state)``; a model holding state needs ``state=``."""
+    model = as_layer(model)
+    if model.stateful and (state is None or state == ()):
+        raise StatefulModelError(
+            f"{what}: {model.stateful_path()} holds state: pass its state, e.g. "
+            f"_, params, state = model.init_with_state(key, input_shape); "
+            f"{what}(..., state=state)")
+    return model, (() if state is None else state)
+
+
+def check_l2(l2: Any) -> float:
+    try:
+        value = float(l2)
+    except (TypeError, ValueError):
+        raise TypeError(f"l2 must be a number, got {l2!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"l2 must be a finite number ≥ 0, got {l2!r}")
+    return value
+
+
+def unpack(data: Any, name: str) -> tuple[Any, Any]:
+    try:
+        x, y = data
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an (x, y) pair or a funnet.data.Dataset") from None
+    return x, y
+
+
+def _strong(a: Any) -> np.ndarray | jax.Array:
+    """``a`` as a numpy or strongly typed jax array (a weak type would retrace the epoch)."""
+    if not isinstance(a, jax.Array):
+        return np.asarray(a)
+    return jnp.array(a, dtype=a.dtype) if a.weak_type else a
+
+
+def as_inputs(x: Any) -> np.ndarray | jax.Array:
+    x = _strong(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    return x
+
+
+def as_targets(y: Any, name: str = "train") -> np.ndarray | jax.Array:
+    """Integer labels as int32; labels that int32 cannot hold are refused, not wrapped (an
+    int64 label of 2**32 would otherwise train as class 0)."""
+    y = _strong(y)
+    if jnp.issubdtype(y.dtype, jnp.integer) and y.dtype != np.int32:
+        info = np.iinfo(np.int32)
+        values = np.asarray(y)
+        if values.size and (values.max() > info.max or values.min() < info.min):
+            bad = values[(values > info.max) | (values < info.min)]
+            raise ValueError(f"{name}.y: label {int(bad.flat[0])} does not fit in int32; "
+                             "labels are class indices in [0, number of classes)")
+        y = y.astype(np.int32)
+    return y
+
+
+def check_data(model: Layer, params: PyTree, state: PyTree, loss: Any, x, y, *, batch: int,
+               name: str) -> str | None:
+    """Check ``(x, y)`` and that ``model``'s output fits ``y`` and ``loss``, by shape only.
+
+    Returns the accuracy kind. Raises ValueError naming ``name.x`` / ``name.y``.
+    """
+    if np.ndim(x) == 0 or len(x) == 0 or np.ndim(y) == 0 or len(y) != len(x):
+        check_arrays(x, y, name=name)  # raises, naming the array
+    x_spec = jax.ShapeDtypeStruct((batch,) + tuple(np.shape(x)[1:]), x.dtype)
+    y_spec = jax.ShapeDtypeStruct((batch,) + tuple(np.shape(y)[1:]), y.dtype)
+    try:
+        out = jax.eval_shape(lambda p, s, xb: model.apply_with_state(p, s, xb)[0],
+                             params, state, x_spec)
+    except (ValueError, TypeError) as e:
+        raise type(e)(
+            f"{name}.x of shape {np.shape(x)} does not fit the model {model.name}: {e}"
+        ) from None
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise TypeError(f"the model {model.name} must return one array, got {out}")
+    kind = accuracy_kind(loss, out.shape, y_spec.shape, y_spec.dtype)
+    num_classes = out.shape[-1] if kind == "labels" else None
+    check_arrays(np.asarray(x), np.asarray(y), num_classes=num_classes, name=name)
+    if kind != "labels" and tuple(out.shape) != tuple(y_spec.shape):
+        raise ValueError(
+            f"{name}.y has shape {np.shape(y)} ({y.dtype}) but the model's output for a "
+            f"batch of {batch} has shape {tuple(out.shape)}: expected integer labels "
+            f"{tuple(out.shape[:-1])[1:] or '[N]'} per sample or targets of shape "
+            f"{tuple(out.shape)[1:]} per sample"
+        )
+    try:
+        value = jax.eval_shape(loss, out, y_spec)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"loss {loss!r} rejects the model output {out.shape} and "
+                         f"{name}.y {y_spec.shape}: {e}") from None
+    if getattr(value, "shape", None) != ():
+        # a per-row loss would be averaged over padded rows of the last batch too (and
+        # jax.grad of a vector is no gradient): require the mean over the batch
+        raise ValueError(f"loss {loss!r} must return a scalar (the mean over the batch), "
+                         f"got shape {getattr(value, 'shape', type(value).__name__)} for a "
+                         f"batch of {batch}")
+    return kind

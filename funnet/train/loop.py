@@ -1,0 +1,280 @@
+r"""``fit``: mini-batch training composed of the train package's parts.
+
+The loop is the stochastic gradient descent of docs/math.md §5 with an optax optimiser
+(docs/math.md §6)::
+
+    repeat for each epoch                                   (one compiled call, step.py)
+        shuffle the training set                            (permutation.py)
+        for each mini-batch (one lax.scan):
+            forward, backward                               (objective.py: autodiff or hand)
+            params ← optimiser(params, ∇ [loss + ½ λ Σ ||W||²])
+        validate                                            (evaluation.py)
+    until the validation loss stops falling for `patience` epochs   (early_stopping.py)
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optax
+
+from .._validate import check_int
+from ..contract import Layer, PyTree
+from ..data import Dataset
+from ..losses import Loss
+from ..signature import model_signature
+from . import resume as checkpoints
+from .devices import placement as make_placement
+from .early_stopping import EarlyStopping
+from .evaluation import EVAL_CHUNK
+from .history import History, ProgressBar
+from .inputs import as_inputs, as_targets, check_data, check_l2, model_and_state, unpack
+from .objective import check_grad
+from .state import TrainState, as_key, check_optimizer
+from .step import epoch_function, shapes_of, start_function
+
+__all__ = ["NonFiniteLossError", "fit"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss, a gradient or the updated state became NaN/inf during :func:`fit`.
+
+    Attributes:
+      epoch: the epoch (1-based, as in the history) in which it happened.
+      step: the mini-batch index within that epoch (0-based).
+      global_step: the number of updates applied before it.
+      last_good_state: the :class:`TrainState` just before the failing update.
+      last_good_params: ``last_good_state.params``.
+      history: the :class:`History` of the completed epochs.
+      path: where the last good state was saved (``fit(checkpoint=...)``), else ``None``.
+      best_params, best_epoch: the params of the best epoch so far by the monitored
+        validation metric and its number, or ``None`` without validation data or before
+        the first epoch completed.
+    """
+
+    def __init__(self, message: str, *, epoch: int, step: int, global_step: int,
+                 last_good_state: TrainState, history: History, path: Path | None = None,
+                 best_params: PyTree | None = None, best_epoch: int | None = None):
+        super().__init__(message)
+        self.epoch, self.step, self.global_step = epoch, step, global_step
+        self.last_good_state = last_good_state
+        self.last_good_params = last_good_state.params
+        self.history = history
+        self.path = path
+        self.best_params, self.best_epoch = best_params, best_epoch
+
+
+def fit(
+    model: Layer,
+    params: PyTree,
+    train: Dataset | tuple[Any, Any],
+    *,
+    loss: Loss | Any,
+    optimizer: optax.GradientTransformation,
+    epochs: int,
+    batch_size: int,
+    key: Any,
+    valid: Dataset | tuple[Any, Any] | None = None,
+    state: PyTree | None = None,
+    l2: float = 0.0,
+    patience: int | None = None,
+    monitor: str = "valid_loss",
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    keep: int = 3,
+    checkpoint_every: int = 1,
+    devices: Sequence[Any] | Any | None = None,
+    grad: str = "reverse",
+) -> tuple[PyTree, History] | tuple[PyTree, PyTree, History]:
+    r"""Train ``model`` on ``train`` with mini-batch SGD and an optax ``optimizer``.
+
+    The objective is the structural risk of docs/math.md §4,
+    ``R = 1/N Σ_n loss(model(x_n), y_n) + ½ λ Σ_l ||W(l)||²`` (``λ = l2``, over the params
+    the layers declare weight-decayed). The model runs in training mode (``train=True``:
+    ``Dropout`` drops, ``BatchNorm`` uses batch statistics); validation in evaluation mode.
+
+    Each epoch is one call of one compiled function: it permutes the rows on device, runs a
+    ``lax.scan`` over the ``ceil(N / batch_size)`` mini-batches (the last one padded with
+    repeated rows and masked out of the loss and of batch statistics: every sample counts
+    once per epoch), and evaluates ``valid``. It is compiled once per configuration; a later
+    ``fit`` with the same model, loss and optimizer *objects* and data shapes reuses it (a
+    new optax object, e.g. ``optax.adam(1e-3)`` written again, compiles anew).
+
+    Args:
+      model: a funnet :class:`~funnet.Layer` (or stax pair).
+      params: its initial params (not modified).
+      train: an ``(x, y)`` pair or :class:`funnet.data.Dataset`, checked before anything
+        runs (NaN/inf, lengths, label range, shapes against the model and ``loss``).
+      loss: ``loss(pred, target) -> scalar``, a mean over samples (any funnet loss; a
+        :class:`~funnet.Loss` declaring a classification task gets accuracies).
+      optimizer: an optax transformation (``optax.inject_hyperparams`` shows the learning
+        rate in the history).
+      epochs: the total number of epochs (also when resuming).
+      batch_size: rows per step; capped (with a warning) at the number of rows.
+      key: the PRNG key of the run (any implementation: ``jax.random.key(0,
+        impl="rbg")`` too); it gives every epoch's shuffle and every step's dropout key.
+      valid: validation data, checked like ``train``.
+      state: the model's state (``BatchNorm`` running statistics); required for a model
+        holding state. When given, ``fit`` returns ``(params, state, history)``.
+      l2: ``λ`` of the L2 penalty.
+      patience: early stopping (needs ``valid``): stop once the monitored metric has not
+        improved for ``patience`` epochs, and return the params (and state) of the best
+        epoch. Without it all epochs run and the last params are returned.
+      monitor: ``"valid_loss"`` (default, as Keras) or ``"valid_error"`` (``1 - accuracy``,
+        ties broken by the validation loss); see :class:`EarlyStopping`.
+      progress: a tqdm bar (a line per epoch without tqdm) when stderr is a terminal.
+      checkpoint: a directory for orbax checkpoints (:mod:`funnet.checkpoint`): the train
+        state, the best epoch and the history, every ``checkpoint_every`` epochs and at the
+        end. Checked writable and locked before training; it must hold no checkpoints
+        unless ``resume=True``.
+      resume: continue from the newest checkpoint (start afresh if there is none); the run
+        is then bitwise that of an uninterrupted one. Another configuration or
+        architecture is refused, naming the difference.
+      keep: how many checkpoints to keep (the newest).
+      checkpoint_every: save every this many epochs (and after the last one).
+      devices: a list of devices or a 1-D ``jax.sharding.Mesh``: data parallelism (the
+        batch axis sharded, params and optimiser state replicated); ``batch_size`` must be
+        divisible by the number of devices.
+      grad: ``"reverse"`` (``jax.value_and_grad``) or ``"hand"`` (the hand δ-recursion).
+
+    Returns:
+      ``(params, history)``, or ``(params, state, history)`` when ``state`` was given.
+
+    Raises:
+      ValueError: bad data or arguments (naming the array or argument).
+      funnet.checkpoint.CheckpointError: an unusable checkpoint directory (before training).
+      NonFiniteLossError: the loss, a gradient or the updated state became NaN/inf; no
+        update from the first bad step on is applied, and the error carries (and, with
+        ``checkpoint``, saves in ``DIR/last_good``) the last good state.
+
+    >>> import jax, jax.numpy as jnp, optax, funnet
+    >>> net = funnet.serial(funnet.Dense(16), funnet.Tanh, funnet.Dense(2))
+    >>> _, params = net.init(jax.random.PRNGKey(0), (-1, 2))
+    >>> x = jax.random.normal(jax.random.PRNGKey(1), (100, 2))
+    >>> y = (x[:, 0] + x[:, 1] > 0).astype(jnp.int32)
+    >>> params, history = fit(net, params, (x, y), loss=funnet.softmax_cross_entropy,
+    ...                       optimizer=optax.adam(0.05), epochs=10, batch_size=32,
+    ...                       key=jax.random.key(2), progress=False)
+    >>> len(history), history[-1]["train_accuracy"] > 0.9
+    (10, True)
+    """
+    return_state = state is not None
+    model, model_state = model_and_state(model, state, "fit")
+    optimizer, grad, l2 = check_optimizer(optimizer), check_grad(grad), check_l2(l2)
+    epochs = check_int(epochs, "epochs", minimum=0)
+    every = check_int(checkpoint_every, "checkpoint_every", minimum=1)
+    stopping = EarlyStopping(patience, monitor)
+    if patience is not None and valid is None:
+        raise ValueError("patience (early stopping) needs validation data: pass valid=")
+    if l2:
+        model.decay_mask(params)  # a layer that declares no decayed params: refuse it now
+    x, y = unpack(train, "train")
+    x, y = as_inputs(x), as_targets(y, "train")
+    batch_size = _batch_size(batch_size, x)
+    place = make_placement(devices, batch_size)
+    acc_kind = check_data(model, params, model_state, loss, x, y, batch=batch_size,
+                          name="train")
+    vx = vy = valid_kind = None
+    if valid is not None:
+        vx, vy = unpack(valid, "valid")
+        vx, vy = as_inputs(vx), as_targets(vy, "valid")
+        valid_kind = check_data(model, params, model_state, loss, vx, vy,
+                                batch=min(len(vx), EVAL_CHUNK), name="valid")
+        if monitor == "valid_error" and valid_kind is None:
+            stopping.value(0.0)  # raises: no accuracy to monitor
+    run = checkpoints.open_checkpoints(checkpoint, resume=resume,
+                                       keep=check_int(keep, "keep", minimum=1))
+    try:
+        x, y, vx, vy = place.put(x, y, vx, vy)
+        first = start_function(optimizer, place.replicated)(params, model_state,
+                                                            as_key(key))
+        run_state = checkpoints.RunState(first, History(), stopping)
+        config = {"n_train": len(x), "batch_size": batch_size, "grad": grad, "l2": l2,
+                  "patience": patience, "monitor": monitor, "valid": valid is not None}
+        signature = model_signature(model, params, state=model_state)
+        if run is not None:
+            run_state = checkpoints.restore(run, run_state, config=config,
+                                            signature=signature)
+        if run_state.epoch > epochs:
+            raise ValueError(f"checkpoint {str(checkpoint)!r} is at epoch {run_state.epoch}, "
+                             f"past epochs={epochs}: resume with epochs ≥ {run_state.epoch} "
+                             "(the total number of epochs, not the ones to add)")
+        options = {"l2": l2, "grad": grad, "n": len(x), "batch_size": batch_size,
+                   "acc_kind": acc_kind, "valid_kind": valid_kind, "placement": place.mesh,
+                   "eval_chunk": _eval_chunk(vx, place.size),
+                   "signature": shapes_of((run_state.state, x, y, vx, vy))}
+        bar = ProgressBar(progress, epochs, run_state.epoch)
+        try:
+            while run_state.epoch < epochs and not run_state.history.stopped_early:
+                _one_epoch(run_state, model, loss, optimizer, options, (x, y, vx, vy), run)
+                bar.update(run_state.history[-1], epochs)
+                if run is not None and (run_state.epoch % every == 0 or run_state.epoch == epochs
+                                        or run_state.history.stopped_early):
+                    checkpoints.save_epoch(run, run_state, config=config, signature=signature)
+        finally:
+            bar.close()
+    finally:
+        if run is not None:
+            run.close()
+    use_best = patience is not None and run_state.best is not None
+    params, model_state = run_state.best if use_best else (
+        run_state.state.params, run_state.state.model_state)
+    return (params, model_state, run_state.history) if return_state else (
+        params, run_state.history)
+
+
+def _one_epoch(run_state, model, loss, optimizer, options, data, run) -> None:
+    """Run one epoch in place on ``run_state``; replay it step-checked if not finite."""
+    t0 = time.perf_counter()
+    number = run_state.epoch + 1
+    backup, state, m = epoch_function(model, loss, optimizer, guarded=False, **options)(
+        run_state.state, *data)
+    if not m["finite"]:  # replay the epoch, checking every step, to find the bad one
+        _, state, m = epoch_function(model, loss, optimizer, guarded=True, **options)(
+            backup, *data)
+        if not m["finite"]:
+            _raise_non_finite(state, run_state, number, int(m["bad_step"]), run)
+    del backup
+    run_state.state = state
+    record = {"epoch": number, "train_loss": m["train_loss"]}
+    for k in ("train_accuracy", "valid_loss", "valid_accuracy", "learning_rate"):
+        record[k] = m.get(k)
+    record["seconds"] = time.perf_counter() - t0
+    run_state.record(record, track=data[2] is not None)
+
+
+def _raise_non_finite(state, run_state, epoch: int, step: int, run) -> None:
+    path = checkpoints.save_last_good(run, state, epoch, step)
+    where = f"; the last good state is saved in {str(path)!r}" if path else ""
+    global_step = int(state.step)
+    raise NonFiniteLossError(
+        f"non-finite loss or gradient at epoch {epoch}, step {step} (global step "
+        f"{global_step}); the update was not applied, training stopped{where}. Try a lower "
+        f"learning rate, gradient clipping (optax.clip_by_global_norm) or check the data.",
+        epoch=epoch, step=step, global_step=global_step, last_good_state=state,
+        history=run_state.history, path=path,
+        best_params=None if run_state.best is None else run_state.best[0],
+        best_epoch=run_state.stopping.best_epoch)
+
+
+def _batch_size(batch_size: Any, x: Any) -> int:
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    if np.ndim(x) and batch_size > len(x):  # padding every epoch up to batch_size rows
+        warnings.warn(f"batch_size {batch_size} is larger than the {len(x)} training rows; "
+                      f"using batch_size={len(x)}", stacklevel=3)
+        return len(x)
+    return batch_size
+
+
+def _eval_chunk(vx: Any, devices: int) -> int | None:
+    if vx is None:
+        return None
+    if devices > 1:  # chunks that split evenly over the devices
+        return -(-min(len(vx), EVAL_CHUNK) // devices) * devices
+    return EVAL_CHUNK if len(vx) > EVAL_CHUNK else None
