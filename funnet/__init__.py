@@ -8,7 +8,9 @@ from . import contract as contract
 from . import data as data
 from . import layers as layers
 from . import losses as losses
+from . import signature as signature
 from . import train as train
+from . import weights as weights
 from .activations import Activation as Activation
 from .activations import define_activation as define_activation
 from .activations import elu as elu
@@ -68,12 +70,15 @@ from .losses import l2_penalty as l2_penalty
 from .losses import max_margin as max_margin
 from .losses import mse as mse
 from .losses import softmax_cross_entropy as softmax_cross_entropy
+from .signature import model_signature as model_signature
 from .train import NonFiniteLossError as NonFiniteLossError
 from .train import TrainState as TrainState
 from .train import evaluate as evaluate
 from .train import fit as fit
 from .train import make_step as make_step
 from .train import predict as predict
+from .weights import load_params as load_params
+from .weights import save_params as save_params
 
 __version__ = "0.1.0"
 
@@ -134,22 +139,27 @@ __all__ = [
     "leaky_relu",
     "load_digits",
     "load_mnist",
+    "load_params",
     "logistic",
     "losses",
     "make_step",
     "max_margin",
+    "model_signature",
     "mse",
     "parallel",
     "param_count",
     "predict",
     "prelu",
     "relu",
+    "save_params",
     "serial",
     "sigmoid",
+    "signature",
     "softmax_cross_entropy",
     "softplus",
     "step",
     "summary",
     "tanh",
     "train",
+    "weights",
 ]

@@ -133,4 +133,4 @@ def test_doctests(module, results):
 LAYER_MODULES = ["funnet.layers.combinators", "funnet.layers.dense", "funnet.layers.dropout",
                  "funnet.layers.elementwise", "funnet.layers.reshape", "funnet.layers.inspection"]
 CORE = ["funnet.contract", "funnet.activations", *LAYER_MODULES, "funnet.losses",
-        "funnet.backprop"]
+        "funnet.backprop", "funnet.signature", "funnet.weights"]
