@@ -71,6 +71,7 @@ from .losses import max_margin as max_margin
 from .losses import mse as mse
 from .losses import softmax_cross_entropy as softmax_cross_entropy
 from .signature import model_signature as model_signature
+from .train import EarlyStopping as EarlyStopping
 from .train import NonFiniteLossError as NonFiniteLossError
 from .train import TrainState as TrainState
 from .train import evaluate as evaluate
@@ -88,6 +89,7 @@ __all__ = [
     "Dataset",
     "Dense",
     "Dropout",
+    "EarlyStopping",
     "Elu",
     "FanInConcat",
     "FanInSum",

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from typing_extensions import Self
 
 __all__ = ["CheckpointError", "CheckpointRun", "check_writable", "latest_step", "load_step",
            "save_step"]
@@ -177,10 +178,10 @@ class CheckpointRun:
         fcntl.flock(self._lock, fcntl.LOCK_UN)
         self._lock.close()
 
-    def __enter__(self) -> CheckpointRun:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

@@ -1,9 +1,12 @@
-"""The ``funnet`` command line: ``funnet train`` and ``funnet check``.
+"""The ``funnet`` command line: ``funnet train``, ``funnet predict`` and ``funnet check``.
 
 ``funnet train`` trains an MLP (``Dense → activation → … → Dense``) on the embedded
 8x8 digits (or MNIST) with :func:`funnet.train.fit` and prints the history table and the
-test accuracy. ``funnet check`` compares the gradient of such an MLP computed four ways
-(:func:`funnet.check.check_model`, float64) and exits 1 when a leaf disagrees.
+test accuracy; with ``--checkpoint DIR`` it records its flags in ``DIR/train-args.json``
+and the trained params in ``DIR/params.safetensors``, so that ``funnet predict
+--checkpoint DIR`` needs no other flag. ``funnet check`` compares the gradient of such an
+MLP computed four ways (:func:`funnet.check.check_model`, float64) and exits 1 when a leaf
+disagrees.
 
 Exit codes: 0 success; 1 a runtime error (bad data file, non-finite loss, failed gradient
 check), reported on stderr without a traceback; 2 bad flags or values (usage error).
@@ -11,6 +14,7 @@ check), reported on stderr without a traceback; 2 bad flags or values (usage err
     funnet train                                   # digits, defaults: ≥ 96 % test accuracy
     funnet train --hidden 64 --activation tanh --optimizer momentum --lr 0.05
     funnet train --data mnist:~/data/mnist --epochs 5 --checkpoint runs/a --resume
+    funnet predict --checkpoint runs/a --data rows.npy --out labels.csv
     funnet check --hidden 8,8 --activation elu --methods hand,reverse,numerical
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -156,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--grad", choices=GRADS, default="reverse",
                        help="gradients by jax.grad or by the hand-derived backprop")
     train.add_argument("--checkpoint", type=Path, default=None, metavar="DIR",
-                       help="save a checkpoint in DIR after every epoch")
+                       help="save a checkpoint in DIR after every epoch (orbax), the flags "
+                            "in DIR/train-args.json and the trained params in "
+                            "DIR/params.safetensors (for funnet predict)")
     train.add_argument("--resume", action="store_true",
                        help="continue from the latest checkpoint in --checkpoint DIR")
     train.add_argument("--devices", type=_positive_int, default=None, metavar="N",
@@ -165,6 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--plot", type=Path, default=None, metavar="PATH",
                        help="save the learning curves as an image (needs matplotlib)")
     train.set_defaults(run=_train)
+
+    predict = sub.add_parser(
+        "predict", help="predict classes with a model trained by funnet train --checkpoint",
+        description="Load the model that funnet train --checkpoint DIR trained (its flags "
+                    "from DIR/train-args.json, its params from DIR/params.safetensors), "
+                    "predict the class of every row of --data and print the accuracy when "
+                    "the data has labels.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    predict.add_argument("--checkpoint", type=Path, required=True, metavar="DIR")
+    predict.add_argument("--data", default=None, metavar="SPEC",
+                         help="'digits' or 'mnist:PATH' (the test split, as funnet train "
+                              "made it), or a .npy/.csv file of rows (no labels); default: "
+                              "the data the model was trained on")
+    predict.add_argument("--out", type=Path, default=None, metavar="PATH",
+                         help="write the predicted classes to PATH (CSV: row,class)")
+    predict.set_defaults(run=_predict)
 
     check = sub.add_parser(
         "check", help="check a model's gradients by every witness (float64)",
@@ -210,17 +233,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("funnet: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, OSError, FloatingPointError, ImportError) as e:
-        print(f"funnet {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, FloatingPointError, ImportError, RuntimeError,
+            MemoryError) as e:  # runtime errors, e.g. XLA's out of memory: no traceback
+        print(f"funnet {args.command}: error: {_first_lines(e)}", file=sys.stderr)
         return 1
+
+
+def _first_lines(e: BaseException, most: int = 6) -> str:
+    lines = str(e).strip().splitlines() or [type(e).__name__]
+    return "\n".join(lines[:most]) + ("\n…" if len(lines) > most else "")
 
 
 def _check_train_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Everything checkable before training starts, so that no run is wasted on it."""
+    from .checkpoint import CheckpointError, check_writable
+
     if args.resume and args.checkpoint is None:
         parser.error("--resume needs --checkpoint DIR")
-    if args.checkpoint is not None and args.checkpoint.exists() and not args.checkpoint.is_dir():
-        parser.error(f"--checkpoint {args.checkpoint}: exists and is not a directory")
+    if args.checkpoint is not None:
+        try:
+            check_writable(args.checkpoint)
+        except CheckpointError as e:
+            parser.error(f"--checkpoint {args.checkpoint}: {e}")
     if args.plot is not None:
         _check_plot_path(parser, args.plot)
     if args.devices is not None:
@@ -246,6 +280,12 @@ def _check_plot_path(parser: argparse.ArgumentParser, path: Path) -> None:
                      f"{', '.join('.' + f for f in sorted(formats))}")
     if not path.parent.is_dir():
         parser.error(f"--plot {path}: directory {path.parent} does not exist")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".funnet-plot-"):
+            pass
+    except OSError as e:
+        parser.error(f"--plot {path}: directory {path.parent} is not writable: "
+                     f"{e.strerror or e}")
 
 
 # ----------------------------------------------------------------------------- train
@@ -328,11 +368,17 @@ def _train(args: argparse.Namespace) -> int:
     print(f"model: {model.name}")
     print(f"optimizer: {args.optimizer}, lr {lr:g} ({args.schedule}), batch {args.batch_size}, "
           f"l2 {args.l2:g}, grad {args.grad}" + (f", devices {args.devices}" if devices else ""))
+    if args.checkpoint is not None:
+        _record_args(args, n_in=n_in, n_out=n_out)
     params, history = train.fit(
         model, params, splits.train, valid=splits.valid, loss=losses.softmax_cross_entropy,
         optimizer=tx, epochs=args.epochs, batch_size=args.batch_size, key=fit_key,
         l2=args.l2, patience=args.patience or None, progress=not args.no_progress,
         checkpoint=args.checkpoint, resume=args.resume, devices=devices, grad=args.grad)
+    if args.checkpoint is not None:
+        from .weights import save_params
+
+        save_params(args.checkpoint / PARAMS_FILE, params, model=model, overwrite=True)
     print(history.table())
     if args.plot is not None:
         print(f"learning curves: {history.plot(args.plot)}")
@@ -341,6 +387,93 @@ def _train(args: argparse.Namespace) -> int:
         else ""
     print(f"test accuracy: {scores['accuracy']:.4f}, test loss: {scores['loss']:.4f}{best}; "
           f"{time.perf_counter() - started:.1f} s")
+    return 0
+
+
+ARGS_FILE, PARAMS_FILE = "train-args.json", "params.safetensors"
+_MODEL_FLAGS = ("hidden", "activation", "data", "seed")
+
+
+def _record_args(args: argparse.Namespace, *, n_in: int, n_out: int) -> None:
+    """``DIR/train-args.json``: what ``funnet predict`` needs to rebuild the model. On
+    ``--resume`` the recorded model flags must be the ones given now."""
+    import json
+
+    record = {"hidden": list(args.hidden), "activation": args.activation,
+              "data": list(args.data), "seed": args.seed, "n_in": n_in, "n_out": n_out}
+    path = args.checkpoint / ARGS_FILE
+    if path.exists():
+        old = json.loads(path.read_text())
+        changed = [f"--{k} {old.get(k)!r} there, {record[k]!r} now" for k in _MODEL_FLAGS
+                   if old.get(k) != record[k]]
+        if changed:
+            raise ValueError(f"--checkpoint {args.checkpoint} was trained with other flags: "
+                             + "; ".join(changed))
+        if not args.resume:
+            raise ValueError(f"--checkpoint {args.checkpoint} already holds checkpoints of a run; pass "
+                             "--resume to continue it, or use an empty directory")
+    tmp = path.with_name(f".{ARGS_FILE}.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------- predict
+
+
+def _rows(spec: str, recorded: dict):
+    """``(x, y or None, description)`` for ``funnet predict --data``."""
+    import numpy as np
+
+    path = Path(spec).expanduser()
+    if spec in ("digits",) or spec.startswith("mnist:"):
+        kind = _data_spec(spec)
+        test = _load(kind, recorded["seed"]).test
+        return test.x, test.y, f"{spec}: test split ({len(test)} rows)"
+    if path.suffix == ".npy":
+        x = np.load(path, allow_pickle=False)
+    elif path.suffix == ".csv":
+        x = np.loadtxt(path, delimiter=",", ndmin=2)
+    else:
+        raise ValueError(f"--data {spec!r}: expected 'digits', 'mnist:PATH', or a .npy/.csv "
+                         "file of rows")
+    x = np.asarray(x, np.float32).reshape(len(x), -1)
+    if x.shape[1] != recorded["n_in"]:
+        raise ValueError(f"--data {spec}: rows have {x.shape[1]} values, the model was "
+                         f"trained on {recorded['n_in']}")
+    return x, None, f"{path} ({len(x)} rows)"
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    import jax
+    import numpy as np
+
+    from . import train
+    from .weights import load_params
+
+    directory = args.checkpoint
+    if not (directory / ARGS_FILE).is_file():
+        raise ValueError(f"--checkpoint {directory}: no {ARGS_FILE}; it was not written by "
+                         "funnet train --checkpoint")
+    if not (directory / PARAMS_FILE).is_file():
+        raise ValueError(f"--checkpoint {directory}: no {PARAMS_FILE}: the run has not "
+                         "finished; finish it with funnet train --checkpoint DIR --resume")
+    recorded = json.loads((directory / ARGS_FILE).read_text())
+    model = _mlp(tuple(recorded["hidden"]), recorded["activation"], recorded["n_out"])
+    like = model.init(jax.random.PRNGKey(0), (-1, recorded["n_in"]))[1]
+    params = load_params(directory / PARAMS_FILE, like=like, model=model)
+    spec = args.data or (recorded["data"][0] if recorded["data"][1] is None
+                         else f"mnist:{recorded['data'][1]}")
+    x, y, what = _rows(spec, recorded)
+    classes = np.argmax(np.asarray(train.predict(model, params, x, batch_size=4096)), axis=-1)
+    print(f"model: {model.name} from {directory}; data: {what}")
+    if y is not None:
+        print(f"accuracy: {float(np.mean(classes == np.asarray(y))):.4f}")
+    if args.out is not None:
+        args.out.write_text("row,class\n" + "".join(f"{i},{c}\n" for i, c in
+                                                    enumerate(classes.tolist())))
+        print(f"predictions: {args.out}")
     return 0
 
 

@@ -19,9 +19,9 @@ from .early_stopping import MONITORS as MONITORS
 from .early_stopping import EarlyStopping as EarlyStopping
 from .evaluation import evaluate as evaluate
 from .evaluation import predict as predict
+from .history import History as History
 from .loop import NonFiniteLossError as NonFiniteLossError
 from .loop import fit as fit
-from .history import History as History
 from .objective import GRADS as GRADS
 from .permutation import shuffle as shuffle
 from .state import TrainState as TrainState

@@ -207,7 +207,7 @@ def fit(
                              "(the total number of epochs, not the ones to add)")
         options = {"l2": l2, "grad": grad, "n": len(x), "batch_size": batch_size,
                    "acc_kind": acc_kind, "valid_kind": valid_kind, "placement": place.mesh,
-                   "eval_chunk": _eval_chunk(vx, place.size),
+                   "eval_chunk": _eval_chunk(vx, place),
                    "signature": shapes_of((run_state.state, x, y, vx, vy))}
         bar = ProgressBar(progress, epochs, run_state.epoch)
         try:
@@ -272,9 +272,9 @@ def _batch_size(batch_size: Any, x: Any) -> int:
     return batch_size
 
 
-def _eval_chunk(vx: Any, devices: int) -> int | None:
+def _eval_chunk(vx: Any, place: Any) -> int | None:
     if vx is None:
         return None
-    if devices > 1:  # chunks that split evenly over the devices
-        return -(-min(len(vx), EVAL_CHUNK) // devices) * devices
+    if place.mesh is not None:  # data parallel: chunks that split evenly over the devices
+        return -(-min(len(vx), EVAL_CHUNK) // place.size) * place.size
     return EVAL_CHUNK if len(vx) > EVAL_CHUNK else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 
