@@ -42,6 +42,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -256,9 +257,13 @@ def _route_to_first_max(x, dy, k: Ints, s: Ints, pads, out: Ints) -> Any:
 # --- the layers -----------------------------------------------------------------------------
 
 
-def _pool_layer(g: _Geometry, forward_fn, backward_fn) -> Layer:
+def _pool_layer(g: _Geometry, forward_fn, backward_fn, *, keep_input: bool) -> Layer:
     """A pooling layer on ``g``: ``forward_fn(x, *geometry) -> y`` and
-    ``backward_fn(x, dy, *geometry) -> dx`` with ``geometry = (k, s, pads, out)``."""
+    ``backward_fn(x, dy, *geometry) -> dx`` with ``geometry = (k, s, pads, out)``.
+
+    The residual is ``x`` when ``keep_input`` (MaxPool needs the values); otherwise only its
+    shape and dtype, and ``backward_fn`` gets a ``jax.ShapeDtypeStruct`` for ``x``.
+    """
 
     def init(key, input_shape):
         shape = check_input_shape(g.name, input_shape, features=True)
@@ -270,9 +275,10 @@ def _pool_layer(g: _Geometry, forward_fn, backward_fn) -> Layer:
         return forward_fn(x, *g.resolve(shape_of(x)))
 
     def forward(params, x):
-        return apply(params, x), x
+        return apply(params, x), (x if keep_input else (x.shape, x.dtype))
 
-    def backward(params, x, dy):
+    def backward(params, res, dy):
+        x = res if keep_input else jax.ShapeDtypeStruct(*res)
         return (), backward_fn(x, dy, *g.resolve(x.shape)).astype(x.dtype)
 
     return layer(init, forward, backward, apply=apply, name=g.name)
@@ -311,6 +317,7 @@ def MaxPool(window: int | Sequence[int], *, strides: int | Sequence[int] | None 
         g,
         lambda x, k, s, pads, out: _window_reduce(x, _lowest(x.dtype), lax.max, k, s, pads),
         lambda x, dy, k, s, pads, out: _route_to_first_max(x, dy, k, s, pads, out),
+        keep_input=True,
     )
 
 
@@ -339,6 +346,7 @@ def SumPool(window: int | Sequence[int], *, strides: int | Sequence[int] | None 
         g,
         lambda x, k, s, pads, out: _window_reduce(x, 0, lax.add, k, s, pads),
         lambda x, dy, k, s, pads, out: _spread(dy, x.shape[1:-1], k, s, pads),
+        keep_input=False,
     )
 
 
@@ -385,7 +393,7 @@ def AvgPool(window: int | Sequence[int], *, strides: int | Sequence[int] | None 
     def backward(x, dy, k, s, pads, out):
         return _spread(dy / divisor(x, k, s, pads, out), x.shape[1:-1], k, s, pads)
 
-    return _pool_layer(g, forward, backward)
+    return _pool_layer(g, forward, backward, keep_input=False)
 
 
 def _global_avg_pool() -> Layer:
