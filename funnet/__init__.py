@@ -38,18 +38,21 @@ from .data import Dataset as Dataset
 from .data import load_digits as load_digits
 from .data import load_mnist as load_mnist
 from .layers import ActivationLayer as ActivationLayer
+from .layers import AvgPool as AvgPool
 from .layers import Dense as Dense
 from .layers import Dropout as Dropout
 from .layers import Elu as Elu
 from .layers import FanInConcat as FanInConcat
 from .layers import FanInSum as FanInSum
 from .layers import Flatten as Flatten
+from .layers import GlobalAvgPool as GlobalAvgPool
 from .layers import HardLogistic as HardLogistic
 from .layers import HardTanh as HardTanh
 from .layers import Identity as Identity
 from .layers import LeakyRelu as LeakyRelu
 from .layers import Logistic as Logistic
 from .layers import LogSoftmax as LogSoftmax
+from .layers import MaxPool as MaxPool
 from .layers import PRelu as PRelu
 from .layers import Relu as Relu
 from .layers import Reshape as Reshape
@@ -57,6 +60,7 @@ from .layers import Sigmoid as Sigmoid
 from .layers import Softmax as Softmax
 from .layers import Softplus as Softplus
 from .layers import Step as Step
+from .layers import SumPool as SumPool
 from .layers import Tanh as Tanh
 from .layers import fanout as fanout
 from .layers import parallel as parallel
@@ -86,6 +90,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Activation",
     "ActivationLayer",
+    "AvgPool",
     "Dataset",
     "Dense",
     "Dropout",
@@ -94,6 +99,7 @@ __all__ = [
     "FanInConcat",
     "FanInSum",
     "Flatten",
+    "GlobalAvgPool",
     "GradientCheckError",
     "HardLogistic",
     "HardTanh",
@@ -104,6 +110,7 @@ __all__ = [
     "LogSoftmax",
     "Logistic",
     "Loss",
+    "MaxPool",
     "NoBackwardRuleError",
     "NonFiniteLossError",
     "PRelu",
@@ -115,6 +122,7 @@ __all__ = [
     "Softplus",
     "StatefulModelError",
     "Step",
+    "SumPool",
     "Tanh",
     "TrainState",
     "accuracy",

@@ -298,6 +298,24 @@ def prelu_ref(p, x):
     return jnp.where(x > 0, x, _rows(p["slope"], x) * x)
 
 
+def pool_ref(kind, window, strides, pads, *, count_padding=False):
+    """Plain ``lax.reduce_window`` pooling of ``[n, *spatial, C]`` (docs/math.md §8.2):
+    ``-inf`` padding for max; avg divides by ``Π window`` or, like stax, by the window sums
+    of ones (the real cells)."""
+    dims, steps, padding = (1, *window, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0))
+
+    def ref(p, x):
+        if kind == "max":
+            return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, steps, padding)
+        total = jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, steps, padding)
+        if kind == "sum":
+            return total
+        ones = jax.lax.reduce_window(jnp.ones_like(x), 0.0, jax.lax.add, dims, steps, padding)
+        return total / (float(np.prod(window)) if count_padding else ones)
+
+    return ref
+
+
 def _layer_cases() -> list[LayerCase]:
     D = 4
     cases = [
@@ -391,6 +409,34 @@ def _layer_cases() -> list[LayerCase]:
             (-1, 3, D), (-1, 6, D),
             ((), ((), ()), ()),
             lambda p, x: jnp.concatenate([jnp.tanh(x), jnp.maximum(x, 0)], axis=-2),
+        ),
+        # pooling, channels last [n, *spatial, C] (registry inputs are continuous: no ties;
+        # tests/test_pooling.py tests those)
+        LayerCase("MaxPool(2) on [n, 4, 4, 2]", funnet.MaxPool(2), (-1, 4, 4, 2),
+                  (-1, 2, 2, 2), (),
+                  lambda p, x: x.reshape(x.shape[0], 2, 2, 2, 2, 2).max(axis=(2, 4))),
+        LayerCase("MaxPool((3, 3), strides=1, padding='SAME')",
+                  funnet.MaxPool((3, 3), strides=1, padding="SAME"), (-1, 4, 5, 1),
+                  (-1, 4, 5, 1), (), pool_ref("max", (3, 3), (1, 1), ((1, 1), (1, 1)))),
+        LayerCase("AvgPool(2, strides=1, padding='SAME') 1-D",
+                  funnet.AvgPool(2, strides=1, padding="SAME"), (-1, 5, 2), (-1, 5, 2), (),
+                  pool_ref("avg", (2,), (1,), ((0, 1),))),
+        LayerCase("AvgPool((3, 2), strides=2, padding=((1, 1), (0, 1)), count_padding=True)",
+                  funnet.AvgPool((3, 2), strides=2, padding=((1, 1), (0, 1)),
+                                 count_padding=True),
+                  (-1, 5, 4, 2), (-1, 3, 2, 2), (),
+                  pool_ref("avg", (3, 2), (2, 2), ((1, 1), (0, 1)), count_padding=True)),
+        LayerCase("SumPool(2, strides=1) 3-D", funnet.SumPool(2, strides=1), (-1, 3, 3, 3, 1),
+                  (-1, 2, 2, 2, 1), (), pool_ref("sum", (2, 2, 2), (1, 1, 1), ((0, 0),) * 3)),
+        LayerCase("GlobalAvgPool on [n, 3, 4, 2]", funnet.GlobalAvgPool, (-1, 3, 4, 2),
+                  (-1, 2), (), lambda p, x: jnp.mean(x, axis=(1, 2))),
+        LayerCase(
+            "serial(MaxPool,GlobalAvgPool,Dense)",
+            funnet.serial(funnet.MaxPool(2, strides=1), funnet.GlobalAvgPool, funnet.Dense(3)),
+            (-1, 3, 3, 2), (-1, 3),
+            ((), (), {"W": (2, 3), "b": (3,)}),
+            lambda p, x: dense_ref(p[2], jnp.mean(
+                pool_ref("max", (2, 2), (1, 1), ((0, 0),) * 2)(None, x), axis=(1, 2))),
         ),
     ]
     return cases

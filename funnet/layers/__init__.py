@@ -38,24 +38,31 @@ from .elementwise import Step as Step
 from .elementwise import Tanh as Tanh
 from .inspection import param_count as param_count
 from .inspection import summary as summary
+from .pooling import AvgPool as AvgPool
+from .pooling import GlobalAvgPool as GlobalAvgPool
+from .pooling import MaxPool as MaxPool
+from .pooling import SumPool as SumPool
 from .reshape import Flatten as Flatten
 from .reshape import Identity as Identity
 from .reshape import Reshape as Reshape
 
 __all__ = [
     "ActivationLayer",
+    "AvgPool",
     "Dense",
     "Dropout",
     "Elu",
     "FanInConcat",
     "FanInSum",
     "Flatten",
+    "GlobalAvgPool",
     "HardLogistic",
     "HardTanh",
     "Identity",
     "LeakyRelu",
     "LogSoftmax",
     "Logistic",
+    "MaxPool",
     "PRelu",
     "Relu",
     "Reshape",
@@ -63,6 +70,7 @@ __all__ = [
     "Softmax",
     "Softplus",
     "Step",
+    "SumPool",
     "Tanh",
     "fanout",
     "parallel",
