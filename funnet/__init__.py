@@ -36,15 +36,18 @@ from .data import Dataset as Dataset
 from .data import load_digits as load_digits
 from .data import load_mnist as load_mnist
 from .layers import ActivationLayer as ActivationLayer
+from .layers import BatchNorm as BatchNorm
 from .layers import Dense as Dense
 from .layers import Dropout as Dropout
 from .layers import Elu as Elu
 from .layers import FanInConcat as FanInConcat
 from .layers import FanInSum as FanInSum
 from .layers import Flatten as Flatten
+from .layers import GroupNorm as GroupNorm
 from .layers import HardLogistic as HardLogistic
 from .layers import HardTanh as HardTanh
 from .layers import Identity as Identity
+from .layers import LayerNorm as LayerNorm
 from .layers import LeakyRelu as LeakyRelu
 from .layers import Logistic as Logistic
 from .layers import LogSoftmax as LogSoftmax
@@ -80,6 +83,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Activation",
     "ActivationLayer",
+    "BatchNorm",
     "Dataset",
     "Dense",
     "Dropout",
@@ -88,11 +92,13 @@ __all__ = [
     "FanInSum",
     "Flatten",
     "GradientCheckError",
+    "GroupNorm",
     "HardLogistic",
     "HardTanh",
     "Identity",
     "Layer",
     "LayerError",
+    "LayerNorm",
     "LeakyRelu",
     "LogSoftmax",
     "Logistic",
