@@ -325,8 +325,8 @@ def LayerNorm(*, epsilon: float = 1e-5) -> Layer:
     >>> import jax, jax.numpy as jnp, funnet
     >>> init, apply = funnet.LayerNorm()
     >>> _, params = init(jax.random.PRNGKey(0), (-1, 4))
-    >>> apply(params, jnp.array([[1.0, 2.0, 3.0, 4.0]])).round(3).tolist()
-    [[-1.342, -0.447, 0.447, 1.342]]
+    >>> apply(params, jnp.array([[1.0, 3.0, 1.0, 3.0]])).round(3).tolist()  # μ = 2, σ² = 1
+    [[-1.0, 1.0, -1.0, 1.0]]
     """
     epsilon = _epsilon("LayerNorm", epsilon)
     return _per_sample(_name("LayerNorm", epsilon=(epsilon, 1e-5)), None, epsilon, 1)
