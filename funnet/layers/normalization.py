@@ -157,7 +157,8 @@ def BatchNorm(*, momentum: float = 0.9, epsilon: float = 1e-5, axis: int = -1) -
     batch) the statistics are weighted by it: ``n = Σ mask × spatial size``, and the rows
     with mask 0 neither count in ``μ``, ``σ²`` nor in the update; they are still normalised
     (by the statistics of the real rows), and the backward is the exact derivative of that
-    masked formula, for any ``dy``. A batch whose mask is all 0 leaves the state unchanged.
+    masked formula, for any ``dy``. A batch whose mask is all 0 has no statistics: it is
+    normalised with ``μ = σ² = 0`` and leaves the state unchanged.
 
     A batch of one row (``[1, C]``) in training has ``σ² = 0``: then ``x̂ = 0``, ``y = β``,
     ``dx = 0`` and ``dγ = 0`` (finite, as the formula says; such a batch carries no
