@@ -39,6 +39,7 @@ from .data import load_digits as load_digits
 from .data import load_mnist as load_mnist
 from .layers import ActivationLayer as ActivationLayer
 from .layers import AvgPool as AvgPool
+from .layers import BatchNorm as BatchNorm
 from .layers import Dense as Dense
 from .layers import Dropout as Dropout
 from .layers import Elu as Elu
@@ -46,9 +47,11 @@ from .layers import FanInConcat as FanInConcat
 from .layers import FanInSum as FanInSum
 from .layers import Flatten as Flatten
 from .layers import GlobalAvgPool as GlobalAvgPool
+from .layers import GroupNorm as GroupNorm
 from .layers import HardLogistic as HardLogistic
 from .layers import HardTanh as HardTanh
 from .layers import Identity as Identity
+from .layers import LayerNorm as LayerNorm
 from .layers import LeakyRelu as LeakyRelu
 from .layers import Logistic as Logistic
 from .layers import LogSoftmax as LogSoftmax
@@ -91,6 +94,7 @@ __all__ = [
     "Activation",
     "ActivationLayer",
     "AvgPool",
+    "BatchNorm",
     "Dataset",
     "Dense",
     "Dropout",
@@ -101,11 +105,13 @@ __all__ = [
     "Flatten",
     "GlobalAvgPool",
     "GradientCheckError",
+    "GroupNorm",
     "HardLogistic",
     "HardTanh",
     "Identity",
     "Layer",
     "LayerError",
+    "LayerNorm",
     "LeakyRelu",
     "LogSoftmax",
     "Logistic",

@@ -269,6 +269,9 @@ class LayerCase:
     ref: Callable[[Any, jax.Array], Any] | None = None  # plain jnp apply
     needs_key: bool = False
     covers: tuple[str, ...] = ()  # public constructors it exercises beyond its layers' names
+    # holds state (BatchNorm): the tests run it through init_with_state/apply_with_state
+    # with the state from init, in training mode (batch statistics) unless said otherwise
+    stateful: bool = False
 
     def __repr__(self) -> str:
         return self.id
@@ -314,6 +317,30 @@ def pool_ref(kind, window, strides, pads, *, count_padding=False):
         return total / (float(np.prod(window)) if count_padding else ones)
 
     return ref
+def _normalised(x, axes, eps=1e-5):
+    """``(x − μ)/√(σ² + ε)`` with the mean and biased variance over ``axes`` (§8.3, §8.4)."""
+    mu = jnp.mean(x, axis=axes, keepdims=True)
+    return (x - mu) / jnp.sqrt(jnp.mean((x - mu) ** 2, axis=axes, keepdims=True) + eps)
+
+
+def _along(v, x, axis):
+    return v.reshape(tuple(-1 if a == axis % x.ndim else 1 for a in range(x.ndim)))
+
+
+def batch_norm_ref(p, x, axis=-1):
+    """Training mode: batch statistics over every axis but the channel axis."""
+    axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
+    return _along(p["scale"], x, axis) * _normalised(x, axes) + _along(p["offset"], x, axis)
+
+
+def layer_norm_ref(p, x):
+    return _rows(p["scale"], x) * _normalised(x, (-1,)) + _rows(p["offset"], x)
+
+
+def group_norm_ref(p, x, groups):
+    xg = x.reshape(x.shape[:-1] + (groups, -1))  # [B, ..., G, C/G]
+    xhat = _normalised(xg, tuple(range(1, xg.ndim - 2)) + (xg.ndim - 1,)).reshape(x.shape)
+    return _rows(p["scale"], x) * xhat + _rows(p["offset"], x)
 
 
 def _layer_cases() -> list[LayerCase]:
@@ -438,6 +465,30 @@ def _layer_cases() -> list[LayerCase]:
             lambda p, x: dense_ref(p[2], jnp.mean(
                 pool_ref("max", (2, 2), (1, 1), ((0, 0),) * 2)(None, x), axis=(1, 2))),
         ),
+        # normalisation (docs/math.md §8.3, §8.4)
+        LayerCase("LayerNorm", funnet.LayerNorm(), (-1, D), (-1, D),
+                  {"scale": (D,), "offset": (D,)}, layer_norm_ref),
+        LayerCase("LayerNorm on [n, 3, D]", funnet.LayerNorm(), (-1, 3, D), (-1, 3, D),
+                  {"scale": (D,), "offset": (D,)}, layer_norm_ref),
+        LayerCase("GroupNorm(2) on [n, 2, 3, D]", funnet.GroupNorm(2), (-1, 2, 3, D),
+                  (-1, 2, 3, D), {"scale": (D,), "offset": (D,)},
+                  lambda p, x: group_norm_ref(p, x, 2)),
+        LayerCase("BatchNorm", funnet.BatchNorm(), (-1, D), (-1, D),
+                  {"scale": (D,), "offset": (D,)}, batch_norm_ref, stateful=True),
+        LayerCase("BatchNorm on [n, 2, 3, D]", funnet.BatchNorm(), (-1, 2, 3, D),
+                  (-1, 2, 3, D), {"scale": (D,), "offset": (D,)}, batch_norm_ref,
+                  stateful=True),
+        LayerCase("BatchNorm(axis=1) on [n, 3, D]", funnet.BatchNorm(axis=1), (-1, 3, D),
+                  (-1, 3, D), {"scale": (3,), "offset": (3,)},
+                  lambda p, x: batch_norm_ref(p, x, axis=1), stateful=True),
+        LayerCase(
+            "serial(Dense,BatchNorm,Relu)",
+            funnet.serial(funnet.Dense(3), funnet.BatchNorm(), funnet.Relu),
+            (-1, D), (-1, 3),
+            ({"W": (D, 3), "b": (3,)}, {"scale": (3,), "offset": (3,)}, ()),
+            lambda p, x: jnp.maximum(batch_norm_ref(p[1], dense_ref(p[0], x)), 0),
+            stateful=True,
+        ),
     ]
     return cases
 
@@ -465,12 +516,19 @@ def init_shapes(layer: funnet.Layer, input_shape) -> tuple[Any, Any]:
     """
     box = {}
 
-    def params_only(key):
-        box["out"], params = layer.init(key, input_shape)
+    def params_only(key):  # init_with_state: stateful layers too (their state is dropped)
+        box["out"], params, _ = layer.init_with_state(key, input_shape)
         return params
 
     params = jax.eval_shape(params_only, jax.random.PRNGKey(0))
     return box["out"], params
+
+
+def init_state(layer: funnet.Layer, input_shape) -> Any:
+    """The state ``init_with_state`` gives (``()`` for a layer without state)."""
+    if not layer.stateful:
+        return ()
+    return layer.init_with_state(jax.random.PRNGKey(0), input_shape)[2]
 
 
 def init_params(layer: funnet.Layer, input_shape, seed: int = 0) -> Any:

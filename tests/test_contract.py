@@ -368,9 +368,32 @@ def test_training_entry_points_refuse_stateful_models_before_any_work():
     for what, call in calls.items():
         with pytest.raises(funnet.StatefulModelError, match=rf"{what}: serial\[1\] › RunningMean"):
             call()
+    with pytest.raises(funnet.StatefulModelError, match=r"check_model: .* pass state="):
+        funnet.check_model(net, params, *data, funnet.mse)
     with pytest.raises(funnet.StatefulModelError, match="pass state="):
         funnet.check_layer(net, params, data[0])
     assert funnet.check_layer(net, params, data[0], state=state, train=True).ok
+
+
+def test_check_model_carries_state_held_fixed_and_calls_batch_statistics_coupled():
+    # given state=, check_model differentiates R(params) = loss(apply_with_state(params,
+    # state, x)[0], y): the state is an input held fixed, the new state is dropped
+    net = funnet.serial(funnet.Dense(2), RunningMean())
+    _, params, state = net.init_with_state(KEY, (-1, 3))
+    state = (state[0], {"mean": jnp.asarray([0.5, -1.0]), "count": state[1]["count"]})
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((4, 3)))
+    y = jnp.asarray(np.random.default_rng(4).standard_normal((4, 2)))
+    fast = {"methods": ("hand", "formula", "numerical"), "batch": True}
+    train = funnet.check_model(net, params, x, y, funnet.mse, state=state, train=True, **fast)
+    # centring by the batch mean couples the rows: a batch of one is centred to 0
+    assert train.ok and train.batch.verdict == "coupled"
+    assert not train.batch.per_example.ok and train.batch.shuffled.ok
+    evaluation = funnet.check_model(net, params, x, y, funnet.mse, state=state, **fast)
+    assert evaluation.ok and evaluation.batch.verdict == "consistent"
+    # the held state is the one given: R is the mse of x W + b − running mean
+    h = x @ params[0]["W"] + params[0]["b"][None]
+    np.testing.assert_allclose(evaluation.value, funnet.mse(h - state[1]["mean"][None], y),
+                               **TIGHT)
 
 
 def test_small_mistakes_get_helpful_errors():

@@ -2,6 +2,9 @@
 
 Each layer's hand ``backward`` (via ``funnet.backprop.backward``) is checked against
 ``jax.vjp`` of its ``apply`` and of an independent plain-``jax.numpy`` reference.
+Every layer runs through the stateful entry points (``apply_with_state`` with the state
+``init_with_state`` gives, ``()`` without state); a case marked ``stateful``
+(``BatchNorm``) runs in training mode, and the stax pair must refuse it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from _registry import (
     batch_shape,
     init_params,
     init_shapes,
+    init_state,
     random_input,
 )
 from jax.example_libraries import stax
@@ -39,6 +43,26 @@ def _shapes(tree):
 
 def _key(case: LayerCase):
     return KEY if case.needs_key else None
+
+
+def _train(case: LayerCase) -> bool:
+    return case.needs_key or case.stateful
+
+
+@functools.cache
+def _state(case_id: str):
+    case = CASES_BY_ID[case_id]
+    return init_state(case.layer, case.input_shape)
+
+
+def _apply(case: LayerCase, params, x, **kwargs):
+    """``y`` of the case's layer through ``apply_with_state`` (its state from init)."""
+    return case.layer.apply_with_state(params, _state(case.id), x, **kwargs)[0]
+
+
+def _backward(case: LayerCase, params, x, dy):
+    return funnet.backprop.backward(case.layer, params, x, dy, key=_key(case),
+                                    train=_train(case), state=_state(case.id))
 
 
 def _problem(case: LayerCase, n: int = 5):
@@ -96,25 +120,25 @@ def eager(case_id: str) -> dict:
     """apply and the hand backward of a case, run op by op (memoised)."""
     case = CASES_BY_ID[case_id]
     params, x = _problem(case)
-    key = _key(case)
-    y = case.layer.apply(params, x, key=key, train=case.needs_key)
+    y = _apply(case, params, x, key=_key(case), train=_train(case))
     dy = _cotangent(y)
     return {
         "params": params, "x": x, "dy": dy, "y": y,
-        "backward": funnet.backprop.backward(case.layer, params, x, dy, key=key, train=case.needs_key),
+        "backward": _backward(case, params, x, dy),
     }
 
 
 def _jitted_case(case: LayerCase, params, x, dy) -> dict:
-    key = _key(case)
+    mode = {"key": _key(case), "train": _train(case)}
     out = {
-        "y": case.layer.apply(params, x, key=key, train=case.needs_key),
-        "forward": case.layer.forward(params, x, key=key, train=case.needs_key)[0],
-        "backward": funnet.backprop.backward(case.layer, params, x, dy, key=key, train=case.needs_key),
-        "vjp": jax.vjp(lambda p, x: case.layer.apply(p, x, key=key, train=case.needs_key), params, x)[1](dy),
-        # one sample at a time (no key: Dropout is then the identity)
-        "vmap": jax.vmap(lambda xi: case.layer.apply(params, xi[None])[0])(x),
-        "batched": case.layer.apply(params, x),
+        "y": _apply(case, params, x, **mode),
+        "forward": case.layer.forward_with_state(params, _state(case.id), x, **mode)[0],
+        "backward": _backward(case, params, x, dy),
+        "vjp": jax.vjp(lambda p, x: _apply(case, p, x, **mode), params, x)[1](dy),
+        # one sample at a time, in evaluation mode (Dropout is then the identity, BatchNorm
+        # uses its running statistics: both act on each sample alone)
+        "vmap": jax.vmap(lambda xi: _apply(case, params, xi[None])[0])(x),
+        "batched": _apply(case, params, x),
     }
     if case.ref is not None:
         out["vjp_ref"] = jax.vjp(case.ref, params, x)[1](dy)
@@ -177,6 +201,12 @@ def test_unpacks_as_init_apply(case):
     init, apply = case.layer
     assert len(case.layer) == 2 and case.layer[0] == case.layer.init
     params, x = _problem(case)
+    if case.stateful:  # the stax pair is stateless: it refuses a layer holding state
+        with pytest.raises(funnet.StatefulModelError, match="holds state"):
+            init(KEY, case.input_shape)
+        with pytest.raises(funnet.StatefulModelError, match="holds state"):
+            apply(params, x)
+        return
     box = {}
     jax.eval_shape(lambda k: box.setdefault("out", init(k, case.input_shape)[0]) and (), KEY)
     assert box["out"] == case.out_shape
@@ -461,7 +491,8 @@ def test_every_public_layer_has_a_registry_entry():
 @pytest.mark.parametrize("case", CASES)
 def test_check_layer_passes_on_every_registered_layer(case):
     params, x = _problem(case)
-    result = funnet.check_layer(case.layer, params, x, key=_key(case), train=case.needs_key)
+    result = funnet.check_layer(case.layer, params, x, key=_key(case), train=_train(case),
+                                state=_state(case.id))
     assert result.ok and result.dtype == "float64"
     assert len(result.params.rows) == len(jax.tree_util.tree_leaves(params))
     assert len(result.inputs.rows) == 1 and not result.no_gradient
@@ -472,13 +503,13 @@ def test_jvp_of_the_forward_twin_is_the_transpose_of_the_hand_backward(case):
     # ⟨J t, dy⟩ = ⟨t, Jᵀ dy⟩: J t by forward mode through the twin (custom_jvp from the
     # hand f'), Jᵀ dy by the hand backward rule; float64, O(1) sums of ~100 terms
     params, x = _problem(case)
-    key, train = _key(case), case.needs_key
+    key, train, state = _key(case), _train(case), _state(case.id)
     twin = funnet.forward_twin(case.layer)
     t_params, t_x = _cotangent(params, seed=2), _cotangent(x, seed=3)
-    y, jt = jax.jvp(lambda p, v: twin.apply(p, v, key=key, train=train), (params, x),
-                    (t_params, t_x))
+    y, jt = jax.jvp(lambda p, v: twin.apply_with_state(p, state, v, key=key, train=train)[0],
+                    (params, x), (t_params, t_x))
     dy = _cotangent(y, seed=4)
-    dparams, dx = funnet.backprop.backward(case.layer, params, x, dy, key=key, train=train)
+    dparams, dx = _backward(case, params, x, dy)
 
     def dot(a, b):
         return sum(jnp.vdot(u, v) for u, v in zip(jax.tree_util.tree_leaves(a),

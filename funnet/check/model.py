@@ -14,7 +14,8 @@ import numpy as np
 
 from .._table import table
 from ..contract import Layer, PyTree, StatefulModelError, as_layer
-from ..layers import param_count
+from ..layers import parallel, param_count, serial
+from ..layers.combinators import _expect_sequence
 from ..losses import Loss, l2_penalty
 from . import programs
 from .comparison import GradientCheckError, Report, Row, compare, default_tolerances
@@ -206,6 +207,7 @@ def check_model(
     l2: float = 0.0,
     key: jax.Array | None = None,
     train: bool = False,
+    state: PyTree = (),
     rtol: float | None = None,
     atol: float | None = None,
     eps: float | None = None,
@@ -220,10 +222,14 @@ def check_model(
 
     The objective (docs/math.md §4) is
     ``R(θ) = loss(model.apply(θ, x, key=key, train=train), y) + ½ λ Σ ||W||²`` with
-    ``λ = l2`` over the params the layers declare weight-decayed.
+    ``λ = l2`` over the params the layers declare weight-decayed. For a model holding
+    state (``BatchNorm``) ``model.apply`` is ``model.apply_with_state(θ, state, x, ...)[0]``:
+    ``R`` is a function of the params alone, the state an input held fixed, the new state
+    discarded; every method and witness differentiates that same ``R``.
 
     Args:
-      model: the model (a stateless :class:`~funnet.Layer` or stax pair).
+      model: the model (a :class:`~funnet.Layer` or stax pair); one holding state needs
+        ``state``.
       params: its params.
       x: the inputs.
       y: the targets.
@@ -241,7 +247,9 @@ def check_model(
         * ``"numerical"``: central differences (:func:`numerical_grad`, step ``eps``).
       l2: ``λ`` of the L2 penalty.
       key: PRNG key for stochastic layers (the same mask for every method and evaluation).
-      train: the mode, as for ``apply`` (``Dropout`` drops with ``train=True``).
+      train: the mode, as for ``apply`` (``Dropout`` drops with ``train=True``;
+        ``BatchNorm`` uses the batch statistics).
+      state: the model's state (from ``init_with_state``), required when it holds state.
       rtol: overrides the relative tolerance of :func:`default_tolerances` for every pair.
       atol: overrides the absolute tolerance likewise.
       eps: the relative step of the numerical method.
@@ -253,7 +261,8 @@ def check_model(
       sensitivity_error: inject this relative error (e.g. ``1e-3``) into the hand
         gradient's largest leaf and require that the check notices it.
       batch: compare the batch gradient with the mean of per-example gradients and with
-        the gradient of the shuffled batch.
+        the gradient of the shuffled batch (a model with state in training mode may couple
+        the batch: its verdict is then ``"coupled"``, not ``"failed"``).
       verbose: print the report.
 
     With ``"hand"`` in ``methods`` and a ``serial`` model, the δ-trace compares the hand
@@ -277,11 +286,14 @@ def check_model(
         methods = METHODS if isinstance(loss, Loss) else tuple(m for m in METHODS if m != "hand")
     methods = _validate_methods(methods, loss)
     model = as_layer(model)
+    couples = model.stateful and bool(train)  # batch statistics: batch-coupled in training
     if model.stateful:
-        raise StatefulModelError(
-            f"check_model: {model.stateful_path()} holds state, which check_model does not "
-            "carry yet; check the layer alone with funnet.check_layer(layer, params, x, "
-            "state=state)")
+        if not jax.tree_util.tree_leaves(state):
+            raise StatefulModelError(
+                f"check_model: {model.stateful_path()} holds state: pass state= (from "
+                "model.init_with_state); the gradient is then that of the params with the "
+                "state held fixed")
+        model = _state_held(model, state)
     reference = _reference(methods)
     dtype = _float_dtype(params, "check_model")
     if l2:
@@ -385,7 +397,7 @@ def check_model(
     if batch:
         formula = programs.value_and_grad(model, loss, l2, train, "formula")
         consistency = batch_consistency(lambda xb, yb: formula(params, xb, yb, key)[1], x, y,
-                                        dtype=dtype, couples=model.stateful)
+                                        dtype=dtype, couples=couples)
 
     result = CheckResult(reference, reports, grads, value, np.dtype(dtype).name, verdicts,
                          deltas, exclusion, slopes, self_test, consistency)
@@ -394,6 +406,37 @@ def check_model(
     if not result.ok:
         raise GradientCheckError(_failure_message(result, model, params), result)
     return result
+
+
+def _state_held(model: Layer, state: PyTree) -> Layer:
+    """``model`` with ``state`` bound: a stateless layer of the same tree (paths, names,
+    params, rules), whose passes run with ``state`` held fixed and drop the new state."""
+    if not model.stateful:
+        return model
+    if model.kind in ("serial", "parallel"):
+        _expect_sequence(model.kind, state, len(model.children), "state")
+        combine = serial if model.kind == "serial" else parallel
+        return combine(*(_state_held(c, s) for c, s in zip(model.children, state)))
+
+    def init_with_state(key, input_shape):
+        return (*model.init_with_state(key, input_shape)[:2], ())
+
+    def apply_with_state(params, _, x, *, key=None, train=False, mask=None):
+        return model.apply_with_state(params, state, x, key=key, train=train, mask=mask)[0], ()
+
+    forward_with_state = None
+    if model.forward_with_state is not None:
+        def forward_with_state(params, _, x, *, key=None, train=False, mask=None):
+            y, _, res = model.forward_with_state(params, state, x, key=key, train=train,
+                                                 mask=mask)
+            return y, (), res
+
+    rewire = None if model.rewire is None else (
+        lambda wiring: _state_held(model.rewired(wiring), state))
+    return dataclasses.replace(model, init_with_state=init_with_state,
+                               apply_with_state=apply_with_state,
+                               forward_with_state=forward_with_state, stateful=False,
+                               rewire=rewire)
 
 
 def _failure_message(result: CheckResult, model: Layer, params: PyTree) -> str:

@@ -1,7 +1,8 @@
 r"""Layers: each constructor returns a :class:`funnet.Layer` (see :mod:`funnet.contract`).
 
 One module per concept: ``dense``, ``elementwise`` (activations, PReLU, softmax),
-``reshape`` (Identity, Flatten, Reshape), ``dropout``, ``combinators`` (serial, parallel,
+``reshape`` (Identity, Flatten, Reshape), ``dropout``, ``normalization`` (BatchNorm,
+LayerNorm, GroupNorm), ``combinators`` (serial, parallel,
 fanout, fan-ins) and ``inspection`` (param_count, summary). A new layer family joins as one
 module here, one re-export line below and in ``funnet/__init__.py``, and one entry in the
 test registry (``tests/_registry.py``).
@@ -38,6 +39,9 @@ from .elementwise import Step as Step
 from .elementwise import Tanh as Tanh
 from .inspection import param_count as param_count
 from .inspection import summary as summary
+from .normalization import BatchNorm as BatchNorm
+from .normalization import GroupNorm as GroupNorm
+from .normalization import LayerNorm as LayerNorm
 from .pooling import AvgPool as AvgPool
 from .pooling import GlobalAvgPool as GlobalAvgPool
 from .pooling import MaxPool as MaxPool
@@ -49,6 +53,7 @@ from .reshape import Reshape as Reshape
 __all__ = [
     "ActivationLayer",
     "AvgPool",
+    "BatchNorm",
     "Dense",
     "Dropout",
     "Elu",
@@ -56,9 +61,11 @@ __all__ = [
     "FanInSum",
     "Flatten",
     "GlobalAvgPool",
+    "GroupNorm",
     "HardLogistic",
     "HardTanh",
     "Identity",
+    "LayerNorm",
     "LeakyRelu",
     "LogSoftmax",
     "Logistic",
