@@ -36,6 +36,8 @@ from .data import Dataset as Dataset
 from .data import load_digits as load_digits
 from .data import load_mnist as load_mnist
 from .layers import ActivationLayer as ActivationLayer
+from .layers import Conv as Conv
+from .layers import ConvTranspose as ConvTranspose
 from .layers import Dense as Dense
 from .layers import Dropout as Dropout
 from .layers import Elu as Elu
@@ -80,6 +82,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Activation",
     "ActivationLayer",
+    "Conv",
+    "ConvTranspose",
     "Dataset",
     "Dense",
     "Dropout",
