@@ -234,17 +234,24 @@ PARAMS = [pytest.param(c, id=c.id) for c in CASES]
 CASES_BY_ID = {c.id: c for c in CASES}
 
 
-def _params(case: Case, seed: int = 0) -> tuple[Any, dict]:
-    """``(output shape from init, random float64 params of init's shapes)``."""
+def init_shapes(layer: funnet.Layer, input_shape) -> tuple[Any, dict]:
+    """``(output shape, params as ShapeDtypeStructs)`` from init, traced: nothing is drawn
+    or compiled."""
     box = {}
 
     def init(key):
-        box["out"], p = case.layer().init(key, (-1, *case.x_shape[1:]))
+        box["out"], p = layer.init(key, input_shape)
         return p
 
-    shapes = jax.eval_shape(init, KEY)  # init traced, nothing drawn or compiled
+    shapes = jax.eval_shape(init, KEY)
+    return box["out"], shapes
+
+
+def _params(case: Case, seed: int = 0) -> tuple[Any, dict]:
+    """``(output shape from init, random float64 params of init's shapes)``."""
+    out, shapes = init_shapes(case.layer(), (-1, *case.x_shape[1:]))
     rng = np.random.default_rng(seed)
-    return box["out"], {k: jnp.asarray(rng.standard_normal(s.shape)) for k, s in shapes.items()}
+    return out, {k: jnp.asarray(rng.standard_normal(s.shape)) for k, s in shapes.items()}
 
 
 @functools.cache
@@ -298,7 +305,7 @@ def test_values_against_the_numpy_loop_and_the_init_shape(case):
     pr, c = problem(case.id), computed(case.id)
     y, expected = c["y"], pr["expected"]
     assert pr["out_shape"] == (-1, *y.shape[1:])  # init's output shape is apply's
-    assert case.layer().init(KEY, case.x_shape)[0] == y.shape  # a concrete batch size too
+    assert init_shapes(case.layer(), case.x_shape)[0] == y.shape  # a concrete batch too
     assert y.shape == expected.shape and y.dtype == jnp.float64
     np.testing.assert_allclose(y, expected, **TIGHT)
     np.testing.assert_array_equal(c["forward"], y)
@@ -415,8 +422,7 @@ def test_check_layer():
     (jnp.float32, jnp.float64), (jnp.float64, jnp.float32), (jnp.bfloat16, jnp.float32)])
 def test_gradients_have_the_dtype_of_what_they_differentiate(kind, param_dtype, x_dtype):
     layer = getattr(funnet, kind)(2, 2, strides=2)
-    _, params = layer.init(KEY, (-1, 4, 3, 2))
-    params = jax.tree_util.tree_map(lambda a: a.astype(param_dtype), params)
+    params = {"W": jnp.full((2, 2, 2, 2), 0.5, param_dtype), "b": jnp.ones(2, param_dtype)}
     x = jnp.ones((2, 4, 3, 2), x_dtype)
     y, res = layer.forward(params, x)
     dparams, dx = layer.backward(params, res, jnp.ones_like(y))
@@ -444,11 +450,11 @@ def test_a_small_cnn_passes_check_model():
 
 def test_param_count_and_decay():
     conv = funnet.Conv(6, (3, 2), groups=2)
-    _, params = conv.init(KEY, (-1, 5, 6, 4))
+    _, params = init_shapes(conv, (-1, 5, 6, 4))
     assert params["W"].shape == (3, 2, 2, 6)
     assert funnet.param_count(params) == 3 * 2 * 4 * 6 // 2 + 6 == 78
     assert conv.decay_mask(params) == {"W": True, "b": False}
-    _, tparams = funnet.ConvTranspose(5, 2).init(KEY, (-1, 3, 3, 3, 4))
+    _, tparams = init_shapes(funnet.ConvTranspose(5, 2), (-1, 3, 3, 3, 4))
     assert funnet.param_count(tparams) == 2 * 2 * 2 * 4 * 5 + 5
 
 

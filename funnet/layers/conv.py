@@ -45,7 +45,8 @@ from ..contract import Layer, layer
 
 __all__ = ["Conv", "ConvTranspose"]
 
-_GLOROT_NORMAL = jax.nn.initializers.glorot_normal()  # fan_in = prod(kernel)·C_in/groups
+# receptive field prod(kernel): fan_in = prod(kernel)·C_in/groups, fan_out = prod(kernel)·C_out
+_GLOROT_NORMAL = jax.nn.initializers.glorot_normal()
 _Pairs = tuple[tuple[int, int], ...]
 
 
