@@ -40,6 +40,8 @@ from .data import load_mnist as load_mnist
 from .layers import ActivationLayer as ActivationLayer
 from .layers import AvgPool as AvgPool
 from .layers import BatchNorm as BatchNorm
+from .layers import Conv as Conv
+from .layers import ConvTranspose as ConvTranspose
 from .layers import Dense as Dense
 from .layers import Dropout as Dropout
 from .layers import Elu as Elu
@@ -95,6 +97,8 @@ __all__ = [
     "ActivationLayer",
     "AvgPool",
     "BatchNorm",
+    "Conv",
+    "ConvTranspose",
     "Dataset",
     "Dense",
     "Dropout",

@@ -490,7 +490,52 @@ def _layer_cases() -> list[LayerCase]:
             stateful=True,
         ),
     ]
+    cases += _conv_cases()
     return cases
+
+
+_CONV_LAYOUTS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"),
+                 3: ("NDHWC", "DHWIO", "NDHWC")}
+
+
+def conv_ref(strides, padding, dilation=None, groups=1, *, transpose=False):
+    """A convolution as lax computes it from the layout strings and the padding as given
+    (string or pairs), plus the bias: independent of the layer's own layout and padding
+    arithmetic (docs/math.md §8.1)."""
+
+    def ref(p, x):
+        n = x.ndim - 2
+        if transpose:
+            y = jax.lax.conv_transpose(x, p["W"], strides, padding, rhs_dilation=dilation,
+                                       dimension_numbers=_CONV_LAYOUTS[n])
+        else:
+            y = jax.lax.conv_general_dilated(x, p["W"], strides, padding,
+                                             rhs_dilation=dilation,
+                                             dimension_numbers=_CONV_LAYOUTS[n],
+                                             feature_group_count=groups)
+        return y + p["b"].reshape((1,) * (n + 1) + (-1,))
+
+    return ref
+
+
+def _conv_cases() -> list[LayerCase]:
+    pairs = ((1, 0), (0, 1))
+    return [
+        LayerCase("Conv 1-D: strides 2, SAME", funnet.Conv(4, 3, strides=2, padding="SAME"),
+                  (-1, 7, 3), (-1, 4, 4), {"W": (3, 3, 4), "b": (4,)},
+                  conv_ref((2,), "SAME")),
+        LayerCase("Conv 2-D: strides 2, explicit padding, groups 2",
+                  funnet.Conv(4, (3, 2), strides=2, padding=pairs, groups=2),
+                  (-1, 5, 6, 2), (-1, 2, 3, 4), {"W": (3, 2, 1, 4), "b": (4,)},
+                  conv_ref((2, 2), pairs, groups=2)),
+        LayerCase("Conv 3-D: dilation (1, 1, 2)", funnet.Conv(2, 2, dilation=(1, 1, 2)),
+                  (-1, 3, 4, 3, 2), (-1, 2, 3, 1, 2), {"W": (2, 2, 2, 2, 2), "b": (2,)},
+                  conv_ref((1, 1, 1), "VALID", (1, 1, 2))),
+        LayerCase("ConvTranspose 2-D: strides 2, SAME",
+                  funnet.ConvTranspose(3, (3, 2), strides=2, padding="SAME"),
+                  (-1, 4, 3, 2), (-1, 8, 6, 3), {"W": (3, 2, 2, 3), "b": (3,)},
+                  conv_ref((2, 2), "SAME", transpose=True)),
+    ]
 
 
 ACTIVATION_CASES_BY_ID: dict[str, ActivationCase] = {a.id: a for a in ACTIVATION_CASES}

@@ -21,6 +21,8 @@ from .combinators import FanInSum as FanInSum
 from .combinators import fanout as fanout
 from .combinators import parallel as parallel
 from .combinators import serial as serial
+from .conv import Conv as Conv
+from .conv import ConvTranspose as ConvTranspose
 from .dense import Dense as Dense
 from .dropout import Dropout as Dropout
 from .elementwise import ActivationLayer as ActivationLayer
@@ -54,6 +56,8 @@ __all__ = [
     "ActivationLayer",
     "AvgPool",
     "BatchNorm",
+    "Conv",
+    "ConvTranspose",
     "Dense",
     "Dropout",
     "Elu",
