@@ -1,4 +1,5 @@
-"""XOR learned by a 2-8-1 network with every activation of docs/math.md §2.
+"""XOR learned by a 2-8-1 network with each of the ten classic activations of docs/math.md §2
+(logistic to step; not GELU, SELU, swish, exp).
 
 One hidden layer of 8 units, a logit output and binary cross-entropy; full-batch gradient
 descent with the hand-derived backprop of ``funnet.backprop`` (``lr = 1``), weights and biases

@@ -14,15 +14,20 @@ from . import weights as weights
 from .activations import Activation as Activation
 from .activations import define_activation as define_activation
 from .activations import elu as elu
+from .activations import exp as exp
+from .activations import gelu as gelu
 from .activations import hard_logistic as hard_logistic
 from .activations import hard_tanh as hard_tanh
 from .activations import leaky_relu as leaky_relu
 from .activations import logistic as logistic
 from .activations import prelu as prelu
 from .activations import relu as relu
+from .activations import selu as selu
 from .activations import sigmoid as sigmoid
+from .activations import silu as silu
 from .activations import softplus as softplus
 from .activations import step as step
+from .activations import swish as swish
 from .activations import tanh as tanh
 from .check import GradientCheckError as GradientCheckError
 from .check import check_layer as check_layer
@@ -45,9 +50,11 @@ from .layers import ConvTranspose as ConvTranspose
 from .layers import Dense as Dense
 from .layers import Dropout as Dropout
 from .layers import Elu as Elu
+from .layers import Exp as Exp
 from .layers import FanInConcat as FanInConcat
 from .layers import FanInSum as FanInSum
 from .layers import Flatten as Flatten
+from .layers import Gelu as Gelu
 from .layers import GlobalAvgPool as GlobalAvgPool
 from .layers import GroupNorm as GroupNorm
 from .layers import HardLogistic as HardLogistic
@@ -61,11 +68,14 @@ from .layers import MaxPool as MaxPool
 from .layers import PRelu as PRelu
 from .layers import Relu as Relu
 from .layers import Reshape as Reshape
+from .layers import Selu as Selu
 from .layers import Sigmoid as Sigmoid
+from .layers import Silu as Silu
 from .layers import Softmax as Softmax
 from .layers import Softplus as Softplus
 from .layers import Step as Step
 from .layers import SumPool as SumPool
+from .layers import Swish as Swish
 from .layers import Tanh as Tanh
 from .layers import fanout as fanout
 from .layers import parallel as parallel
@@ -104,9 +114,11 @@ __all__ = [
     "Dropout",
     "EarlyStopping",
     "Elu",
+    "Exp",
     "FanInConcat",
     "FanInSum",
     "Flatten",
+    "Gelu",
     "GlobalAvgPool",
     "GradientCheckError",
     "GroupNorm",
@@ -127,12 +139,15 @@ __all__ = [
     "ParamsError",
     "Relu",
     "Reshape",
+    "Selu",
     "Sigmoid",
+    "Silu",
     "Softmax",
     "Softplus",
     "StatefulModelError",
     "Step",
     "SumPool",
+    "Swish",
     "Tanh",
     "TrainState",
     "accuracy",
@@ -148,9 +163,11 @@ __all__ = [
     "define_activation",
     "elu",
     "evaluate",
+    "exp",
     "fanout",
     "fit",
     "forward_twin",
+    "gelu",
     "hard_logistic",
     "hard_tanh",
     "l2_penalty",
@@ -172,13 +189,16 @@ __all__ = [
     "prelu",
     "relu",
     "save_params",
+    "selu",
     "serial",
     "sigmoid",
     "signature",
+    "silu",
     "softmax_cross_entropy",
     "softplus",
     "step",
     "summary",
+    "swish",
     "tanh",
     "train",
     "weights",

@@ -16,11 +16,11 @@ Kink convention (one rule for all): at a kink the derivative is the value of the
 
     relu'(0) = 0        leaky_relu'(0) = slope     prelu'(0) = slope
     hard_tanh'(±1) = 0  hard_logistic'(±2) = 0     elu'(0) = alpha
-    step'(x) = 0 everywhere (step(0) = 0)
+    step'(x) = 0 everywhere (step(0) = 0)         selu'(0) = λα
 
 Each value is a valid subgradient, matches the table literally, and agrees with PyTorch for
 ``relu`` and ``hard_tanh`` (jax.nn gives 1 at ±1 for ``hard_tanh`` and 1 at 0 for
-``leaky_relu``; its ``elu'(0) = α`` agrees with ours).
+``leaky_relu``; its ``elu'(0) = α`` and ``selu'(0) = λα`` agree with ours).
 
 Three wirings, one derivative. JAX refuses ``jax.jvp``/``jax.jacfwd`` on a custom_vjp
 function (``jax.grad`` and ``jax.hessian`` — reverse-over-reverse and forward-over-reverse
@@ -33,18 +33,23 @@ plain values that change nothing global:
 * ``act.formula``: the plain formula ``f`` with no custom rule, so that JAX differentiates
   ``f`` itself — the witness independent of the hand ``f'`` that ``funnet.check`` uses.
 
-NaN in gives NaN out, for values and derivatives; ``±inf`` give the limits.
+NaN in gives NaN out, for values and derivatives; ``±inf`` give the limits. Values and
+derivatives are finite wherever the true ones are, in float32 and float64; only ``exp``
+overflows, to ``inf`` exactly where ``e^x`` exceeds the dtype's largest number (as
+``jnp.exp``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
@@ -53,15 +58,20 @@ __all__ = [
     "Activation",
     "define_activation",
     "elu",
+    "exp",
+    "gelu",
     "hard_logistic",
     "hard_tanh",
     "leaky_relu",
     "logistic",
     "prelu",
     "relu",
+    "selu",
     "sigmoid",
+    "silu",
     "softplus",
     "step",
+    "swish",
     "tanh",
 ]
 
@@ -132,7 +142,8 @@ class Activation(_Twins):
       f: ``f(x, **hyper) -> y``, the forward formula.
       df: ``df(x, y, **hyper) -> f'(x)``, the hand-derived derivative; ``y = f(x)`` is
         passed so formulas such as ``σ' = σ(1 - σ)`` can reuse it.
-      defaults: the keyword hyperparameters and their defaults (e.g. ``{"slope": 0.01}``).
+      defaults: the keyword hyperparameters and their defaults (e.g. ``{"slope": 0.01}``);
+        one whose default is ``True``/``False`` (``gelu``'s ``approximate``) takes only those.
       kinks: the points where ``f'`` jumps (``relu``: ``(0.0,)``): a central difference whose
         stencil straddles one mixes two slopes, so :func:`funnet.check_model` excludes it.
       wiring: how ``f'`` reaches JAX: ``"vjp"`` (``jax.custom_vjp``, the default),
@@ -177,6 +188,8 @@ class Activation(_Twins):
             )
         merged = {**self.defaults, **hyper}
         for k, v in merged.items():
+            if isinstance(self.defaults[k], bool) and not isinstance(v, bool):
+                raise TypeError(f"{self.name}(): hyperparameter {k}={v!r} must be True or False")
             if isinstance(v, jax.core.Tracer) or not isinstance(v, (int, float)):
                 raise TypeError(
                     f"{self.name}(): hyperparameter {k}={v!r} must be a Python number "
@@ -269,16 +282,17 @@ def define_activation(
     (custom_vjp), ``act.jvp_twin`` is the custom_jvp twin for forward mode,
     :func:`funnet.layers.ActivationLayer` and :func:`funnet.check` accept it.
 
-    Example: swish, ``f(x) = x σ(x)``, ``f'(x) = σ(x) + x σ(x)(1 - σ(x))``.
+    Example: mish, ``f(x) = x tanh(s(x))`` with ``s(x) = softplus(x)``, so
+    ``f'(x) = tanh(s) + x σ(x)(1 - tanh(s)²)`` (``s' = σ``).
 
     >>> import jax, jax.numpy as jnp, funnet
-    >>> swish = funnet.define_activation(
-    ...     "swish",
-    ...     lambda x: x * jax.nn.sigmoid(x),
-    ...     lambda x, y: jax.nn.sigmoid(x) * (1 + x * (1 - jax.nn.sigmoid(x))),
-    ... )
-    >>> round(float(jax.grad(swish)(1.0)), 6)
-    0.927671
+    >>> def dmish(x, y):
+    ...     t = jnp.tanh(jax.nn.softplus(x))
+    ...     return t + x * jax.nn.sigmoid(x) * (1 - t**2)
+    >>> mish = funnet.define_activation(
+    ...     "mish", lambda x: x * jnp.tanh(jax.nn.softplus(x)), dmish)
+    >>> round(float(jax.grad(mish)(1.0)), 6)
+    1.049036
     """
     return Activation(name=name, f=f, df=df, defaults=dict(defaults),
                       kinks=tuple(float(k) for k in kinks))
@@ -465,6 +479,141 @@ Heaviside step (the MP neuron): ``1 if x > 0 else 0``; ``step(0) = 0``.
 
 
 # ---------------------------------------------------------------------------------------
+# The activations of stax besides those: GELU, SELU, swish (SiLU), exp.
+
+#: Beyond ``|x| = 40`` the Gaussian factors of GELU are below ``1e-340``, under float64's
+#: smallest subnormal: there ``x Φ(x)`` (x < -40) and ``x Φ'(x)`` are taken as exactly 0,
+#: which keeps ``-inf · 0`` (NaN) and the overflow of ``x²`` / ``x³`` out of the formulas.
+_GAUSS_TAIL = 40.0
+_SQRT_HALF = math.sqrt(0.5)  # 1/√2
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)  # 1/√(2π)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)  # √(2/π)
+_GELU_CUBIC = 0.044715
+
+
+def _gelu_u(x):
+    return _SQRT_2_OVER_PI * (x + _GELU_CUBIC * (x * x * x))  # u = √(2/π)(x + 0.044715x³)
+
+
+def _gelu_cdf(x, approximate):
+    """``Φ(x) = ½ erfc(-x/√2)`` or its tanh approximation ``½(1 + tanh u) = σ(2u)``.
+
+    Both forms avoid the cancellation of ``1 + erf`` / ``1 + tanh`` in the left tail.
+    """
+    if approximate:
+        # σ(2u) is exactly 0 or 1 beyond |x| = 40 (|2u| > 4600): the clip only keeps x³ finite
+        return jax.nn.sigmoid(2 * _gelu_u(jnp.clip(x, -_GAUSS_TAIL, _GAUSS_TAIL)))
+    return 0.5 * lax.erfc(-_SQRT_HALF * x)
+
+
+def _gelu(x, approximate):
+    # x Φ(x); 0 for x < -40 (|x Φ(x)| < 1e-340 there), so that gelu(-inf) = 0, not -inf · 0
+    xs = jnp.where(x < -_GAUSS_TAIL, jnp.zeros_like(x), x)
+    return xs * _gelu_cdf(xs, approximate)
+
+
+def _dgelu(x, y, approximate):
+    # f'(x) = Φ(x) + x Φ'(x), with Φ'(x) = φ(x) = exp(-x²/2)/√(2π), or for the approximation
+    # d/dx σ(2u) = 2σ(2u)(1 - σ(2u)) u', u' = √(2/π)(1 + 3·0.044715x²), σ(1-σ) = e/(1+e)²
+    # with e = exp(-2|u|); x Φ'(x) is 0 for |x| ≥ 40 (below 1e-340): finite at ±inf
+    t = jnp.where(jnp.abs(x) < _GAUSS_TAIL, x, jnp.zeros_like(x))
+    if approximate:
+        du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * (t * t))
+        bump = 2 * _sech2_from_exp(jnp.exp(-2 * jnp.abs(_gelu_u(t)))) * du
+    else:
+        bump = _INV_SQRT_2PI * jnp.exp(-0.5 * (t * t))
+    return _gelu_cdf(x, approximate) + t * bump
+
+
+gelu = Activation("gelu", _gelu, _dgelu, {"approximate": False}, doc="""
+Gaussian error linear unit ``x Φ(x)``, ``Φ(x) = ½(1 + erf(x/√2))`` the normal CDF.
+
+``f'(x) = Φ(x) + x φ(x)``, ``φ(x) = exp(-x²/2)/√(2π)``. Smooth, no kink. ``Φ`` is evaluated
+as ``½ erfc(-x/√2)``: exact in the left tail, where ``1 + erf`` cancels.
+
+``approximate=True``: the tanh form ``½x(1 + tanh u)``, ``u = √(2/π)(x + 0.044715x³)``,
+evaluated as ``x σ(2u)``; ``f'(x) = σ(2u) + 2x σ(2u)(1 - σ(2u)) u'(x)``.
+**The default differs from jax.nn.gelu**: funnet's is the exact erf form
+(``approximate=False``), jax.nn.gelu's is the tanh approximation (``approximate=True``).
+
+>>> float(gelu(0.0)), float(gelu.derivative(0.0)), float(gelu.derivative(0.0, approximate=True))
+(0.0, 0.5, 0.5)
+""")
+
+
+_SELU_ALPHA = 1.6732632423543772848170429916717  # α, as jax.nn.selu
+_SELU_SCALE = 1.0507009873554804934193349852946  # λ, as jax.nn.selu
+_SELU_SCALE_ALPHA = _SELU_SCALE * _SELU_ALPHA  # λα ≈ 1.7581: selu(-inf) = -λα, selu'(0) = λα
+
+
+def _selu(x):
+    # as elu: expm1 only sees x ≤ 0; a strict where so that autodiff gives selu'(0) = λα
+    safe = jnp.where(x > 0, jnp.zeros_like(x), x)
+    return jnp.where(x > 0, _SELU_SCALE * x, _SELU_SCALE_ALPHA * jnp.expm1(safe))  # λx or λα(eˣ-1)
+
+
+def _dselu(x, y):
+    # λ if x > 0 else λα e^x (λα one constant: f'(0) = λα is one rounding in every dtype)
+    neg = _SELU_SCALE_ALPHA * jnp.exp(jnp.minimum(x, 0))
+    return _keep_nan(x, jnp.where(x > 0, jnp.full_like(x, _SELU_SCALE), neg))
+
+
+selu = Activation("selu", _selu, _dselu, kinks=(0.0,), doc="""
+Scaled ELU ``λx if x > 0 else λα(exp(x) - 1)``, with the fixed constants of jax.nn.selu
+``λ = 1.0507009873554804934193349852946``, ``α = 1.6732632423543772848170429916717``.
+
+``f'(x) = λ if x > 0 else λα exp(x)``; kink convention: ``f'(0) = λα ≈ 1.7581`` (the ``else``
+branch, as ``elu'(0) = α``; jax.nn.selu gives the same).
+
+>>> round(float(selu.derivative(0.0)), 6), round(float(selu(-jnp.inf)), 6)
+(1.758099, -1.758099)
+""")
+
+
+def _swish(x):
+    xs = jnp.where(x == -jnp.inf, jnp.zeros_like(x), x)  # the limit 0 at -inf, not -inf · 0
+    return xs * jax.nn.sigmoid(xs)  # x σ(x)
+
+
+def _dswish(x, y):
+    # f'(x) = σ(x) + x σ(x)(1 - σ(x)); σ(1 - σ) as e/(1+e)², e = exp(-|x|) (no 1 - σ
+    # cancellation); x σ(1 - σ) is 0 at ±inf (the limit), not inf · 0
+    t = jnp.where(jnp.isinf(x), jnp.zeros_like(x), x)
+    return jax.nn.sigmoid(x) + t * _sech2_from_exp(jnp.exp(-jnp.abs(t)))
+
+
+swish = Activation("swish", _swish, _dswish, doc="""
+Swish (SiLU) ``x σ(x)``; ``f'(x) = σ(x) + x σ(x)(1 - σ(x)) = σ(x)(1 + x(1 - σ(x)))``.
+
+Smooth, no kink; ``silu`` is the same activation. ``σ(1 - σ)`` is evaluated as
+``e/(1+e)²``, ``e = exp(-|x|)``.
+
+>>> round(float(swish(1.0)), 6), round(float(swish.derivative(1.0)), 6)
+(0.731059, 0.927671)
+""")
+silu = swish
+
+
+def _exp(x):
+    return jnp.exp(x)  # e^x
+
+
+def _dexp(x, y):
+    return y  # exp'(x) = e^x = y, the forward value
+
+
+exp = Activation("exp", _exp, _dexp, doc="""
+Exponential ``exp(x)``; ``f'(x) = exp(x)`` (the forward value, reused).
+
+Unbounded: like ``jnp.exp`` it overflows to ``inf`` (value and derivative) beyond the
+dtype's largest number, ``x > 709.78`` in float64, ``x > 88.72`` in float32.
+
+>>> float(exp.derivative(0.0)), float(exp(800.0))
+(1.0, inf)
+""")
+
+
+# ---------------------------------------------------------------------------------------
 # PReLU: the slope is a learnable parameter, so it is an argument, not a hyperparameter.
 
 
@@ -591,7 +740,8 @@ prelu = _PRELU_TWINS["vjp"]
 #: Every built-in elementwise activation with static hyperparameters, by name.
 ACTIVATIONS: dict[str, Activation] = {
     a.name: a
-    for a in (logistic, tanh, hard_logistic, hard_tanh, relu, leaky_relu, elu, softplus, step)
+    for a in (logistic, tanh, hard_logistic, hard_tanh, relu, leaky_relu, elu, softplus, step,
+              gelu, selu, swish, exp)
 }
 
 # doctest does not look inside instances: list their docstrings explicitly.

@@ -34,6 +34,10 @@ PLOTS: dict[str, tuple[str, tuple[float, ...], dict]] = {
     "elu": ("ELU (alpha=0.5)", (0.0,), {"alpha": 0.5}),
     "softplus": ("softplus", (), {}),
     "step": ("step", (0.0,), {}),
+    "gelu": ("GELU x Φ(x) (exact, the default)", (), {}),
+    "selu": ("SELU (λ ≈ 1.0507, α ≈ 1.6733)", (0.0,), {}),
+    "swish": ("swish (SiLU) x σ(x)", (), {}),
+    "exp": ("exp (f' = f: the two curves coincide)", (), {}),
 }
 XLIM = (-4.0, 4.0)
 

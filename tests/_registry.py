@@ -8,9 +8,9 @@ Every activation case carries, written independently of funnet (docs/math.md §2
   derivatives can be witnessed against ``sympy.diff``;
 * ``kinks`` the points where ``f'`` is a convention, with the documented value there
   (activations.py: relu'(0)=0, leaky'(0)=slope, hard_tanh'(±1)=0, hard_logistic'(±2)=0,
-  elu'(0)=alpha, step'=0, prelu'(0)=slope).
+  elu'(0)=alpha, step'=0, prelu'(0)=slope, selu'(0)=λα).
 
-Hyperparameter variants (``slope``, ``alpha``) are separate cases. Layer cases give a
+Hyperparameter variants (``slope``, ``alpha``, ``approximate``) are separate cases. Layer cases give a
 layer, its input shape, the output shape and param shapes expected from ``init``, and a
 plain reference ``apply`` where one exists.
 """
@@ -138,7 +138,8 @@ def _activation_case(name, hyper, ref, dref, pieces, kinks) -> ActivationCase:
         derivative=lambda x: act.derivative(x, **hyper),
         ref=lambda x: ref(x, **full),
         dref=lambda x: dref(x, **full),
-        pieces=tuple(pieces(**{k: sp.Float(v) for k, v in full.items()})),
+        pieces=tuple(pieces(**{k: v if isinstance(v, bool) else sp.Float(v)
+                               for k, v in full.items()})),
         kinks=kinks(**full),
         layer=layer(**hyper) if hyper else layer,
     )
@@ -146,6 +147,36 @@ def _activation_case(name, hyper, ref, dref, pieces, kinks) -> ActivationCase:
 
 def _where(cond, a, b):
     return jnp.where(cond, a, b)
+
+
+#: SELU's constants (Klambauer et al. 2017, as jax.nn.selu), to 32 digits
+SELU_ALPHA = "1.6732632423543772848170429916717"
+SELU_SCALE = "1.0507009873554804934193349852946"
+_GELU_C = sp.sqrt(2 / sp.pi) * (X + sp.Rational("0.044715") * X**3)  # u(x), the tanh form
+
+
+def _gelu_u(x):
+    return np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)
+
+
+def _gelu_ref(x, approximate):
+    if approximate:  # ½x(1 + tanh u) = x σ(2u) (1 + tanh: test_gelu_matches_jax_nn)
+        return x * _sigma(2 * _gelu_u(x))
+    return x * jax.scipy.stats.norm.cdf(x)  # x Φ(x)
+
+
+def _gelu_dref(x, approximate):
+    if approximate:  # ½(1 + tanh u) + ½x(1 - tanh²u) u'
+        t = jnp.tanh(_gelu_u(x))
+        return 0.5 * (1 + t) + 0.5 * x * (1 - t**2) * np.sqrt(2 / np.pi) * (
+            1 + 3 * 0.044715 * x**2)
+    return jax.scipy.stats.norm.cdf(x) + x * jax.scipy.stats.norm.pdf(x)  # Φ(x) + x φ(x)
+
+
+def _gelu_pieces(approximate):
+    if approximate:
+        return [(X / 2 * (1 + sp.tanh(_GELU_C)), -OO, OO)]
+    return [(X / 2 * (1 + sp.erf(X / sp.sqrt(2))), -OO, OO)]
 
 
 def _activation_cases() -> list[ActivationCase]:
@@ -220,6 +251,36 @@ def _activation_cases() -> list[ActivationCase]:
             lambda: [(sp.Integer(0), -OO, 0), (sp.Integer(1), 0, OO)],
             lambda: {0.0: 0.0},
         ),
+        *[
+            _activation_case("gelu", hyper, _gelu_ref, _gelu_dref, _gelu_pieces,
+                             lambda approximate: {})
+            for hyper in ({}, {"approximate": True})
+        ],
+        _activation_case(
+            "selu", {},
+            lambda x: _where(x > 0, float(SELU_SCALE) * x,
+                             float(SELU_SCALE) * float(SELU_ALPHA) * (jnp.exp(x) - 1)),
+            lambda x: _where(x > 0, float(SELU_SCALE),
+                             float(SELU_SCALE) * float(SELU_ALPHA) * jnp.exp(x)),
+            lambda: [(sp.Float(SELU_SCALE, 40) * sp.Float(SELU_ALPHA, 40) * (sp.exp(X) - 1),
+                      -OO, 0),
+                     (sp.Float(SELU_SCALE, 40) * X, 0, OO)],
+            lambda: {0.0: float(SELU_SCALE) * float(SELU_ALPHA)},
+        ),
+        _activation_case(
+            "swish", {},
+            lambda x: x * _sigma(x),
+            lambda x: _sigma(x) + x * _sigma(x) * (1 - _sigma(x)),
+            lambda: [(X / (1 + sp.exp(-X)), -OO, OO)],
+            dict,
+        ),
+        _activation_case(
+            "exp", {},
+            lambda x: jnp.exp(x),
+            lambda x: jnp.exp(x),
+            lambda: [(sp.exp(X), -OO, OO)],
+            dict,
+        ),
     ]
     for slope in (0.25, 0.1, 0.0):  # PReLU with a fixed slope; γ = 0 is ReLU
         cases.append(ActivationCase(
@@ -277,10 +338,13 @@ class LayerCase:
         return self.id
 
 
-#: A user-defined activation (swish), wired like the built-in ones.
-SWISH = funnet.define_activation(
-    "swish", lambda x: x * jax.nn.sigmoid(x),
-    lambda x, y: jax.nn.sigmoid(x) * (1 + x * (1 - jax.nn.sigmoid(x))))
+def _dmish(x, y):
+    t = jnp.tanh(jax.nn.softplus(x))
+    return t + x * jax.nn.sigmoid(x) * (1 - t**2)  # tanh(s) + x σ(x) sech²(s), s' = σ
+
+
+#: A user-defined activation (mish, x tanh(softplus(x))), wired like the built-in ones.
+MISH = funnet.define_activation("mish", lambda x: x * jnp.tanh(jax.nn.softplus(x)), _dmish)
 
 
 def _rows(v, x):
@@ -367,8 +431,8 @@ def _layer_cases() -> list[LayerCase]:
         LayerCase("Identity", funnet.Identity, (-1, D), (-1, D), (), lambda p, x: x),
         LayerCase("Reshape((3, -1))", funnet.Reshape((3, -1)), (-1, 2, 3), (-1, 3, 2), (),
                   lambda p, x: x.reshape(x.shape[0], 3, 2)),
-        LayerCase("ActivationLayer(swish)", funnet.ActivationLayer(SWISH), (-1, D), (-1, D), (),
-                  lambda p, x: x / (1 + jnp.exp(-x)), covers=("ActivationLayer",)),
+        LayerCase("ActivationLayer(mish)", funnet.ActivationLayer(MISH), (-1, D), (-1, D), (),
+                  lambda p, x: x * jnp.tanh(jnp.log(1 + jnp.exp(x))), covers=("ActivationLayer",)),
         LayerCase(
             "residual block: fanout,parallel(Identity,serial(Dense,Tanh)),FanInSum",
             funnet.serial(funnet.fanout(2),

@@ -78,7 +78,7 @@ def test_train_reads_mnist_npz_with_a_test_set(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--activation", "swish"], "invalid choice: 'swish'"),
+    (["train", "--activation", "mish"], "invalid choice: 'mish'"),
     (["train", "--hidden", "12,x"], "'x' is not an int"),
     (["train", "--hidden", "12,-3"], "must be positive"),
     (["train", "--lr", "-0.1"], "'-0.1': must be > 0"),
@@ -99,7 +99,7 @@ def test_train_reads_mnist_npz_with_a_test_set(capsys, tmp_path):
     (["train", "--checkpoint", __file__], "exists and is not a directory"),
     (["check", "--methods", "hand"], "give two or more different methods"),
     (["check", "--methods", "hand,symbolic"], "unknown method(s) symbolic"),
-    (["check", "--activation", "gelu"], "invalid choice: 'gelu'"),
+    (["check", "--activation", "swiglu"], "invalid choice: 'swiglu'"),
     (["fly"], "invalid choice: 'fly'"),
     ([], "usage: funnet"),
 ])

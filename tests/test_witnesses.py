@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 
@@ -245,8 +246,9 @@ def test_second_order_hand_jvp_equals_the_formula_hvp(case):
     if act is None:
         twin, plain = case.twin, lambda z: jnp.where(z > 0, z, float(case.id[12:-1]) * z)
     else:
-        hyper = {k: float(vv) for k, vv in (p.split("=") for p in case.id[len(act.name):]
-                                           .strip("[]").split("][") if p)}
+        hyper = {k: ast.literal_eval(vv)  # slope=0.2, approximate=True
+                 for k, vv in (p.split("=") for p in case.id[len(act.name):]
+                               .strip("[]").split("][") if p)}
         twin = lambda z: act.jvp_twin(z, **hyper)
         plain = lambda z: act.formula(z, **hyper)
 

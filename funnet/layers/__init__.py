@@ -27,6 +27,8 @@ from .dense import Dense as Dense
 from .dropout import Dropout as Dropout
 from .elementwise import ActivationLayer as ActivationLayer
 from .elementwise import Elu as Elu
+from .elementwise import Exp as Exp
+from .elementwise import Gelu as Gelu
 from .elementwise import HardLogistic as HardLogistic
 from .elementwise import HardTanh as HardTanh
 from .elementwise import LeakyRelu as LeakyRelu
@@ -34,10 +36,13 @@ from .elementwise import Logistic as Logistic
 from .elementwise import LogSoftmax as LogSoftmax
 from .elementwise import PRelu as PRelu
 from .elementwise import Relu as Relu
+from .elementwise import Selu as Selu
 from .elementwise import Sigmoid as Sigmoid
+from .elementwise import Silu as Silu
 from .elementwise import Softmax as Softmax
 from .elementwise import Softplus as Softplus
 from .elementwise import Step as Step
+from .elementwise import Swish as Swish
 from .elementwise import Tanh as Tanh
 from .inspection import param_count as param_count
 from .inspection import summary as summary
@@ -61,9 +66,11 @@ __all__ = [
     "Dense",
     "Dropout",
     "Elu",
+    "Exp",
     "FanInConcat",
     "FanInSum",
     "Flatten",
+    "Gelu",
     "GlobalAvgPool",
     "GroupNorm",
     "HardLogistic",
@@ -77,11 +84,14 @@ __all__ = [
     "PRelu",
     "Relu",
     "Reshape",
+    "Selu",
     "Sigmoid",
+    "Silu",
     "Softmax",
     "Softplus",
     "Step",
     "SumPool",
+    "Swish",
     "Tanh",
     "fanout",
     "parallel",

@@ -23,6 +23,8 @@ from ._paramless import paramless
 __all__ = [
     "ActivationLayer",
     "Elu",
+    "Exp",
+    "Gelu",
     "HardLogistic",
     "HardTanh",
     "LeakyRelu",
@@ -30,10 +32,13 @@ __all__ = [
     "Logistic",
     "PRelu",
     "Relu",
+    "Selu",
     "Sigmoid",
+    "Silu",
     "Softmax",
     "Softplus",
     "Step",
+    "Swish",
     "Tanh",
 ]
 
@@ -42,7 +47,8 @@ def ActivationLayer(activation: act.Activation, **hyper: Any) -> Layer:
     r"""Layer applying an elementwise :class:`funnet.Activation`; no params.
 
     Backward: ``dx = dy ⊙ f'(x)`` with the activation's hand-derived ``f'``.
-    The layer is configurable: ``Elu(alpha=0.5)``, ``LeakyRelu(slope=0.1)``. Its twins
+    The layer is configurable: ``Elu(alpha=0.5)``, ``LeakyRelu(slope=0.1)``,
+    ``Gelu(approximate=True)``. Its twins
     (:meth:`funnet.Layer.rewired`) apply ``activation.jvp_twin`` / ``activation.formula``.
 
     >>> import jax.numpy as jnp, funnet
@@ -74,6 +80,12 @@ LeakyRelu = ActivationLayer(act.leaky_relu)
 Elu = ActivationLayer(act.elu)
 Softplus = ActivationLayer(act.softplus)
 Step = ActivationLayer(act.step)
+#: GELU, exact erf form; ``Gelu(approximate=True)`` for the tanh form (jax.nn.gelu's default).
+Gelu = ActivationLayer(act.gelu)
+Selu = ActivationLayer(act.selu)
+Swish = ActivationLayer(act.swish)
+Silu = Swish
+Exp = ActivationLayer(act.exp)
 
 
 def _prelu_layer(slope_init: float = 0.25, *, fn: Any = act.prelu) -> Layer:
