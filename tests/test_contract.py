@@ -351,7 +351,7 @@ def test_check_layer_fails_when_backward_drops_a_real_gradient():
         funnet.check_layer(wrong_shape, params, jnp.ones((4, 3)))
 
 
-def test_training_entry_points_refuse_stateful_models_before_any_work():
+def test_training_entry_points_refuse_a_stateful_model_without_its_state():
     import optax
 
     net = funnet.serial(funnet.Dense(2), RunningMean())
@@ -360,7 +360,8 @@ def test_training_entry_points_refuse_stateful_models_before_any_work():
     calls = {
         "fit": lambda: funnet.fit(net, params, data, loss=funnet.mse, optimizer=optax.sgd(0.1),
                                   epochs=1, batch_size=2, key=KEY),
-        "make_step": lambda: funnet.make_step(net, funnet.mse, optax.sgd(0.1)),
+        "make_step": lambda: funnet.make_step(net, funnet.mse, optax.sgd(0.1))(
+            funnet.TrainState.create(params, optax.sgd(0.1), KEY), data),
         "evaluate": lambda: funnet.evaluate(net, params, data, loss=funnet.mse),
         "predict": lambda: funnet.predict(net, params, data[0]),
         "check_model": lambda: funnet.check_model(net, params, *data, funnet.mse),

@@ -695,3 +695,131 @@ def test_evaluate_refuses_labels_out_of_range():
     bad[3] = 7  # three classes
     with pytest.raises(ValueError, match=r"data\.y: 1 label outside \[0, 3\)"):
         evaluate(model, init(model), (x, bad), loss=CE)
+
+
+# --- model state (BatchNorm) through make_step, fit, evaluate, predict, resume -------------
+
+
+def bn_net():
+    return funnet.serial(funnet.Dense(8), funnet.BatchNorm(momentum=0.5), funnet.Tanh,
+                         funnet.Dense(3))
+
+
+def bn_init(dtype=jnp.float64):
+    _, params, state = bn_net().init_with_state(jax.random.PRNGKey(0), (-1, 6))
+    cast = lambda t: jax.tree.map(lambda a: a.astype(dtype), t)
+    return cast(params), cast(state)
+
+
+def test_make_step_carries_the_model_state_and_masked_rows_leave_the_statistics_alone():
+    net, (params, state) = bn_net(), bn_init()
+    x, y = blobs(8)
+    tx = optax.sgd(0.1)
+    step = make_step(net, CE, tx)
+    start = TrainState.create(params, tx, jax.random.key(0), model_state=state)
+    # rows 6, 7 are padding (repeats of real rows with other values): masked, they must not
+    # change the batch statistics, so the running mean equals a step on rows 0..5 alone
+    x_pad = np.concatenate([x[:6], x[:2] * 10.0])
+    masked, _ = step(start, (x_pad, y[:8], np.array([1.0] * 6 + [0.0] * 2)))
+    alone, _ = step(start, (x[:6], y[:6]))
+    assert_trees_close(masked.model_state, alone.model_state, rtol=1e-12, atol=1e-14)
+    assert_trees_close(masked.params, alone.params, rtol=1e-10, atol=1e-12)
+    assert not leaves_equal(masked.model_state, state)  # the statistics did move
+
+
+@pytest.mark.parametrize("grad", ["reverse", "hand"])
+def test_fit_trains_a_batchnorm_model_and_returns_its_state(grad):
+    net, (params, state) = bn_net(), bn_init()
+    x, y = blobs(50)  # 50 rows, batch 16: the last batch is padded and masked
+    p, s, history = quiet_fit(net, params, (x, y), state=state, epochs=8, grad=grad,
+                              valid=(x[:10], y[:10]))
+    assert history[-1]["train_accuracy"] > 0.9
+    mean = s[1]["mean"]
+    assert not np.allclose(mean, 0.0)  # running statistics were updated
+    # evaluation uses the running statistics: evaluate equals the last validation record
+    scores = evaluate(net, p, (x[:10], y[:10]), loss=CE, state=s)
+    np.testing.assert_allclose(scores["loss"], history[-1]["valid_loss"], rtol=1e-10)
+    out = predict(net, p, x[:10], state=s)
+    ref = net.apply_with_state(p, s, jnp.asarray(x[:10]))[0]
+    np.testing.assert_allclose(out, ref, rtol=1e-12)
+    with pytest.raises(funnet.StatefulModelError, match="pass its state"):
+        predict(net, p, x[:10])
+
+
+def test_hand_and_reverse_fits_of_a_batchnorm_model_agree():
+    net, (params, state) = bn_net(), bn_init()
+    x, y = blobs(40)
+    # plain SGD: the Dense bias before BatchNorm has a true gradient of 0, whose rounding
+    # noise (1e-12) Adam would blow up to full-size steps
+    runs = [quiet_fit(net, params, (x, y), state=state, epochs=3, grad=g,
+                      optimizer=optax.sgd(0.1)) for g in ("reverse", "hand")]
+    assert_trees_close(runs[0][0], runs[1][0], rtol=1e-9, atol=1e-11)
+    assert_trees_close(runs[0][1], runs[1][1], rtol=1e-9, atol=1e-11)
+
+
+def test_resume_with_model_state_is_bitwise(tmp_path):
+    net, (params, state) = bn_net(), bn_init()
+    x, y = blobs(40)
+    kw = {"state": state, "valid": (x[:8], y[:8]), "patience": 10}
+    full = quiet_fit(net, params, (x, y), epochs=4, **kw)
+    quiet_fit(net, params, (x, y), epochs=2, checkpoint=tmp_path, **kw)
+    resumed = quiet_fit(net, params, (x, y), epochs=4, checkpoint=tmp_path, resume=True, **kw)
+    assert leaves_equal(resumed[0], full[0]) and leaves_equal(resumed[1], full[1])
+
+
+# --- early stopping ----------------------------------------------------------------------
+
+
+def test_early_stopping_is_an_immutable_value_that_breaks_ties_by_loss():
+    es = funnet.EarlyStopping(patience=2, monitor="valid_error")
+    es = es.update(1, valid_loss=0.5, valid_accuracy=0.9)
+    es = es.update(2, valid_loss=0.3, valid_accuracy=1.0)
+    tie = es.update(3, valid_loss=0.1, valid_accuracy=1.0)  # same error, lower loss
+    assert (es.best_epoch, tie.best_epoch, tie.bad_epochs) == (2, 3, 0)
+    worse = tie.update(4, valid_loss=0.2, valid_accuracy=1.0)  # same error, higher loss
+    assert worse.best_epoch == 3 and worse.bad_epochs == 1 and not worse.should_stop
+    assert worse.update(5, valid_loss=float("nan"), valid_accuracy=1.0).should_stop
+    by_loss = funnet.EarlyStopping(patience=1).update(1, valid_loss=0.2).update(
+        2, valid_loss=0.2)  # an equal loss does not improve
+    assert by_loss.best_epoch == 1 and by_loss.should_stop
+    assert funnet.EarlyStopping.from_json(tie.to_json()) == tie
+    with pytest.raises(ValueError, match="monitor must be one of"):
+        funnet.EarlyStopping(monitor="accuracy")
+
+
+def test_patience_does_not_return_the_first_epoch_of_an_accuracy_tie():
+    # separable data: validation accuracy reaches 100 % early and stays there; the loss keeps
+    # falling, so the best epoch must be a late one (the old rule kept the first of the tie)
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 80).astype(np.int32)
+    x = np.eye(3, 6)[y] * 6.0 + rng.normal(0, 0.5, (80, 6))  # far apart: separable
+    valid = (x[:20], y[:20])
+    for monitor in ("valid_loss", "valid_error"):
+        _, history = quiet_fit(MLP, init(MLP), (x, y), valid=valid, patience=10, epochs=12,
+                               monitor=monitor)
+        accs = history.column("valid_accuracy")
+        first_perfect = 1 + accs.index(1.0)
+        assert history.best_epoch > first_perfect, (monitor, accs, history.best_epoch)
+        losses = history.column("valid_loss")
+        assert losses[history.best_epoch - 1] == min(
+            v for v, a in zip(losses, accs) if a == 1.0)
+
+
+def test_accuracy_comes_from_the_loss_task():
+    x, y = blobs(30)
+    mine = funnet.Loss("my_ce", CE.value, CE.grad, task="multiclass")
+    _, history = quiet_fit(MLP, init(MLP), (x, y), loss=mine, epochs=1)
+    assert history[0]["train_accuracy"] is not None
+    plain = funnet.Loss("my_ce", CE.value, CE.grad)  # regression by default: no accuracy
+    _, history = quiet_fit(MLP, init(MLP), (x, y), loss=plain, epochs=1)
+    assert history[0]["train_accuracy"] is None
+    with pytest.raises(ValueError, match="task must be one of"):
+        funnet.Loss("x", CE.value, CE.grad, task="ranking")
+
+
+def test_non_threefry_keys_train(monkeypatch):
+    x, y = blobs(30)
+    for impl in ("rbg", "unsafe_rbg", "threefry2x32"):
+        _, history = quiet_fit(MLP, init(MLP), (x, y), key=jax.random.key(0, impl=impl),
+                               epochs=2)
+        assert len(history) == 2

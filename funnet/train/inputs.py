@@ -98,9 +98,11 @@ def check_data(model: Layer, params: PyTree, state: PyTree, loss: Any, x, y, *, 
     if not isinstance(out, jax.ShapeDtypeStruct):
         raise TypeError(f"the model {model.name} must return one array, got {out}")
     kind = accuracy_kind(loss, out.shape, y_spec.shape, y_spec.dtype)
-    num_classes = out.shape[-1] if kind == "labels" else None
+    labels = (jnp.issubdtype(y_spec.dtype, jnp.integer) and len(out.shape) >= 2
+              and tuple(y_spec.shape) == tuple(out.shape[:-1]))  # class indices, any loss
+    num_classes = out.shape[-1] if labels else None
     check_arrays(np.asarray(x), np.asarray(y), num_classes=num_classes, name=name)
-    if kind != "labels" and tuple(out.shape) != tuple(y_spec.shape):
+    if not labels and tuple(out.shape) != tuple(y_spec.shape):
         raise ValueError(
             f"{name}.y has shape {np.shape(y)} ({y.dtype}) but the model's output for a "
             f"batch of {batch} has shape {tuple(out.shape)}: expected integer labels "
