@@ -4,5 +4,5 @@
 the steady-state cases; ``multidevice`` is last.
 """
 
-CASES = ("digits", "wide", "activations", "backprop", "gradmethods", "checkcost", "compile",
-         "multidevice")
+CASES = ("digits", "training", "wide", "activations", "backprop", "gradmethods", "checkcost",
+         "compile", "multidevice")

@@ -30,12 +30,14 @@ def _mix32(v: jax.Array) -> jax.Array:
 def shuffle(key: jax.Array, n: int) -> jax.Array:
     """A pseudo-random permutation of ``range(n)`` (int32), computed on device.
 
-    Each round sorts the 32-bit words ``h_i << b | i`` (``b = bit_length(n - 1)``), where
-    ``h_i = mix(mix(i ⊕ s₁) + s₂)`` hashes the row index with two seeds drawn from ``key``
-    (``mix``: a bijective 32-bit hash). One single-operand sort and a few integer ops per
-    row. Rows whose top ``32 - b`` hash bits tie keep their order in that round, so there
-    are ``ceil((2 log2 n - 1) / (32 - b))`` rounds: the expected number of pairs left in
-    order by every round is below 1. Above ``2**24`` rows it uses
+    Each round sorts the 32-bit words ``h << b | p`` (``b = bit_length(n - 1)``) of the
+    current order, where ``p`` is a row's position in it and ``h = mix(mix(i ⊕ s₁) + s₂)``
+    hashes its index ``i`` with two seeds drawn from ``key`` (``mix``: a bijective 32-bit
+    hash), and reorders the rows by the sorted positions. One single-operand sort, a
+    gather and a few integer ops per row. Rows whose ``32 - b`` hash bits tie keep their
+    order from the previous rounds, so the rounds compose: there are
+    ``ceil((2 log2 n - 1) / (32 - b))`` of them, and the expected number of pairs tied in
+    every round is below 1. Above ``2**24`` rows it uses
     ``jax.random.permutation``.
 
     >>> import jax
@@ -51,8 +53,11 @@ def shuffle(key: jax.Array, n: int) -> jax.Array:
     rounds = max(1, math.ceil((2 * math.log2(max(n, 2)) - 1) / random_bits))
     seeds = jax.random.bits(key, (rounds, 2), jnp.uint32)
     low = jnp.uint32((1 << index_bits) - 1)
-    order = jnp.arange(n, dtype=jnp.uint32)
+    position = jnp.arange(n, dtype=jnp.uint32)
+    order = position
     for r in range(rounds):
-        h = _mix32(_mix32(order ^ seeds[r, 0]) + seeds[r, 1])
-        order = jnp.sort((h << index_bits) | order) & low
+        h = _mix32(_mix32(order ^ seeds[r, 0]) + seeds[r, 1])  # a hash of each row's index
+        # sort the positions by hash, ties by the current position: rows tied in this
+        # round keep the order of the previous rounds, so the rounds compose
+        order = order[jnp.sort((h << index_bits) | position) & low]
     return order.astype(jnp.int32)

@@ -88,7 +88,7 @@ def restore(run: ckpt.CheckpointRun, progress: RunState, *, config: dict,
     latest = run.latest_step()
     if latest is None:
         return progress
-    _, meta = run.restore(latest)  # the metadata first: refuse a mismatch by name
+    meta = run.metadata(latest)  # the metadata first: refuse a mismatch by name
     where = f"checkpoint {str(run.directory / str(latest))!r}"
     if meta.get("format") != FORMAT:
         raise ckpt.CheckpointError(f"{where} is not a funnet fit checkpoint (format "

@@ -94,12 +94,13 @@ def make_step(
         return new, metrics
 
     jitted = jax.jit(step, donate_argnums=0 if donate else ())
+    classes: dict = {}  # batch shapes -> the model's number of classes (or None)
 
     def checked(state: TrainState, batch: tuple) -> tuple[TrainState, dict]:
         if model.stateful and state.model_state == ():
             raise _needs_state(model)
         x, y, _ = _batch(batch)
-        _check_labels(model, loss, state, x, y)
+        _check_labels(model, state, x, y, classes)
         return jitted(state, batch)
 
     return checked
@@ -121,22 +122,26 @@ def _batch(batch: Any) -> tuple[Any, Any, tuple | None]:
     return x, y, (mask, jnp.maximum(jnp.sum(mask.astype(jnp.float32)), 1.0))
 
 
-def _check_labels(model: Layer, loss: Any, state: TrainState, x: Any, y: Any) -> None:
+def _check_labels(model: Layer, state: TrainState, x: Any, y: Any, classes: dict) -> None:
     """Integer labels in range, on concrete data (under ``jit`` ``one_hot`` would silently
-    drop an out-of-range label)."""
+    drop an out-of-range label). The model's output shape is found once per batch shape."""
     if isinstance(y, jax.core.Tracer) or isinstance(x, jax.core.Tracer):
         return
-    y = np.asarray(y)
-    if not np.issubdtype(y.dtype, np.integer) or y.size == 0:
+    if not jnp.issubdtype(jnp.result_type(y), jnp.integer) or np.size(y) == 0:
         return
-    x = jnp.asarray(x)
-    out = jax.eval_shape(lambda p, s, xb: model.apply_with_state(p, s, xb)[0],
-                         state.params, state.model_state, x)
-    if not (len(out.shape) >= 2 and y.shape == tuple(out.shape[:-1])):
+    signature = (jnp.shape(x), jnp.result_type(x), jnp.shape(y))
+    if signature not in classes:
+        out = jax.eval_shape(lambda p, s, xb: model.apply_with_state(p, s, xb)[0],
+                             state.params, state.model_state,
+                             jax.ShapeDtypeStruct(signature[0], signature[1]))
+        labels = len(out.shape) >= 2 and signature[2] == tuple(out.shape[:-1])
+        classes[signature] = out.shape[-1] if labels else None
+    k = classes[signature]
+    if k is None:
         return  # not class indices
-    k = out.shape[-1]
-    bad = np.unique(y[(y < 0) | (y >= k)])
-    if bad.size:
+    y = np.asarray(y)
+    if y.min() < 0 or y.max() >= k:
+        bad = np.unique(y[(y < 0) | (y >= k)])
         raise ValueError(f"make_step: batch labels must lie in [0, {k}) for the model's {k} "
                          f"outputs, got {bad[:5].tolist()}")
 
