@@ -35,20 +35,27 @@ from .contract import layer as layer
 from .data import Dataset as Dataset
 from .data import load_digits as load_digits
 from .data import load_mnist as load_mnist
+from .layers import GRU as GRU
+from .layers import LSTM as LSTM
+from .layers import RNN as RNN
 from .layers import ActivationLayer as ActivationLayer
+from .layers import Bidirectional as Bidirectional
 from .layers import Dense as Dense
 from .layers import Dropout as Dropout
 from .layers import Elu as Elu
+from .layers import Embedding as Embedding
 from .layers import FanInConcat as FanInConcat
 from .layers import FanInSum as FanInSum
 from .layers import Flatten as Flatten
 from .layers import HardLogistic as HardLogistic
 from .layers import HardTanh as HardTanh
 from .layers import Identity as Identity
+from .layers import LastStep as LastStep
 from .layers import LeakyRelu as LeakyRelu
 from .layers import Logistic as Logistic
 from .layers import LogSoftmax as LogSoftmax
 from .layers import PRelu as PRelu
+from .layers import RecurrentOutput as RecurrentOutput
 from .layers import Relu as Relu
 from .layers import Reshape as Reshape
 from .layers import Sigmoid as Sigmoid
@@ -59,6 +66,7 @@ from .layers import Tanh as Tanh
 from .layers import fanout as fanout
 from .layers import parallel as parallel
 from .layers import param_count as param_count
+from .layers import reverse_time as reverse_time
 from .layers import serial as serial
 from .layers import summary as summary
 from .losses import Loss as Loss
@@ -78,12 +86,17 @@ from .train import predict as predict
 __version__ = "0.1.0"
 
 __all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
     "Activation",
     "ActivationLayer",
+    "Bidirectional",
     "Dataset",
     "Dense",
     "Dropout",
     "Elu",
+    "Embedding",
     "FanInConcat",
     "FanInSum",
     "Flatten",
@@ -91,6 +104,7 @@ __all__ = [
     "HardLogistic",
     "HardTanh",
     "Identity",
+    "LastStep",
     "Layer",
     "LayerError",
     "LeakyRelu",
@@ -101,6 +115,7 @@ __all__ = [
     "NonFiniteLossError",
     "PRelu",
     "ParamsError",
+    "RecurrentOutput",
     "Relu",
     "Reshape",
     "Sigmoid",
@@ -144,6 +159,7 @@ __all__ = [
     "predict",
     "prelu",
     "relu",
+    "reverse_time",
     "serial",
     "sigmoid",
     "softmax_cross_entropy",

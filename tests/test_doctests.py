@@ -131,6 +131,7 @@ def test_doctests(module, results):
 # ``funnet.layers`` is a package whose ``__init__`` only re-exports: its examples live in
 # the modules below it, which count as core (each must have examples).
 LAYER_MODULES = ["funnet.layers.combinators", "funnet.layers.dense", "funnet.layers.dropout",
-                 "funnet.layers.elementwise", "funnet.layers.reshape", "funnet.layers.inspection"]
+                 "funnet.layers.elementwise", "funnet.layers.reshape", "funnet.layers.inspection",
+                 "funnet.layers.embedding", "funnet.layers.recurrent", "funnet.layers.sequence"]
 CORE = ["funnet.contract", "funnet.activations", *LAYER_MODULES, "funnet.losses",
         "funnet.backprop"]

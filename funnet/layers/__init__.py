@@ -2,9 +2,10 @@ r"""Layers: each constructor returns a :class:`funnet.Layer` (see :mod:`funnet.c
 
 One module per concept: ``dense``, ``elementwise`` (activations, PReLU, softmax),
 ``reshape`` (Identity, Flatten, Reshape), ``dropout``, ``combinators`` (serial, parallel,
-fanout, fan-ins) and ``inspection`` (param_count, summary). A new layer family joins as one
-module here, one re-export line below and in ``funnet/__init__.py``, and one entry in the
-test registry (``tests/_registry.py``).
+fanout, fan-ins), ``inspection`` (param_count, summary), ``embedding``, ``recurrent`` (RNN,
+LSTM, GRU) and ``sequence`` (the sequence input convention, LastStep, Bidirectional). A new
+layer family joins as one module here, one re-export line below and in
+``funnet/__init__.py``, and one entry in the test registry (``tests/_registry.py``).
 
 ::
 
@@ -36,27 +37,42 @@ from .elementwise import Softmax as Softmax
 from .elementwise import Softplus as Softplus
 from .elementwise import Step as Step
 from .elementwise import Tanh as Tanh
+from .embedding import Embedding as Embedding
 from .inspection import param_count as param_count
 from .inspection import summary as summary
+from .recurrent import GRU as GRU
+from .recurrent import LSTM as LSTM
+from .recurrent import RNN as RNN
 from .reshape import Flatten as Flatten
 from .reshape import Identity as Identity
 from .reshape import Reshape as Reshape
+from .sequence import Bidirectional as Bidirectional
+from .sequence import LastStep as LastStep
+from .sequence import RecurrentOutput as RecurrentOutput
+from .sequence import reverse_time as reverse_time
 
 __all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
     "ActivationLayer",
+    "Bidirectional",
     "Dense",
     "Dropout",
     "Elu",
+    "Embedding",
     "FanInConcat",
     "FanInSum",
     "Flatten",
     "HardLogistic",
     "HardTanh",
     "Identity",
+    "LastStep",
     "LeakyRelu",
     "LogSoftmax",
     "Logistic",
     "PRelu",
+    "RecurrentOutput",
     "Relu",
     "Reshape",
     "Sigmoid",
@@ -67,6 +83,7 @@ __all__ = [
     "fanout",
     "parallel",
     "param_count",
+    "reverse_time",
     "serial",
     "summary",
 ]
