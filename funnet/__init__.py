@@ -42,14 +42,19 @@ from .contract import layer as layer
 from .data import Dataset as Dataset
 from .data import load_digits as load_digits
 from .data import load_mnist as load_mnist
+from .layers import GRU as GRU
+from .layers import LSTM as LSTM
+from .layers import RNN as RNN
 from .layers import ActivationLayer as ActivationLayer
 from .layers import AvgPool as AvgPool
 from .layers import BatchNorm as BatchNorm
+from .layers import Bidirectional as Bidirectional
 from .layers import Conv as Conv
 from .layers import ConvTranspose as ConvTranspose
 from .layers import Dense as Dense
 from .layers import Dropout as Dropout
 from .layers import Elu as Elu
+from .layers import Embedding as Embedding
 from .layers import Exp as Exp
 from .layers import FanInConcat as FanInConcat
 from .layers import FanInSum as FanInSum
@@ -60,12 +65,14 @@ from .layers import GroupNorm as GroupNorm
 from .layers import HardLogistic as HardLogistic
 from .layers import HardTanh as HardTanh
 from .layers import Identity as Identity
+from .layers import LastStep as LastStep
 from .layers import LayerNorm as LayerNorm
 from .layers import LeakyRelu as LeakyRelu
 from .layers import Logistic as Logistic
 from .layers import LogSoftmax as LogSoftmax
 from .layers import MaxPool as MaxPool
 from .layers import PRelu as PRelu
+from .layers import RecurrentOutput as RecurrentOutput
 from .layers import Relu as Relu
 from .layers import Reshape as Reshape
 from .layers import Selu as Selu
@@ -80,6 +87,7 @@ from .layers import Tanh as Tanh
 from .layers import fanout as fanout
 from .layers import parallel as parallel
 from .layers import param_count as param_count
+from .layers import reverse_time as reverse_time
 from .layers import serial as serial
 from .layers import summary as summary
 from .losses import Loss as Loss
@@ -103,10 +111,14 @@ from .weights import save_params as save_params
 __version__ = "0.1.0"
 
 __all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
     "Activation",
     "ActivationLayer",
     "AvgPool",
     "BatchNorm",
+    "Bidirectional",
     "Conv",
     "ConvTranspose",
     "Dataset",
@@ -114,6 +126,7 @@ __all__ = [
     "Dropout",
     "EarlyStopping",
     "Elu",
+    "Embedding",
     "Exp",
     "FanInConcat",
     "FanInSum",
@@ -125,6 +138,7 @@ __all__ = [
     "HardLogistic",
     "HardTanh",
     "Identity",
+    "LastStep",
     "Layer",
     "LayerError",
     "LayerNorm",
@@ -137,6 +151,7 @@ __all__ = [
     "NonFiniteLossError",
     "PRelu",
     "ParamsError",
+    "RecurrentOutput",
     "Relu",
     "Reshape",
     "Selu",
@@ -188,6 +203,7 @@ __all__ = [
     "predict",
     "prelu",
     "relu",
+    "reverse_time",
     "save_params",
     "selu",
     "serial",

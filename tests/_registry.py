@@ -333,6 +333,7 @@ class LayerCase:
     # holds state (BatchNorm): the tests run it through init_with_state/apply_with_state
     # with the state from init, in training mode (batch statistics) unless said otherwise
     stateful: bool = False
+    vocab: int = 0  # > 0: the input is integer ids in [0, vocab) (Embedding), without gradient
 
     def __repr__(self) -> str:
         return self.id
@@ -555,7 +556,83 @@ def _layer_cases() -> list[LayerCase]:
         ),
     ]
     cases += _conv_cases()
-    return cases
+    return cases + _sequence_cases()
+
+
+# ---------------------------------------------------------------------------------------
+# Sequences (docs/math.md §9): plain loops over time, written from the equations.
+
+
+def recurrent_ref(kind: str, p: dict, x: jax.Array, mask: Any = None, state: Any = None,
+                  f: Callable[[jax.Array], jax.Array] = jnp.tanh) -> tuple[jax.Array, Any]:
+    """``(y [B, T, H], final state)`` of an ``RNN``/``LSTM``/``GRU``, one step at a time.
+
+    ``mask [B, T]``: a step with mask 0 keeps the state and outputs 0. ``state``: ``h0`` or
+    ``(h0, c0)`` (zeros when ``None``). Gate blocks in PyTorch's orders (i, f, g, o; r, z, n).
+    The steps run in a ``lax.scan`` (one compile for any T) of the plain formulas.
+    """
+    B, T, _ = x.shape
+    H = p["W_h"].shape[0]
+    if state is None:
+        state = (jnp.zeros((B, H)),) * (2 if kind == "LSTM" else 1)
+    elif kind != "LSTM":
+        state = (state,)
+    m = jnp.ones((B, T), bool) if mask is None else jnp.asarray(mask) != 0
+
+    def step(hc, inputs):
+        (h, c), (xt, mt) = hc, inputs
+        if kind == "RNN":  # h_t = f(x_t W_x + h_{t-1} W_h + b)
+            h_new, c_new = f(xt @ p["W_x"] + h @ p["W_h"] + p["b"][None]), c
+        elif kind == "LSTM":
+            a = xt @ p["W_x"] + h @ p["W_h"] + p["b"][None]
+            i, fg, g, o = (a[:, k * H:(k + 1) * H] for k in range(4))
+            c_new = _sigma(fg) * c + _sigma(i) * jnp.tanh(g)
+            h_new = _sigma(o) * jnp.tanh(c_new)
+        else:  # GRU, PyTorch's variant
+            gx = xt @ p["W_x"] + p["b_x"][None]
+            gh = h @ p["W_h"] + p["b_h"][None]
+            r = _sigma(gx[:, :H] + gh[:, :H])
+            z = _sigma(gx[:, H:2 * H] + gh[:, H:2 * H])
+            n = jnp.tanh(gx[:, 2 * H:] + r * gh[:, 2 * H:])
+            h_new, c_new = (1 - z) * n + z * h, c
+        mt = mt[:, None]
+        h, c = jnp.where(mt, h_new, h), jnp.where(mt, c_new, c)
+        return (h, c), jnp.where(mt, h_new, 0.0)
+
+    (h, c), ys = jax.lax.scan(step, (state[0], state[-1]), (jnp.swapaxes(x, 0, 1), m.T))
+    return jnp.swapaxes(ys, 0, 1), ((h, c) if kind == "LSTM" else h)
+
+
+def _seq_ref(kind, **kw):
+    return lambda p, x: recurrent_ref(kind, p, x, **kw)[0]
+
+
+def _sequence_cases() -> list[LayerCase]:
+    T, F, H = 3, 2, 3
+    rec = {"RNN": {"W_x": (F, H), "W_h": (H, H), "b": (H,)},
+           "LSTM": {"W_x": (F, 4 * H), "W_h": (H, 4 * H), "b": (4 * H,)},
+           "GRU": {"W_x": (F, 3 * H), "W_h": (H, 3 * H), "b_x": (3 * H,), "b_h": (3 * H,)}}
+    return [
+        LayerCase("RNN(3)", funnet.RNN(H), (-1, T, F), (-1, T, H), rec["RNN"], _seq_ref("RNN")),
+        LayerCase("LSTM(3)", funnet.LSTM(H), (-1, T, F), (-1, T, H), rec["LSTM"],
+                  _seq_ref("LSTM")),
+        LayerCase("GRU(3)", funnet.GRU(H), (-1, T, F), (-1, T, H), rec["GRU"], _seq_ref("GRU")),
+        LayerCase("LastStep", funnet.LastStep, (-1, T, F), (-1, F), (), lambda p, x: x[:, -1]),
+        LayerCase("Bidirectional(GRU(3))", funnet.Bidirectional(funnet.GRU(H)), (-1, T, F),
+                  (-1, T, 2 * H), (rec["GRU"], rec["GRU"]),
+                  lambda p, x: jnp.concatenate([
+                      recurrent_ref("GRU", p[0], x)[0],
+                      recurrent_ref("GRU", p[1], x[:, ::-1])[0][:, ::-1]], axis=-1)),
+        LayerCase("Embedding(7, 2)", funnet.Embedding(7, F), (-1, T), (-1, T, F),
+                  {"table": (7, F)}, lambda p, x: p["table"][x], vocab=7),
+        LayerCase("serial(Embedding,GRU,LastStep,Dense)",
+                  funnet.serial(funnet.Embedding(7, F), funnet.GRU(H), funnet.LastStep,
+                                funnet.Dense(2)),
+                  (-1, T), (-1, 2),
+                  ({"table": (7, F)}, rec["GRU"], (), {"W": (H, 2), "b": (2,)}),
+                  lambda p, x: dense_ref(p[3], recurrent_ref("GRU", p[1], p[0]["table"][x])[1]),
+                  vocab=7),
+    ]
 
 
 _CONV_LAYOUTS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"),
@@ -612,8 +689,11 @@ def batch_shape(shape: tuple[int, ...], n: int) -> tuple[int, ...]:
 
 
 def random_input(case: LayerCase, n: int = 5, seed: int = 0) -> jax.Array:
-    """A float64 batch for ``case``, spread (σ = 3) so that both sides of every kink occur."""
+    """A float64 batch for ``case``, spread (σ = 3) so that both sides of every kink occur;
+    integer ids in ``[0, case.vocab)`` for a case with integer inputs."""
     rng = np.random.default_rng(seed)
+    if case.vocab:
+        return jnp.asarray(rng.integers(0, case.vocab, batch_shape(case.input_shape, n)))
     return jnp.asarray(3.0 * rng.standard_normal(batch_shape(case.input_shape, n)))
 
 
@@ -650,3 +730,4 @@ def init_params(layer: funnet.Layer, input_shape, seed: int = 0) -> Any:
     return jax.tree_util.tree_map(
         lambda s: jnp.asarray(0.5 * rng.standard_normal(s.shape)), shapes
     )
+

@@ -76,6 +76,14 @@ def directional(model: Layer, loss: Callable, l2: float, train: bool) -> Callabl
     return jax.jit(fn)
 
 
+def _zero_probe(v: Any) -> Any:
+    return jnp.zeros_like(v) if jnp.issubdtype(jnp.result_type(v), jnp.inexact) else None
+
+
+def _add_probe(v: Any, probe: Any) -> Any:
+    return v if probe is None else v + probe
+
+
 @functools.lru_cache(maxsize=_CACHE)
 def delta_reference(model: Layer, loss: Callable, l2: float, train: bool) -> Callable:
     """``(params, x, y, key) -> [∂R/∂(output of top-level layer l)]`` by reverse mode
@@ -92,12 +100,14 @@ def delta_reference(model: Layer, loss: Callable, l2: float, train: bool) -> Cal
 
         walk(formula, params, x, key=key, train=train, probe=record)
         paths = list(outputs)
-        zeros = [jax.tree_util.tree_map(jnp.zeros_like, outputs[p]) for p in paths]
+        # probes on the float leaves only: an output may carry integers or a bool mask
+        zeros = [jax.tree_util.tree_map(_zero_probe, outputs[p]) for p in paths]
 
         def objective(probes):
             table = dict(zip(paths, probes))
             out, _ = walk(formula, params, x, key=key, train=train,
-                          probe=lambda path, o: jax.tree_util.tree_map(jnp.add, o, table[path]))
+                          probe=lambda path, o: jax.tree_util.tree_map(_add_probe, o,
+                                                                       table[path]))
             return loss(out, y) + risk_l2(params, x, y, key)
 
         return jax.grad(objective)(zeros)

@@ -2,10 +2,12 @@ r"""Layers: each constructor returns a :class:`funnet.Layer` (see :mod:`funnet.c
 
 One module per concept: ``dense``, ``elementwise`` (activations, PReLU, softmax),
 ``reshape`` (Identity, Flatten, Reshape), ``dropout``, ``normalization`` (BatchNorm,
-LayerNorm, GroupNorm), ``combinators`` (serial, parallel,
-fanout, fan-ins) and ``inspection`` (param_count, summary). A new layer family joins as one
-module here, one re-export line below and in ``funnet/__init__.py``, and one entry in the
-test registry (``tests/_registry.py``).
+LayerNorm, GroupNorm), ``conv`` (Conv, ConvTranspose), ``pooling`` (MaxPool, AvgPool,
+SumPool, GlobalAvgPool), ``combinators`` (serial, parallel, fanout, fan-ins),
+``inspection`` (param_count, summary), ``embedding``, ``recurrent`` (RNN, LSTM, GRU)
+and ``sequence`` (the sequence input convention, LastStep, Bidirectional). A new
+layer family joins as one module here, one re-export line below and in
+``funnet/__init__.py``, and one entry in the test registry (``tests/_registry.py``).
 
 ::
 
@@ -44,6 +46,7 @@ from .elementwise import Softplus as Softplus
 from .elementwise import Step as Step
 from .elementwise import Swish as Swish
 from .elementwise import Tanh as Tanh
+from .embedding import Embedding as Embedding
 from .inspection import param_count as param_count
 from .inspection import summary as summary
 from .normalization import BatchNorm as BatchNorm
@@ -53,19 +56,31 @@ from .pooling import AvgPool as AvgPool
 from .pooling import GlobalAvgPool as GlobalAvgPool
 from .pooling import MaxPool as MaxPool
 from .pooling import SumPool as SumPool
+from .recurrent import GRU as GRU
+from .recurrent import LSTM as LSTM
+from .recurrent import RNN as RNN
 from .reshape import Flatten as Flatten
 from .reshape import Identity as Identity
 from .reshape import Reshape as Reshape
+from .sequence import Bidirectional as Bidirectional
+from .sequence import LastStep as LastStep
+from .sequence import RecurrentOutput as RecurrentOutput
+from .sequence import reverse_time as reverse_time
 
 __all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
     "ActivationLayer",
     "AvgPool",
     "BatchNorm",
+    "Bidirectional",
     "Conv",
     "ConvTranspose",
     "Dense",
     "Dropout",
     "Elu",
+    "Embedding",
     "Exp",
     "FanInConcat",
     "FanInSum",
@@ -76,12 +91,14 @@ __all__ = [
     "HardLogistic",
     "HardTanh",
     "Identity",
+    "LastStep",
     "LayerNorm",
     "LeakyRelu",
     "LogSoftmax",
     "Logistic",
     "MaxPool",
     "PRelu",
+    "RecurrentOutput",
     "Relu",
     "Reshape",
     "Selu",
@@ -96,6 +113,7 @@ __all__ = [
     "fanout",
     "parallel",
     "param_count",
+    "reverse_time",
     "serial",
     "summary",
 ]

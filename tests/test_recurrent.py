@@ -1,0 +1,517 @@
+"""Recurrent layers (docs/math.md §9): RNN, LSTM, GRU, LastStep, Bidirectional.
+
+Witnesses, all in float64 and all written here or in ``_registry.py``, none from funnet:
+
+* values: NumPy loops of PyTorch's equations in PyTorch's parameter layout, mapped to
+  funnet's params as docs/recurrent.md says (so the mapping is tested too);
+* gradients: the hand BPTT against ``jax.vjp`` of ``recurrent_ref`` (a jnp loop over time)
+  and against central differences of the layer's own ``apply`` along random directions;
+* masks: the masked batch against each sequence run alone at its own length.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from _registry import assert_trees_close, init_params, recurrent_ref
+
+import funnet
+
+F, H = 3, 4
+KEY = jax.random.PRNGKey(0)
+KINDS = ("RNN", "LSTM", "GRU")
+# hand BPTT vs jax.vjp of the loop: the same float64 sums in another order (a few ulp of
+# O(1) values, growing mildly with T)
+TIGHT = {"rtol": 1e-10, "atol": 1e-12}
+# central differences, step ε = 1e-6 on O(1) values: truncation O(ε²) ≈ 1e-12, rounding
+# ≈ 1e-16/ε = 1e-10, times the O(10) size of the directional derivative
+CD_EPS = 1e-6
+CD_TOL = {"rtol": 1e-6, "atol": 1e-8}
+
+
+def _layer(kind: str, hidden: int = H, **options) -> funnet.Layer:
+    return getattr(funnet, kind)(hidden, **options)
+
+
+def _normal(rng, shape, scale=1.0):
+    return jnp.asarray(scale * rng.standard_normal(shape))
+
+
+def _state(kind, rng, batch, hidden=H):
+    if kind == "LSTM":
+        return (_normal(rng, (batch, hidden), 0.5), _normal(rng, (batch, hidden), 0.5))
+    return _normal(rng, (batch, hidden), 0.5)
+
+
+def _prefix_mask(lengths, time):
+    return jnp.asarray(np.arange(time)[None, :] < np.asarray(lengths)[:, None])
+
+
+def _inputs(x, mask, h0):
+    """The sequence input convention: x, (x, mask) or (x, mask, h0)."""
+    if h0 is not None:
+        return (x, mask, h0)
+    return x if mask is None else (x, mask)
+
+
+def _strip(out, form):
+    """A layer's output without the echoed mask: ``(y or h_T, state)``."""
+    seq, state = out
+    return (seq[0] if form > 1 and isinstance(seq, tuple) else seq), state
+
+
+def _tree_dot(a, b):
+    return sum(jnp.vdot(u, v) for u, v in zip(jax.tree_util.tree_leaves(a),
+                                                jax.tree_util.tree_leaves(b)))
+
+
+# --- values: NumPy loops of PyTorch's equations ----------------------------------------
+
+
+def _sig(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def torch_forward(kind, w, x, h0, c0=None):
+    """PyTorch's nn.RNN / nn.LSTM / nn.GRU (one layer, batch_first) in NumPy float64."""
+    w_ih, w_hh, b_ih, b_hh = w
+    h, c, ys = h0, c0, []
+    for t in range(x.shape[1]):
+        gi = x[:, t] @ w_ih.T + b_ih
+        gh = h @ w_hh.T + b_hh
+        if kind == "RNN":  # h' = tanh(W_ih x + b_ih + W_hh h + b_hh)
+            h = np.tanh(gi + gh)
+        elif kind == "LSTM":  # rows of W_ih: i, f, g, o
+            i, f, g, o = np.split(gi + gh, 4, axis=1)
+            c = _sig(f) * c + _sig(i) * np.tanh(g)
+            h = _sig(o) * np.tanh(c)
+        else:  # GRU rows r, z, n; n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))
+            (ir, iz, in_), (hr, hz, hn) = np.split(gi, 3, axis=1), np.split(gh, 3, axis=1)
+            r, z = _sig(ir + hr), _sig(iz + hz)
+            n = np.tanh(in_ + r * hn)
+            h = (1 - z) * n + z * h
+        ys.append(h)
+    return np.stack(ys, axis=1), (h, c)
+
+
+def torch_to_funnet(kind, w):
+    """The mapping of docs/recurrent.md."""
+    w_ih, w_hh, b_ih, b_hh = (jnp.asarray(a) for a in w)
+    if kind == "GRU":
+        return {"W_x": w_ih.T, "W_h": w_hh.T, "b_x": b_ih, "b_h": b_hh}
+    return {"W_x": w_ih.T, "W_h": w_hh.T, "b": b_ih + b_hh}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_values_match_pytorch_equations(kind):
+    rng = np.random.default_rng(0)
+    gates = {"RNN": 1, "LSTM": 4, "GRU": 3}[kind]
+    k = 1 / np.sqrt(H)  # PyTorch's init range U(-1/√H, 1/√H)
+    w = tuple(rng.uniform(-k, k, s) for s in
+              ((gates * H, F), (gates * H, H), (gates * H,), (gates * H,)))
+    x = rng.standard_normal((3, 6, F))
+    h0, c0 = 0.5 * rng.standard_normal((2, 3, H))
+    y_ref, (h_ref, c_ref) = torch_forward(kind, w, x, h0, c0)
+    layer = _layer(kind, return_state=True)
+    state = (jnp.asarray(h0), jnp.asarray(c0)) if kind == "LSTM" else jnp.asarray(h0)
+    (y, _), final = layer.apply(torch_to_funnet(kind, w), (jnp.asarray(x), None, state))
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-14)
+    if kind == "LSTM":
+        np.testing.assert_allclose(final[0], h_ref, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(final[1], c_ref, rtol=1e-12, atol=1e-14)
+    else:
+        np.testing.assert_allclose(final, h_ref, rtol=1e-12, atol=1e-14)
+
+
+# --- hand BPTT == jax.vjp of the loop == central differences ---------------------------------
+
+# (kind, T, batch, mask, h0, return_sequences); mask: None, "prefix" (lengths) or "holes"
+# (any 0/1 pattern, one sequence without a real step)
+GRID = [
+    (kind, *case) for kind in KINDS for case in (
+        (1, 1, None, False, True),
+        (1, 5, "prefix", True, True),
+        (2, 1, None, True, False),
+        (2, 5, "prefix", False, False),
+        (7, 5, "holes", True, True),
+        (7, 1, None, False, True),
+    )
+] + [("LSTM", 50, 2, "prefix", True, True)]
+
+
+def _mask(kind_of_mask, rng, batch, time):
+    if kind_of_mask is None:
+        return None
+    if kind_of_mask == "prefix":
+        lengths = rng.integers(1, time + 1, batch)
+        lengths[0] = max(1, time - 1) if time > 1 else 1  # one sequence shorter than T
+        return _prefix_mask(lengths, time)
+    m = rng.random((batch, time)) < 0.6
+    m[0] = False  # a sequence without a real step: state h0 throughout, output 0
+    return jnp.asarray(m)
+
+
+def _problem(kind, T, B, mask_kind, with_h0, seed=0):
+    rng = np.random.default_rng(seed)
+    layer = _layer(kind, return_state=True, return_sequences=True)
+    params = init_params(layer, (-1, T, F), seed=seed)
+    x = _normal(rng, (B, T, F))
+    mask = _mask(mask_kind, rng, B, T)
+    h0 = _state(kind, rng, B) if with_h0 else None
+    return params, x, mask, h0
+
+
+@functools.cache
+def _bundle(kind, T, B, mask_kind, with_h0, sequences):
+    """Everything a grid case compares, computed in one jitted program."""
+    layer = _layer(kind, return_state=True, return_sequences=sequences)
+    params, x, mask, h0 = _problem(kind, T, B, mask_kind, with_h0)
+    form = 3 if with_h0 else 2 if mask is not None else 1
+    rng = np.random.default_rng(1)
+    out_shape = (B, T, H) if sequences else (B, H)
+    dy = (_normal(rng, out_shape), _state(kind, rng, B))
+    # three random directions in (params, x, h0), stacked on a leading axis, and their negatives
+    directions = jax.tree_util.tree_map(lambda a: _normal(rng, (3, *a.shape)), (params, x, h0))
+
+    def ref(p, x, h0):
+        ys, state = recurrent_ref(kind, p, x, mask, h0)
+        return (ys if sequences else (state[0] if kind == "LSTM" else state)), state
+
+    def objective(p, x, h0):  # ⟨layer(θ), dy⟩ through the layer's own apply
+        return _tree_dot(_strip(layer.apply(p, _inputs(x, mask, h0)), form), dy)
+
+    @jax.jit
+    def run(params, x, h0, dy, directions):
+        out, res = layer.forward(params, _inputs(x, mask, h0))
+        seq_dy = (dy[0], None) if (form > 1 and sequences) else dy[0]
+        dparams, dxs = layer.backward(params, res, funnet.RecurrentOutput(seq_dy, dy[1]))
+        dx, dh0 = (dxs, None) if form == 1 else (dxs[0], dxs[2] if form == 3 else None)
+        ref_out, pull = jax.vjp(ref, params, x, h0)
+        steps = jax.tree_util.tree_map(lambda v: jnp.concatenate([v, -v]) * CD_EPS, directions)
+        values = jax.vmap(lambda d: objective(*jax.tree_util.tree_map(
+            jnp.add, (params, x, h0), d)))(steps)  # one vmapped scan for all 6 evaluations
+        cd = (values[:3] - values[3:]) / (2 * CD_EPS)
+        hand = (dparams, dx, dh0)
+        along = jax.vmap(lambda d: _tree_dot(hand, d))(directions)
+        return {"out": _strip(out, form), "ref_out": ref_out, "hand": hand,
+                "ref": pull(dy), "cd": cd, "along": along, "dxs": dxs}
+
+    return run(params, x, h0, dy, directions), mask
+
+
+@pytest.mark.parametrize("kind, T, B, mask_kind, with_h0, sequences", GRID,
+                         ids=[f"{k}-T{t}-B{b}-mask={m}-h0={h}-seq={s}"
+                              for k, t, b, m, h, s in GRID])
+def test_bptt_matches_the_loop_and_central_differences(kind, T, B, mask_kind, with_h0,
+                                                       sequences):
+    r, mask = _bundle(kind, T, B, mask_kind, with_h0, sequences)
+    assert_trees_close(r["out"], r["ref_out"], **TIGHT)  # forward: the scan is the loop
+    dparams, dx, dh0 = r["hand"]
+    ref_dparams, ref_dx, ref_dh0 = r["ref"]
+    assert_trees_close(dparams, ref_dparams, **TIGHT)
+    assert_trees_close(dx, ref_dx, **TIGHT)
+    if with_h0:
+        assert_trees_close(dh0, ref_dh0, **TIGHT)
+    else:
+        assert dh0 is None
+    np.testing.assert_allclose(r["cd"], r["along"], **CD_TOL)
+    assert np.all(np.abs(np.asarray(r["along"])) > 1e-3)  # a non-trivial check
+    if mask is not None:  # padding steps get no gradient; the mask gets None
+        np.testing.assert_array_equal(np.asarray(dx)[~np.asarray(mask)], 0.0)
+        assert r["dxs"][1] is None
+
+
+# --- masks: a masked batch is each sequence run alone at its own length ----------------------
+
+
+@functools.cache
+def _alone(kind):
+    lengths = (5, 1, 3)
+    T, B = max(lengths), len(lengths)
+    layer = _layer(kind, return_state=True)
+    params, x, _, h0 = _problem(kind, T, B, None, True, seed=3)
+    mask = _prefix_mask(lengths, T)
+    rng = np.random.default_rng(4)
+    dy = (_normal(rng, (B, T, H)), _state(kind, rng, B))
+
+    @jax.jit
+    def run(params, x, h0, dy):
+        out, res = layer.forward(params, (x, mask, h0))
+        grads = layer.backward(params, res, funnet.RecurrentOutput((dy[0], None), dy[1]))
+        alone = []
+        for b, n in enumerate(lengths):
+            h0_b = jax.tree_util.tree_map(lambda a, b=b: a[b:b + 1], h0)
+            dy_b = funnet.RecurrentOutput((dy[0][b:b + 1, :n], None),
+                                          jax.tree_util.tree_map(lambda a, b=b: a[b:b + 1], dy[1]))
+            out_b, res_b = layer.forward(params, (x[b:b + 1, :n], None, h0_b))
+            alone.append((out_b, layer.backward(params, res_b, dy_b)))
+        return out, grads, alone
+
+    return lengths, run(params, x, h0, dy)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_masked_batch_equals_each_sequence_alone(kind):
+    lengths, (out, (dparams, (dx, dmask, dh0)), alone) = _alone(kind)
+    (y, _), final = out
+    assert dmask is None
+    total = jax.tree_util.tree_map(jnp.zeros_like, dparams)
+    for b, (n, (((y_b, _), final_b), (dparams_b, (dx_b, _, dh0_b)))) in enumerate(
+            zip(lengths, alone)):
+        np.testing.assert_allclose(y[b, :n], y_b[0], **TIGHT)
+        np.testing.assert_array_equal(y[b, n:], 0.0)  # padding: zero output
+        assert_trees_close(jax.tree_util.tree_map(lambda a, b=b: a[b], final),
+                           jax.tree_util.tree_map(lambda a: a[0], final_b), **TIGHT)
+        np.testing.assert_allclose(dx[b, :n], dx_b[0], **TIGHT)
+        np.testing.assert_array_equal(dx[b, n:], 0.0)  # padding: zero gradient
+        assert_trees_close(jax.tree_util.tree_map(lambda a, b=b: a[b], dh0),
+                           jax.tree_util.tree_map(lambda a: a[0], dh0_b), **TIGHT)
+        total = jax.tree_util.tree_map(jnp.add, total, dparams_b)
+    assert_trees_close(dparams, total, **TIGHT)  # the batch gradient is the sum of the alones
+
+
+# --- outputs, state, continuation -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_last_step_final_state_and_continuation(kind):
+    rng = np.random.default_rng(5)
+    T, B = 4, 3
+    full = _layer(kind, return_state=True)
+    params = init_params(full, (-1, T, F))
+    x, h0 = _normal(rng, (B, T, F)), _state(kind, rng, B)
+    mask = _prefix_mask([4, 1, 3], T)
+    last_layer = _layer(kind, return_sequences=False)
+
+    @jax.jit
+    def run(params, x, h0):
+        (y, m), final = full.apply(params, (x, mask, h0))
+        last = last_layer.apply(params, (x, mask, h0))
+        # stateful use: two chunks, the state of the first fed to the second, is one run
+        (y1, _), s1 = full.apply(params, (x[:, :2], None, h0))
+        (y2, _), s2 = full.apply(params, (x[:, 2:], None, s1))
+        (y_all, _), s_all = full.apply(params, (x, None, h0))
+        return (y, m, final, last, funnet.LastStep.apply((), (y, mask)),
+                jnp.concatenate([y1, y2], axis=1), s2, y_all, s_all)
+
+    _, m, final, last, last_step, chunked, s2, y_all, s_all = run(params, x, h0)
+    np.testing.assert_array_equal(m, mask)  # the mask is passed on for the next layer
+    h_final = final[0] if kind == "LSTM" else final
+    np.testing.assert_allclose(last, h_final, **TIGHT)
+    np.testing.assert_allclose(last_step, h_final, **TIGHT)
+    np.testing.assert_allclose(chunked, y_all, **TIGHT)
+    assert_trees_close(s2, s_all, **TIGHT)
+    # init gives the shapes: a tuple in, a tuple out; the state as RecurrentOutput.state
+    box = {}
+    jax.eval_shape(lambda k: box.setdefault("out", full.init(k, ((-1, T, F), (-1, T), None))[0])
+                   and 0, KEY)
+    want_state = ((-1, H), (-1, H)) if kind == "LSTM" else (-1, H)
+    assert box["out"] == funnet.RecurrentOutput(((-1, T, H), (-1, T)), want_state)
+
+
+def test_last_step_backward_and_empty_sequences():
+    x = jnp.arange(24.0).reshape(2, 4, 3)
+    mask = jnp.array([[1, 1, 0, 0], [0, 0, 0, 0]])
+    y, res = funnet.LastStep.forward((), (x, mask))
+    np.testing.assert_array_equal(y, np.stack([x[0, 1], np.zeros(3)]))
+    _, (dx, dmask) = funnet.LastStep.backward((), res, jnp.ones((2, 3)))
+    expected = np.zeros((2, 4, 3))
+    expected[0, 1] = 1.0
+    np.testing.assert_array_equal(dx, expected)
+    assert dmask is None
+
+
+# --- stacks, training, the formula witness ------------------------------------------------
+
+
+def test_masked_stack_with_serial_passes_check_model():
+    rng = np.random.default_rng(7)
+    net = funnet.serial(funnet.RNN(4), funnet.LSTM(3), funnet.GRU(2), funnet.LastStep,
+                        funnet.Dense(1))
+    params = init_params(net, ((-1, 5, F), (-1, 5)))
+    x, y = _normal(rng, (4, 5, F)), _normal(rng, (4, 1))
+    mask = _prefix_mask([5, 2, 4, 1], 5)
+    # the hand δ-recursion through three masked scans (and the δ at each layer's output)
+    # against jax.grad of the formula wiring; each layer's hand rule at the inputs it saw
+    result = funnet.check_model(net, params, (x, mask), y, funnet.mse, l2=0.1,
+                                methods=("hand", "formula"))
+    assert result.ok and result.deltas.ok and all(v.status == "ok" for v in result.layers)
+    # and the padding changes nothing: the loss does not see what lies past each end
+    noise = jnp.where(mask[:, :, None], 0.0, _normal(rng, x.shape))
+    apply = jax.jit(net.apply)
+    np.testing.assert_allclose(apply(params, (x + noise, mask)), apply(params, (x, mask)),
+                               **TIGHT)
+
+
+def test_hand_training_equals_autodiff_step_for_step():
+    rng = np.random.default_rng(8)
+    net = funnet.serial(funnet.parallel(funnet.Embedding(6, 3), funnet.Identity), funnet.LSTM(4),
+                        funnet.LastStep, funnet.Dense(3))
+    ids = jnp.asarray(rng.integers(0, 6, (8, 5)))
+    mask = _prefix_mask(rng.integers(1, 6, 8), 5)
+    labels = jnp.asarray(rng.integers(0, 3, 8))
+    params = init_params(net, ((-1, 5), (-1, 5)))
+    tx = optax.adam(0.05)
+    states = {g: funnet.TrainState.create(params, tx, jax.random.PRNGKey(0))
+              for g in ("hand", "reverse")}
+    steps = {g: funnet.make_step(net, funnet.softmax_cross_entropy, tx, l2=1e-3, grad=g)
+             for g in states}
+    for _ in range(3):
+        for g, step in steps.items():
+            states[g], _ = step(states[g], ((ids, mask), labels))
+        assert_trees_close(states["hand"].params, states["reverse"].params, rtol=1e-9, atol=1e-11)
+
+
+def test_the_formula_wiring_is_independent_of_the_hand_derivative():
+    # a tanh whose hand "derivative" is wrong by a factor 2: the hand backward (and jax.vjp
+    # through the custom_vjp wiring) use it, the formula wiring does not, so check_layer
+    # catches it
+    wrong = funnet.define_activation("wrong_tanh", jnp.tanh, lambda x, y: 2 * (1 - y * y))
+    rnn = funnet.RNN(H, activation=wrong)
+    params = init_params(rnn, (-1, 3, F))
+    x = _normal(np.random.default_rng(9), (2, 3, F))
+    with pytest.raises(funnet.GradientCheckError, match=r"RNN\(4, activation=wrong_tanh\)"):
+        funnet.check_layer(rnn, params, x)
+    right = funnet.RNN(H)
+    assert funnet.check_layer(right, params, x).ok
+    # the gates of LSTM and GRU are rewired too: no custom_vjp left in the formula wiring
+    for kind in ("LSTM", "GRU"):
+        layer = _layer(kind)
+        p = init_params(layer, (-1, 3, F))
+        wired = str(jax.make_jaxpr(functools.partial(layer.apply, x=x))(p))
+        plain = str(jax.make_jaxpr(functools.partial(layer.rewired("formula").apply, x=x))(p))
+        assert "custom_vjp" in wired and "custom_vjp" not in plain
+
+
+def test_decay_dtypes_and_jit():
+    for kind in KINDS:
+        layer = _layer(kind)
+        params = init_params(layer, (-1, 3, F))
+        mask = layer.decay_mask(params)
+        assert mask["W_x"] and mask["W_h"] and not any(
+            v for k, v in mask.items() if k.startswith("b"))
+    lstm = funnet.LSTM(H)
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), init_params(lstm, (-1, 3, F)))
+    x = jnp.ones((2, 3, F), jnp.float32)
+    y, res = lstm.forward(params, x)
+    grads, dx = lstm.backward(params, res, jnp.ones_like(y))
+    assert y.dtype == jnp.float32 and dx.dtype == jnp.float32
+    assert all(g.dtype == jnp.bfloat16 for g in jax.tree_util.tree_leaves(grads))
+    # PyTorch's forget bias is 0 unless set: forget_bias=0.0 leaves b to b_init
+    _, p0 = funnet.LSTM(2, forget_bias=0.0).init(jax.random.PRNGKey(0), (-1, 3, F))
+    np.testing.assert_array_equal(p0["b"], np.zeros(8))
+
+
+# --- Bidirectional ---------------------------------------------------------------------------
+
+
+def _reverse_each(a, lengths):
+    """NumPy: each sequence reversed within its own length, padding left in place."""
+    a = np.array(a)
+    for b, n in enumerate(lengths):
+        a[b, :n] = a[b, :n][::-1].copy()
+    return a
+
+
+def test_bidirectional_with_lengths():
+    rng = np.random.default_rng(10)
+    lengths, T = (5, 2, 3), 5
+    mask = _prefix_mask(lengths, T)
+    layer = funnet.Bidirectional(funnet.LSTM(H))
+    params = init_params(layer, (-1, T, F))
+    x = _normal(rng, (3, T, F))
+
+    def ref(p, x):  # the forward LSTM, and the LSTM of each sequence reversed in its length
+        rev = jnp.asarray(_reverse_each(np.eye(T)[None].repeat(3, 0), lengths))  # [B, T, T]
+        back = recurrent_ref("LSTM", p[1], jnp.einsum("bst,btf->bsf", rev, x), mask)[0]
+        return jnp.concatenate([recurrent_ref("LSTM", p[0], x, mask)[0],
+                                jnp.einsum("bst,btf->bsf", rev, back)], axis=-1)
+
+    last = funnet.Bidirectional(funnet.LSTM(H, return_sequences=False))
+
+    @jax.jit
+    def run(params, x, dy):
+        (y, m), res = layer.forward(params, (x, mask))
+        ref_y, pull = jax.vjp(ref, params, x)
+        return (y, m, ref_y, layer.backward(params, res, (dy, None)), pull(dy),
+                last.apply(params, (x, mask)))
+
+    dy = _normal(rng, (3, T, 2 * H))
+    y, m, ref_y, (dparams, (dx, dmask)), (ref_dparams, ref_dx), both = run(params, x, dy)
+    np.testing.assert_array_equal(m, mask)
+    np.testing.assert_allclose(y, ref_y, **TIGHT)
+    assert_trees_close(dparams, ref_dparams, **TIGHT)
+    assert_trees_close(dx, ref_dx, **TIGHT)
+    assert dmask is None
+    # the last-step form: the forward state at each end, the backward one at step 0
+    ends = y[np.arange(3), np.asarray(lengths) - 1, :H]
+    np.testing.assert_allclose(both, np.concatenate([ends, y[:, 0, H:]], axis=-1), **TIGHT)
+
+
+def test_reverse_time_is_a_mask_aware_involution():
+    rng = np.random.default_rng(11)
+    x = _normal(rng, (3, 6, 2))
+    mask = jnp.asarray(rng.random((3, 6)) < 0.5)
+    reverse = jax.jit(funnet.reverse_time)
+    r = reverse(x, mask)
+    np.testing.assert_array_equal(reverse(r, mask), x)
+    for b in range(3):
+        real = np.flatnonzero(mask[b])
+        np.testing.assert_array_equal(r[b, real], x[b, real[::-1]])  # real steps reversed
+        pad = np.flatnonzero(~np.asarray(mask[b]))
+        np.testing.assert_array_equal(r[b, pad], x[b, pad])  # padding in place
+    np.testing.assert_array_equal(funnet.reverse_time(x), x[:, ::-1])
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+_LSTM = funnet.LSTM(H)
+_P = init_params(_LSTM, (-1, 3, F))
+_X = jnp.ones((2, 3, F))
+
+BAD = [
+    ("hidden 0", lambda: funnet.LSTM(0), funnet.LayerError, ["LSTM: hidden", "got 0"]),
+    ("activation not an Activation", lambda: funnet.RNN(3, activation=jnp.tanh),
+     funnet.LayerError, ["RNN", "funnet.Activation"]),
+    ("rank-2 input", lambda: _LSTM.apply(_P, jnp.ones((2, F))),
+     funnet.LayerError, ["LSTM(4)", "(2, 3)", "[batch, time, features]"]),
+    ("integer input", lambda: _LSTM.apply(_P, jnp.ones((2, 3, F), jnp.int32)),
+     funnet.LayerError, ["LSTM(4)", "int32", "Embedding"]),
+    ("features", lambda: _LSTM.apply(_P, jnp.ones((2, 3, 5))),
+     funnet.LayerError, ["LSTM(4)", "(2, 3, 5)", "W_x", "(3, 16)"]),
+    ("mask shape", lambda: _LSTM.apply(_P, (_X, jnp.ones((2, 4)))),
+     funnet.LayerError, ["LSTM(4)", "mask", "(2, 4)", "(2, 3)"]),
+    ("h0 of an LSTM", lambda: _LSTM.apply(_P, (_X, None, jnp.ones((2, H)))),
+     funnet.LayerError, ["LSTM(4)", "(h0, c0)", "(2, 4)"]),
+    ("h0 shape", lambda: funnet.GRU(H).apply(init_params(funnet.GRU(H), (-1, 3, F)),
+                                              (_X, None, jnp.ones((2, 5)))),
+     funnet.LayerError, ["GRU(4)", "(2, 5)", "(2, 4)"]),
+    ("params", lambda: _LSTM.apply({"W_x": _P["W_x"]}, _X),
+     funnet.ParamsError, ["LSTM(4)", "['W_h', 'W_x', 'b']"]),
+    ("params shapes", lambda: _LSTM.apply({**_P, "W_h": jnp.ones((4, 4))}, _X),
+     funnet.ParamsError, ["LSTM(4)", "W_h (4, 4)", "[4, 16]"]),
+    ("tuple of 4", lambda: _LSTM.apply(_P, (_X, None, None, None)),
+     funnet.LayerError, ["LSTM(4)", "tuple of 4"]),
+    ("init rank", lambda: _LSTM.init(KEY, (-1, F)), funnet.LayerError, ["LSTM(4)", "rank 2"]),
+    ("init mask shape", lambda: _LSTM.init(KEY, ((-1, 3, F), (-1, 4))),
+     funnet.LayerError, ["LSTM(4)", "(-1, 4)", "(-1, 3, 3)"]),
+    ("Bidirectional of return_state",
+     lambda: funnet.Bidirectional(funnet.GRU(2, return_state=True)).init(KEY, (-1, 3, F)),
+     funnet.LayerError, ["Bidirectional(GRU(2, return_state=True))", "return_state"]),
+    ("Bidirectional h0",
+     lambda: funnet.Bidirectional(funnet.GRU(2)).init(KEY, ((-1, 3, F), None, (-1, 2))),
+     funnet.LayerError, ["Bidirectional(GRU(2))", "(x, mask)"]),
+]
+
+
+@pytest.mark.parametrize("call, error, fragments", [pytest.param(*b[1:], id=b[0]) for b in BAD])
+def test_bad_input_raises_a_clear_error(call, error, fragments):
+    with pytest.raises(error) as info:
+        call()
+    for fragment in fragments:
+        assert fragment in str(info.value), (fragment, str(info.value))
