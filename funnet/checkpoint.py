@@ -107,6 +107,16 @@ def _empty_trash(directory: Path) -> None:
     shutil.rmtree(directory / _DELETED, ignore_errors=True)
 
 
+def _remove_leftovers(directory: Path) -> None:
+    """Remove what a killed writer left: orbax's temporary step directories (orbax's own
+    cleanup misses the first step's) and steps half moved to the trash. Only called with
+    the directory's lock held, so no writer is active."""
+    _empty_trash(directory)
+    for entry in directory.iterdir():
+        if ".orbax-checkpoint-tmp" in entry.name:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def _save_args(tree: PyTree, metadata: dict | None):
     ocp = _ocp()
     return ocp.args.Composite(tree=ocp.args.PyTreeSave(tree),
@@ -167,8 +177,8 @@ class CheckpointRun:
         self._lock.truncate()
         self._lock.write(f"{os.getpid()}\n")
         self._lock.flush()
+        _remove_leftovers(self.directory)
         self._manager = _manager(self.directory, keep)
-        _empty_trash(self.directory)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
