@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+import funnet
 import funnet.check
 from funnet import cli
 from funnet.activations import ACTIVATIONS
@@ -97,6 +98,9 @@ def test_train_reads_mnist_npz_with_a_test_set(capsys, tmp_path):
     (["train", "--plot", "curves.xyz"], "--plot curves.xyz: unknown image format '.xyz'"),
     (["train", "--plot", "no/such/dir/c.png"], "directory no/such/dir does not exist"),
     (["train", "--checkpoint", __file__], "exists and is not a directory"),
+    (["train", "--checkpoint", f"{__file__}/run"], "is not writable: Not a directory"),
+    (["train", "--checkpoint", "/proc/funnet-run"], "is not writable"),
+    (["train", "--plot", "/proc/curves.png"], "directory /proc is not writable"),
     (["check", "--methods", "hand"], "give two or more different methods"),
     (["check", "--methods", "hand,symbolic"], "unknown method(s) symbolic"),
     (["check", "--activation", "swiglu"], "invalid choice: 'swiglu'"),
@@ -240,3 +244,39 @@ def test_check_a_users_model_from_a_file(tmp_path, capsys):
     raising.write_text("def build():\n    raise RuntimeError('user bug')\n")
     assert cli.main(["check", f"{raising}:build"]) == 2
     assert "build() raised RuntimeError: user bug" in capsys.readouterr().err
+
+
+def test_predict_needs_no_flag_beyond_the_checkpoint(capsys, tmp_path):
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--epochs", "2", "--checkpoint", str(run),
+                             "--activation", "tanh", "--hidden", "16", "--batch-size", "64",
+                             "--no-progress")
+    assert code == 0, err
+    tested = float(re.search(r"test accuracy: ([0-9.]+)", out).group(1))
+    code, out, err = run_cli(capsys, "predict", "--checkpoint", str(run))
+    assert code == 0, err
+    assert "serial(Dense(16), Tanh, Dense(10))" in out  # rebuilt from the recorded flags
+    assert float(re.search(r"accuracy: ([0-9.]+)", out).group(1)) == pytest.approx(tested,
+                                                                                 abs=1e-4)
+    rows = funnet.load_digits().x[:5]
+    np.save(tmp_path / "rows.npy", rows)
+    code, out, err = run_cli(capsys, "predict", "--checkpoint", str(run), "--data",
+                             str(tmp_path / "rows.npy"), "--out", str(tmp_path / "p.csv"))
+    assert code == 0, err
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0] == "row,class" and len(lines) == 6
+    # another activation with the same shapes is refused on resume, naming the flag
+    code, out, err = run_cli(capsys, "train", "--epochs", "3", "--checkpoint", str(run),
+                             "--activation", "relu", "--hidden", "16", "--resume",
+                             "--no-progress")
+    assert code == 1 and "--activation 'tanh' there, 'relu' now" in err
+    assert "Traceback" not in err
+    code, out, err = run_cli(capsys, "predict", "--checkpoint", str(tmp_path))
+    assert code == 1 and "train-args.json" in err and "Traceback" not in err
+
+
+def test_a_batch_larger_than_the_data_is_capped_not_a_crash(capsys):
+    with pytest.warns(UserWarning, match="larger than the 1258 training rows"):
+        code, _out, err = run_cli(capsys, "train", "--epochs", "1", "--hidden", "8",
+                                 "--batch-size", "100000000", "--no-progress")
+    assert code == 0 and "Traceback" not in err

@@ -125,16 +125,18 @@ def _batch(batch: Any) -> tuple[Any, Any, tuple | None]:
 def _check_labels(model: Layer, state: TrainState, x: Any, y: Any, classes: dict) -> None:
     """Integer labels in range, on concrete data (under ``jit`` ``one_hot`` would silently
     drop an out-of-range label). The model's output shape is found once per batch shape."""
-    if isinstance(y, jax.core.Tracer) or isinstance(x, jax.core.Tracer):
+    leaves, treedef = jax.tree.flatten(x)  # x may be a tuple: (ids, mask), a graph, ...
+    if any(isinstance(a, jax.core.Tracer) for a in (*leaves, y)):
         return
     if not jnp.issubdtype(jnp.result_type(y), jnp.integer) or np.size(y) == 0:
         return
-    signature = (jnp.shape(x), jnp.result_type(x), jnp.shape(y))
+    specs = tuple(jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)) for a in leaves)
+    signature = (treedef, tuple((s.shape, s.dtype) for s in specs), jnp.shape(y))
     if signature not in classes:
         out = jax.eval_shape(lambda p, s, xb: model.apply_with_state(p, s, xb)[0],
-                             state.params, state.model_state,
-                             jax.ShapeDtypeStruct(signature[0], signature[1]))
-        labels = len(out.shape) >= 2 and signature[2] == tuple(out.shape[:-1])
+                             state.params, state.model_state, treedef.unflatten(specs))
+        labels = (isinstance(out, jax.ShapeDtypeStruct) and len(out.shape) >= 2
+                  and signature[2] == tuple(out.shape[:-1]))
         classes[signature] = out.shape[-1] if labels else None
     k = classes[signature]
     if k is None:
