@@ -92,7 +92,9 @@ def _manager(directory: Path, keep: int | None, *, read_only: bool = False):
         max_to_keep=keep, create=not read_only, read_only=read_only,
         cleanup_tmp_directories=not read_only, enable_async_checkpointing=False,
         todelete_subdir=_DELETED)
-    return ocp.CheckpointManager(directory, options=options, item_names=("tree", "metadata"))
+    # orbax refuses relative paths ("Checkpoint path should be absolute")
+    return ocp.CheckpointManager(directory.absolute(), options=options,
+                                 item_names=("tree", "metadata"))
 
 
 _DELETED = ".deleted"
