@@ -158,6 +158,12 @@ class CheckpointRun:
         self._lock.write(f"{os.getpid()}\n")
         self._lock.flush()
         self._manager = _manager(self.directory, keep)
+        # orbax removes the temporary directories of a killed save in a background
+        # thread, awaited only by the next save: wait for it here, so that they are gone
+        # once the directory is open (without it a check right after opening races it)
+        wait = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+        if wait is not None:
+            wait()
         _empty_trash(self.directory)
 
     def latest_step(self) -> int | None:
