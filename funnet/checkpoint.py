@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -70,7 +71,9 @@ def check_writable(directory: str | os.PathLike, what: str = "checkpoint") -> Pa
     Catches, before any training: a path under a file, a read-only mount, ``/proc``, a
     directory without write permission.
     """
-    directory = Path(directory)
+    if str(directory) == "":
+        raise CheckpointError(f"{what} directory: an empty path (give a directory name)")
+    directory = Path(directory).expanduser()
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"{what} directory {str(directory)!r} exists and is not a "
                               "directory")
@@ -86,7 +89,7 @@ def check_writable(directory: str | os.PathLike, what: str = "checkpoint") -> Pa
 
 def _manager(directory: Path, keep: int | None, *, read_only: bool = False):
     ocp = _ocp()
-    # Old steps are *renamed* into DIR/.deleted (atomic) and removed from there: deleting a
+    # Old steps are *renamed* into DIR/.funnet-deleted-steps (atomic) and removed from there: deleting a
     # step in place is not atomic, and a kill in the middle would leave a listed step that
     # does not restore (seen under fault injection).
     options = ocp.CheckpointManagerOptions(
@@ -101,7 +104,7 @@ def _manager(directory: Path, keep: int | None, *, read_only: bool = False):
                                  item_handlers=handlers)  # orbax needs absolute paths
 
 
-_DELETED = ".deleted"
+_DELETED = ".funnet-deleted-steps"
 
 
 def _empty_trash(directory: Path) -> None:
@@ -163,6 +166,9 @@ class CheckpointRun:
     """
 
     def __init__(self, directory: str | os.PathLike, *, keep: int = 3):
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise CheckpointError(f"keep must be an int ≥ 1 (the newest steps to keep), "
+                                  f"got {keep!r}")
         self.directory = check_writable(directory)
         self._lock = open(self.directory / ".lock", "a+")  # noqa: SIM115 (held until close)
         try:
@@ -191,6 +197,15 @@ class CheckpointRun:
         return self._manager.latest_step()
 
     def save(self, step: int, tree: PyTree, metadata: dict | None = None) -> Path:
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise CheckpointError(f"step must be an int ≥ 0, got {step!r}")
+        step = int(step)
+        if step in self._manager.all_steps():
+            raise CheckpointError(f"{str(self.directory)!r} already holds step {step}")
+        try:
+            json.dumps(metadata or {})
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"metadata must be JSON-serialisable: {e}") from None
         self._manager.save(step, args=_save_args(tree, metadata), force=True)
         self._manager.wait_until_finished()
         _empty_trash(self.directory)
@@ -233,7 +248,7 @@ def save_step(directory: str | os.PathLike, step: int, tree: PyTree, *,
     The directory is locked while saving (:class:`CheckpointRun`).
     """
     with CheckpointRun(directory, keep=keep) as run:
-        return run.save(int(step), tree, metadata)
+        return run.save(step, tree, metadata)
 
 
 def latest_step(directory: str | os.PathLike) -> int | None:

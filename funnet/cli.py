@@ -98,6 +98,13 @@ _nonnegative_int = _number(int, minimum=0, strict=False)
 _seed = _number(int, minimum=0, strict=False, maximum=2**32 - 1)  # a uint32 PRNG seed
 
 
+def _path(text: str) -> Path:
+    """A path argument: ``~`` expanded; an empty string is refused (it would mean ``.``)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a file or directory name")
+    return Path(text).expanduser()
+
+
 def _data_spec(text: str) -> tuple[str, str | None]:
     """``digits`` or ``mnist:PATH``."""
     if text == "digits":
@@ -160,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=_seed, default=0)
     train.add_argument("--grad", choices=GRADS, default="reverse",
                        help="gradients by jax.grad or by the hand-derived backprop")
-    train.add_argument("--checkpoint", type=Path, default=None, metavar="DIR",
+    train.add_argument("--checkpoint", type=_path, default=None, metavar="DIR",
                        help="save a checkpoint in DIR after every epoch (orbax), the flags "
                             "in DIR/train-args.json and the trained params in "
                             "DIR/params.safetensors (for funnet predict)")
@@ -169,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--devices", type=_positive_int, default=None, metavar="N",
                        help="data-parallel over the first N devices")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--plot", type=Path, default=None, metavar="PATH",
+    train.add_argument("--plot", type=_path, default=None, metavar="PATH",
                        help="save the learning curves as an image (needs matplotlib)")
     train.set_defaults(run=_train)
 
@@ -180,12 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "predict the class of every row of --data and print the accuracy when "
                     "the data has labels.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    predict.add_argument("--checkpoint", type=Path, required=True, metavar="DIR")
+    predict.add_argument("--checkpoint", type=_path, required=True, metavar="DIR")
     predict.add_argument("--data", default=None, metavar="SPEC",
                          help="'digits' or 'mnist:PATH' (the test split, as funnet train "
                               "made it), or a .npy/.csv file of rows (no labels); default: "
                               "the data the model was trained on")
-    predict.add_argument("--out", type=Path, default=None, metavar="PATH",
+    predict.add_argument("--out", type=_path, default=None, metavar="PATH",
                          help="write the predicted classes to PATH (CSV: row,class)")
     predict.set_defaults(run=_predict)
 
@@ -202,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     check.add_argument("target", nargs="?", default=None, metavar="TARGET",
                        help="path/to/model.py:build (default: the built-in MLP)")
-    check.add_argument("--json", type=Path, default=None, metavar="PATH",
+    check.add_argument("--json", type=_path, default=None, metavar="PATH",
                        help="also write the report as JSON to PATH")
     check.add_argument("--hidden", type=_hidden, default="16", metavar="N,N,...")
     check.add_argument("--activation", choices=activations, default="tanh", metavar="NAME",
@@ -399,8 +406,10 @@ def _record_args(args: argparse.Namespace, *, n_in: int, n_out: int) -> None:
     ``--resume`` the recorded model flags must be the ones given now."""
     import json
 
+    kind, where = args.data
+    data = [kind, None if where is None else str(Path(where).expanduser().absolute())]
     record = {"hidden": list(args.hidden), "activation": args.activation,
-              "data": list(args.data), "seed": args.seed, "n_in": n_in, "n_out": n_out}
+              "data": data, "seed": args.seed, "n_in": n_in, "n_out": n_out}
     path = args.checkpoint / ARGS_FILE
     if path.exists():
         old = json.loads(path.read_text())
@@ -472,10 +481,12 @@ def _predict(args: argparse.Namespace) -> int:
     print(f"model: {model.name} from {directory}; data: {what}")
     if y is not None:
         print(f"accuracy: {float(np.mean(classes == np.asarray(y))):.4f}")
+    table = "row,class\n" + "".join(f"{i},{c}\n" for i, c in enumerate(classes.tolist()))
     if args.out is not None:
-        args.out.write_text("row,class\n" + "".join(f"{i},{c}\n" for i, c in
-                                                    enumerate(classes.tolist())))
+        args.out.write_text(table)
         print(f"predictions: {args.out}")
+    elif y is None:  # no labels to score: the predictions are the result
+        print(table, end="")
     return 0
 
 

@@ -356,6 +356,13 @@ def save_params(path: str | os.PathLike, params: PyTree, *, model: Any = None,
     """
     path = pathlib.Path(path)
     user = _check_metadata(metadata)
+    if model is not None and getattr(model, "stateful", False) and not jax.tree.leaves(state):
+        from .contract import StatefulModelError
+
+        raise StatefulModelError(
+            f"save_params: {model.stateful_path()} holds state (e.g. running statistics): "
+            f"pass it, save_params(path, params, model=model, state=state), or {path} would "
+            "hold a model that cannot be applied")
     if path.is_dir():
         raise IsADirectoryError(f"save_params: {path} is a directory; give a file name")
     fd, tmp = _open_temporary(path)

@@ -28,6 +28,10 @@ def model_and_state(model: Any, state: PyTree | None, what: str) -> tuple[Layer,
             f"{what}: {model.stateful_path()} holds state: pass its state, e.g. "
             f"_, params, state = model.init_with_state(key, input_shape); "
             f"{what}(..., state=state)")
+    if not model.stateful and state is not None and jax.tree.leaves(state):
+        raise StatefulModelError(
+            f"{what}: state= was given, but {model.name} holds no state (its state is ()); "
+            "leave state out, or pass the model the state belongs to")
     return model, (() if state is None else state)
 
 

@@ -11,6 +11,7 @@ with the same, the run continues bitwise as if never interrupted.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import jax
@@ -102,7 +103,10 @@ def restore(run: ckpt.CheckpointRun, progress: RunState, *, config: dict,
         raise ckpt.CheckpointError(
             f"{where} was written by a different fit: "
             + ", ".join(f"{k}={a!r} there, {b!r} here" for k, (a, b) in diff.items()))
-    tree, _ = run.restore(latest, like=_tree(progress))
+    # the stored key has the stored implementation, whatever key this call was given
+    template = progress.state._replace(key=jax.device_put(
+        jax.random.key(0, impl=meta["key_impl"]), progress.state.key.sharding))
+    tree, _ = run.restore(latest, like=_tree(dataclasses.replace(progress, state=template)))
     train = tree["train"]
     state = train._replace(key=jax.random.wrap_key_data(train.key, impl=meta["key_impl"]))
     stopping = EarlyStopping.from_json(meta["early_stopping"])
@@ -128,6 +132,7 @@ def save_last_good(run: ckpt.CheckpointRun | None, state: TrainState, epoch: int
     if run is None:
         return None
     path = run.directory / "last_good"
+    shutil.rmtree(path, ignore_errors=True)  # the newest divergence replaces an older one
     ckpt.save_step(path, state.step.item(), _key_free(state),
                    metadata={"epoch": epoch, "step": step,
                              "key_impl": str(jax.random.key_impl(state.key))}, keep=1)

@@ -100,7 +100,7 @@ def make_step(
         if model.stateful and state.model_state == ():
             raise _needs_state(model)
         x, y, _ = _batch(batch)
-        _check_labels(model, state, x, y, classes)
+        _check_labels(model, loss, state, x, y, classes)
         return jitted(state, batch)
 
     return checked
@@ -122,24 +122,31 @@ def _batch(batch: Any) -> tuple[Any, Any, tuple | None]:
     return x, y, (mask, jnp.maximum(jnp.sum(mask.astype(jnp.float32)), 1.0))
 
 
-def _check_labels(model: Layer, state: TrainState, x: Any, y: Any, classes: dict) -> None:
-    """Integer labels in range, on concrete data (under ``jit`` ``one_hot`` would silently
-    drop an out-of-range label). The model's output shape is found once per batch shape."""
+def _check_labels(model: Layer, loss: Any, state: TrainState, x: Any, y: Any,
+                  classes: dict) -> None:
+    """A scalar loss and integer labels in range, on concrete data (under ``jit``
+    ``one_hot`` would silently drop an out-of-range label; a per-row loss would be weighted
+    into a wrong objective). Shapes are traced once per batch shape."""
     leaves, treedef = jax.tree.flatten(x)  # x may be a tuple: (ids, mask), a graph, ...
     if any(isinstance(a, jax.core.Tracer) for a in (*leaves, y)):
         return
-    if not jnp.issubdtype(jnp.result_type(y), jnp.integer) or np.size(y) == 0:
-        return
     specs = tuple(jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)) for a in leaves)
-    signature = (treedef, tuple((s.shape, s.dtype) for s in specs), jnp.shape(y))
+    y_spec = jax.ShapeDtypeStruct(np.shape(y), jnp.result_type(y))
+    signature = (treedef, tuple((s.shape, s.dtype) for s in specs), y_spec.shape,
+                 y_spec.dtype)
     if signature not in classes:
         out = jax.eval_shape(lambda p, s, xb: model.apply_with_state(p, s, xb)[0],
                              state.params, state.model_state, treedef.unflatten(specs))
-        labels = (isinstance(out, jax.ShapeDtypeStruct) and len(out.shape) >= 2
-                  and signature[2] == tuple(out.shape[:-1]))
+        value = jax.eval_shape(loss, out, y_spec)
+        if getattr(value, "shape", None) != ():
+            raise ValueError(f"make_step: loss {loss!r} must return a scalar (the mean over "
+                             f"the batch), got shape {getattr(value, 'shape', value)}")
+        labels = (jnp.issubdtype(y_spec.dtype, jnp.integer)
+                  and isinstance(out, jax.ShapeDtypeStruct) and len(out.shape) >= 2
+                  and y_spec.shape == tuple(out.shape[:-1]))
         classes[signature] = out.shape[-1] if labels else None
     k = classes[signature]
-    if k is None:
+    if k is None or np.size(y) == 0:
         return  # not class indices
     y = np.asarray(y)
     if y.min() < 0 or y.max() >= k:
