@@ -87,6 +87,10 @@ class CnnPeer:
     def logits(self, x: Any) -> Any:
         raise NotImplementedError
 
+    def compiled_text(self, x: Any, y: Any) -> str:
+        """The optimised HLO of the compiled step for batches shaped like ``x``, ``y``."""
+        raise NotImplementedError
+
 
 # ----------------------------------------------------------------------- flax linen
 
@@ -158,6 +162,9 @@ class Linen(CnnPeer):
         return s.apply_fn({"params": s.params, "batch_stats": s.batch_stats},
                           jnp.asarray(x), train=False)
 
+    def compiled_text(self, x, y):
+        return self._step.lower(self.state, x, y).compile().as_text()
+
 
 # ----------------------------------------------------------------------------- haiku
 
@@ -210,6 +217,10 @@ class Haiku(CnnPeer):
 
     def logits(self, x):
         return self.model.apply(self.params, self.state, jnp.asarray(x), False)[0]
+
+    def compiled_text(self, x, y):
+        return self._step.lower(self.params, self.state, self.opt_state, x, y).compile(
+        ).as_text()
 
 
 # --------------------------------------------------------------------------- equinox
@@ -298,6 +309,10 @@ class Equinox(CnnPeer):
         model = self._eqx.nn.inference_mode(self.model)
         return self._batched(model, self.mstate, jnp.asarray(x))[0]
 
+    def compiled_text(self, x, y):
+        compiled = self._step.lower(self.model, self.mstate, self.opt_state, x, y).compile()
+        return compiled.compiled.as_text()  # equinox's Compiled wraps jax's
+
 
 # --------------------------------------------------------------------------- funnet
 
@@ -348,6 +363,22 @@ class Funnet(CnnPeer):
         s = self.state
         return self.model.apply_with_state(s.params, s.model_state, jnp.asarray(x))[0]
 
+    def compiled_text(self, x, y):
+        return jitted_program(self._step).lower(self.state, (x, y)).compile().as_text()
+
+
+def jitted_program(step: Callable) -> Any:
+    """The ``jax.jit`` function inside ``make_step``'s wrapper (found in its closure), or
+    ``step`` itself if it is one; an AttributeError if ``make_step`` changed shape."""
+    if hasattr(step, "lower"):
+        return step
+    import inspect
+
+    jitted = inspect.getclosurevars(step).nonlocals.get("jitted")
+    if not hasattr(jitted, "lower"):
+        raise AttributeError("make_step no longer wraps a jitted function named 'jitted'")
+    return jitted
+
 
 class FunnetInner(Funnet):
     """The compiled program of ``make_step`` called directly, without the wrapper's per-call
@@ -356,14 +387,9 @@ class FunnetInner(Funnet):
     it raise (and the table says "unavailable") instead of timing something else."""
 
     def __init__(self, fn: ModuleType, init: Init, tx: optax.GradientTransformation):
-        import inspect
-
         super().__init__(fn, init, tx, grad="reverse")
         self.name = "funnet make_step's jitted program alone (no host checks)"
-        jitted = inspect.getclosurevars(self._step).nonlocals.get("jitted")
-        if not hasattr(jitted, "lower"):
-            raise AttributeError("make_step no longer wraps a jitted function named 'jitted'")
-        self._step = jitted
+        self._step = jitted_program(self._step)
 
 
 class FunnetPlain(CnnPeer):
@@ -398,6 +424,10 @@ class FunnetPlain(CnnPeer):
 
     def logits(self, x):
         return self.model.apply_with_state(self.params, self.mstate, jnp.asarray(x))[0]
+
+    def compiled_text(self, x, y):
+        return self._step.lower(self.params, self.mstate, self.opt_state, x, y).compile(
+        ).as_text()
 
 
 #: the non-funnet peers, in table order

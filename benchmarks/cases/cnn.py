@@ -11,12 +11,19 @@ Two comparisons, each in interleaved rounds (median of per-round ratios):
 
 - **train step**: flax linen, haiku, equinox, funnet ``make_step(grad="reverse")`` and
   ``make_step(grad="hand")``, all in the same rounds. Targets: funnet reverse ≤ 1.05× the
-  fastest peer; funnet hand ≤ 1.2× funnet reverse.
+  fastest peer; funnet hand ≤ 1.2× funnet reverse. The full mode adds, in the same
+  rounds, linen a second time (an A/A check: the noise floor) and three profiling
+  references that split funnet's time: linen with ``use_fast_variance=False`` (the
+  two-pass variance funnet computes), funnet's layers in the peers' plain
+  ``jax.value_and_grad`` + optax step, and ``make_step``'s jitted program without the
+  wrapper's host checks.
 - **BatchNorm alone** on ``x [64, 8, 8, 16]`` float32 in training mode, one call = the
   gradients ``(dγ, dβ, dx)`` for a fixed ``dy``, jitted: ``funnet.BatchNorm``'s
   ``forward_with_state`` + ``backward`` (hand) against ``jax.grad`` of the plain formula
   ``Σ dy ⊙ (γ (x − μ)/√(σ² + ε) + β)`` written here (the baseline), and ``jax.grad``
-  through funnet's own ``apply_with_state``. Target: hand ≤ 1.1× the formula's grad.
+  through funnet's own ``apply_with_state`` and through ``flax.linen.BatchNorm``, each with
+  the kernel and reduction counts of its compiled program. Target: hand ≤ 1.1× the
+  formula's grad.
 
 Checks (failures make the run exit non-zero): the peers' first-step losses from the same
 init agree to 1e-5 relative and their losses over the whole first epoch to 1e-3 (Adam
@@ -134,7 +141,6 @@ def _train_step(ctx: Ctx, fn: Any, res: CaseResult) -> None:
     init = cnn_init(seed=0)
     tx = optax.adam(LR)
     rounds = ctx.pick(5, 30)
-    min_time = ctx.pick(0.03, 0.1)
 
     peers: dict[str, Any] = {name: make(init, tx) for name, make in PEERS.items()}
     missing: dict[str, str] = {}
@@ -158,34 +164,45 @@ def _train_step(ctx: Ctx, fn: Any, res: CaseResult) -> None:
             missing[name] = err or ""
     comps = {name: EpochCompetitor(p, x, y) for name, p in peers.items()}
     base = next(iter(PEERS))
-    cmp = interleaved(comps, baseline=base, rounds=rounds, warmup=1, min_time=min_time)
+    # the same number of calls per round for every competitor (they cost about the same;
+    # calibrating each from its first few calls on a loaded machine gave 1, 2 or 3)
+    inner = ctx.pick(1, 2)
+    cmp = interleaved(comps, baseline=base, rounds=rounds, warmup=1,
+                      fixed_inner=dict.fromkeys(comps, inner))
     fastest = cmp.fastest(list(PEERS))
     agreement = _agreement(comps, res)
 
     table = Table(
         f"cnn: train step, Conv16-BN-ReLU-Pool-Conv32-BN-ReLU-Pool-Dense10 on [64, 8, 8, 1], "
-        f"Adam 1e-3 ({STEPS} steps per call, {rounds} interleaved rounds)",
+        f"Adam 1e-3 ({STEPS} steps per call, {inner} calls per round, {rounds} interleaved "
+        "rounds)",
         ["library", "kind", "epochs", "first epoch s", "ms/step", "× fastest peer", "× funnet reverse",
-         "first-step loss", "train acc", "target", "note"])
+         "kernels / reductions", "first-step loss", "train acc", "target", "note"])
     accs: dict[str, float | None] = {}
+    counts: dict[str, dict[str, int] | None] = {}
     for name, r in cmp.results.items():
         acc, acc_err = (None, None) if not r.ok else guarded(
             lambda p=peers[name]: accuracy(p.logits(x), y))
         accs[name] = acc
         target = {REVERSE: "≤ 1.05× fastest peer", HAND: "≤ 1.2× funnet reverse"}.get(name, "")
         to_rev = cmp.ratio(name, to=REVERSE) if REVERSE in cmp.results else None
+        counts[name], cnt_err = guarded(
+            lambda p=peers[name]: hlo_counts(p.compiled_text(x[:BATCH], y[:BATCH])))
         table.add(name, kinds[name], comps[name].epochs, fmt(r.first_s, ".2f"),
                   fmt(r.median_s, ".3f", scale=1e3 / STEPS),
                   fmt_ratio(cmp.ratio(name, to=fastest) if fastest else None),
-                  fmt_ratio(to_rev), fmt(agreement.get("first_loss", {}).get(name), ".6f"),
-                  fmt(acc, ".3f"), target, r.error or acc_err or "")
+                  fmt_ratio(to_rev),
+                  "{kernels} / {reductions}".format(**counts[name]) if counts[name] else "—",
+                  fmt(agreement.get("first_loss", {}).get(name), ".6f"),
+                  fmt(acc, ".3f"), target, r.error or acc_err or cnt_err or "")
         if name in PEERS and r.error:
             res.failures.append(f"cnn: peer {name} failed: {r.error}")
         elif r.ok and (acc is None or acc <= MIN_ACCURACY):
             res.failures.append(f"cnn: {name} train accuracy {acc} <= {MIN_ACCURACY} after "
                                 f"{comps[name].epochs} epochs")
     for name, why in missing.items():
-        table.add(name, "funnet", "—", "—", "—", "—", "—", "—", "—", "", f"funnet: {why}")
+        table.add(name, "funnet", "—", "—", "—", "—", "—", "—", "—", "—", "",
+                  f"funnet: {why}")
     worst = max(agreement.get("max_rel_epoch", {}).values(), default=None)
     table.notes += [
         (f"data: {source} as [N, 8, 8, 1]; first {N_USED} samples, {STEPS} full batches of "
@@ -198,6 +215,9 @@ def _train_step(ctx: Ctx, fn: Any, res: CaseResult) -> None:
          f"losses, max relative difference to {agreement.get('reference')}: "
          f"{fmt(worst, '.1e')}"),
         "train acc: evaluation mode (running statistics) on the 1792 training images",
+        ("kernels / reductions: of the compiled step (its optimised HLO): top-level ops that "
+         "launch work (fusions, unfused ops) / reduce ops anywhere; on this tiny network "
+         "each kernel's fixed cost is a sizeable part of a step"),
     ]
     if not ctx.quick:
         aa = cmp.ratio(AA_NAME) if AA_NAME in cmp.results else None
@@ -211,6 +231,7 @@ def _train_step(ctx: Ctx, fn: Any, res: CaseResult) -> None:
             "checks")
     res.tables.append(table)
     res.data["train_step"] = {"comparison": cmp.to_dict(), "accuracy": accs,
+                              "kernel_counts": counts,
                               "fastest_peer": fastest, "agreement": agreement,
                               "missing": missing, "data_source": source}
 
@@ -232,17 +253,23 @@ _HLO_OP = re.compile(r"^\s*(?:ROOT )?%\S+ = (?:\([^=]*?\)|\S+) ([a-z][a-z0-9\-]*
 _NOT_WORK = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast"}
 
 
-def kernel_counts(f: Callable, args: tuple) -> dict[str, int]:
-    """``{"kernels", "reductions"}`` of ``f`` compiled for ``args``: the top-level ops of the
-    entry computation that do work (fusions and unfused ops, not parameters, constants,
-    tuples, bitcasts) and the ``reduce`` ops anywhere (inside fusions too)."""
-    text = f.lower(*args).compile().as_text()
+def hlo_counts(text: str) -> dict[str, int]:
+    """``{"kernels", "reductions"}`` of an optimised HLO module (``compiled.as_text()``): the
+    top-level ops of the entry computation that do work (fusions and unfused ops, not
+    parameters, constants, tuples, bitcasts) and the ``reduce`` ops anywhere (inside
+    fusions too)."""
     entry = text[text.index("\nENTRY"):]
     entry = entry[: entry.index("\n}")]
     top = [m.group(1) for line in entry.splitlines() if (m := _HLO_OP.match(line))]
     every = [m.group(1) for line in text.splitlines() if (m := _HLO_OP.match(line))]
     return {"kernels": sum(op not in _NOT_WORK for op in top),
             "reductions": every.count("reduce")}
+
+
+def kernel_counts(f: Callable, args: tuple) -> dict[str, int]:
+    """:func:`hlo_counts` of the jitted ``f`` compiled for ``args`` (jax caches the
+    executable of an earlier call: no new compilation)."""
+    return hlo_counts(f.lower(*args).compile().as_text())
 
 
 def _flax_batchnorm(params: dict, x: jax.Array, dy: jax.Array) -> tuple[Callable, tuple]:
