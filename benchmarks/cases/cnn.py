@@ -174,7 +174,8 @@ def _train_step(ctx: Ctx, fn: Any, res: CaseResult) -> None:
 
     table = Table(
         f"cnn: train step, Conv16-BN-ReLU-Pool-Conv32-BN-ReLU-Pool-Dense10 on [64, 8, 8, 1], "
-        f"Adam 1e-3 ({STEPS} steps per call, {inner} calls per round, {rounds} interleaved "
+        f"Adam 1e-3 ({STEPS} steps per call, {inner} call{'s' * (inner > 1)} per round, "
+        f"{rounds} interleaved "
         "rounds)",
         ["library", "kind", "epochs", "first epoch s", "ms/step", "× fastest peer", "× funnet reverse",
          "kernels / reductions", "first-step loss", "train acc", "target", "note"])
