@@ -3,7 +3,7 @@
 1797 handwritten digits (``funnet.load_digits``) are split 70/15/15 into train, validation
 and test sets (``funnet.data.split``). A 64-64-10 ReLU network with a softmax cross-entropy
 loss and a little L2 weight decay is trained with mini-batch Adam by ``funnet.fit``, which
-stops early once the validation error has not improved for ``patience`` epochs and returns
+stops early once the validation loss has not improved for ``patience`` epochs and returns
 the params of the best epoch. Then, on the test set, which training never saw: the
 accuracy, the confusion matrix, and the misclassified images.
 

@@ -97,7 +97,8 @@ def _manager(directory: Path, keep: int | None, *, read_only: bool = False):
     # of a save (benchmarks/cases/training.py): arrays are stored uncompressed
     handlers = {"tree": ocp.PyTreeCheckpointHandler(use_compression=False),
                 "metadata": ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+    return ocp.CheckpointManager(directory.absolute(), options=options,
+                                 item_handlers=handlers)  # orbax needs absolute paths
 
 
 _DELETED = ".deleted"
@@ -179,6 +180,12 @@ class CheckpointRun:
         self._lock.flush()
         _remove_leftovers(self.directory)
         self._manager = _manager(self.directory, keep)
+        # orbax removes the temporary directories of a killed save in a background
+        # thread, awaited only by the next save: wait for it here (leftovers it misses,
+        # _remove_leftovers took above)
+        wait = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+        if wait is not None:
+            wait()
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()

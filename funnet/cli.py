@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="L2 penalty λ on the weights (½ λ Σ ||W||²)")
     train.add_argument("--patience", type=_nonnegative_int, default=0,
                        help="early stopping: stop after this many epochs without a lower "
-                            "validation error and keep the best epoch's params (0: off; with "
+                            "validation loss and keep the best epoch's params (0: off; with "
                             "the cosine schedule the last epochs are usually the best)")
     train.add_argument("--seed", type=_seed, default=0)
     train.add_argument("--grad", choices=GRADS, default="reverse",
@@ -556,7 +556,9 @@ def _record_args(args: argparse.Namespace, training: Training) -> None:
         if changed:
             raise ValueError(f"--checkpoint {args.checkpoint} was trained with other flags: "
                              + "; ".join(changed))
-        if not args.resume:
+        from .checkpoint import latest_step
+
+        if not args.resume and latest_step(args.checkpoint) is not None:
             raise ValueError(f"--checkpoint {args.checkpoint} already holds checkpoints of a run; pass "
                              "--resume to continue it, or use an empty directory")
     tmp = path.with_name(f".{ARGS_FILE}.tmp")

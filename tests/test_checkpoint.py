@@ -205,3 +205,14 @@ def test_fit_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path):
     resumed, _ = quiet_fit(net(), tmp_path, epochs=reached + 2, resume=True)
     fresh, _ = quiet_fit(net(), tmp_path / "fresh", epochs=reached + 2)
     assert leaves_equal(resumed, fresh)
+
+
+def test_a_relative_directory_works(tmp_path, monkeypatch):
+    # orbax needs absolute paths ("Checkpoint path should be absolute"); `funnet train
+    # --checkpoint runs/a` and fit(checkpoint="run") pass relative ones
+    monkeypatch.chdir(tmp_path)
+    checkpoint.save_step("steps", 1, tree(1))
+    assert checkpoint.latest_step("steps") == 1
+    assert leaves_equal(checkpoint.load_step("steps", like=tree())[0], tree(1))
+    _, history = quiet_fit(net(), "run", epochs=1)
+    assert len(history) == 1 and checkpoint.latest_step(tmp_path / "run") == 1

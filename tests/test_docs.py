@@ -223,7 +223,9 @@ def test_mkdocs_build_strict(tmp_path):
     assert "WARNING" not in log, log[-6000:]
     html = (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
     for anchor in ("funnet.layers.Dense", "funnet.activations.relu", "funnet.losses.mse",
-                   "funnet.backprop.value_and_grad", "funnet.checkpoint.save", "funnet.layer",
-                   "funnet.forward_twin", "funnet.check.check_layer"):
+                   "funnet.backprop.value_and_grad", "funnet.checkpoint.save_step",
+                   "funnet.weights.save_params", "funnet.train.EarlyStopping",
+                   "funnet.train.objective", "funnet.layer", "funnet.forward_twin",
+                   "funnet.check.check_layer"):
         assert f'id="{anchor}"' in html, f"the API page has no entry {anchor}"
     assert (tmp_path / "site" / "img" / "activations" / "relu.png").is_file()

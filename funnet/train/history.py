@@ -28,7 +28,8 @@ class History(list):
     ``learning_rate`` and ``seconds`` (``None`` where not available).
 
     Attributes:
-      best_epoch: the epoch with the lowest validation error (None without validation data).
+      best_epoch: the best epoch by the monitored validation metric (see
+        :class:`~funnet.train.EarlyStopping`; None without validation data).
       stopped_early: whether early stopping ended the run.
 
     >>> h = History([{"epoch": 1, "train_loss": 0.5, "train_accuracy": None,

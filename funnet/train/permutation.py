@@ -2,7 +2,7 @@ r"""Shuffling the training rows on device: a hash-sort permutation.
 
 ``jax.random.permutation`` sorts the rows by threefry bits (a key–value sort, and threefry
 runs as a loop on CPU). Sorting hashed row indices instead is several times faster on CPU
-for the same job — measured side by side by ``python -m benchmarks.run shuffle`` (see
+for the same job — measured side by side by ``python -m benchmarks.run --only training`` (see
 docs/benchmarks.md) — which matters because ``fit`` shuffles once per epoch. The seeds
 come from the PRNG key by ``jax.random.bits``, so every key implementation works; the
 statistical tests are in tests/test_permutation.py.
