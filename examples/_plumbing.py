@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-__all__ = ["cli", "plt", "save_figure"]
+__all__ = ["cli", "confusion_matrix", "init_params", "plot_confusion", "plt", "save_figure"]
 
 
 def save_figure(fig: Any, out_dir: str | Path, name: str) -> Path:
@@ -29,6 +29,32 @@ def save_figure(fig: Any, out_dir: str | Path, name: str) -> Path:
     plt.close(fig)
     print(f"wrote {path}")
     return path
+
+
+def confusion_matrix(y_true: Any, y_pred: Any, *, classes: int = 10) -> Any:
+    """``C[i, j]`` = number of samples of class ``i`` predicted as ``j``."""
+    import numpy as np
+
+    c = np.zeros((classes, classes), np.int64)
+    np.add.at(c, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    return c
+
+
+def plot_confusion(c: Any, title: str, out_dir: str | Path, name: str) -> Path:
+    """Draw the confusion matrix ``c`` (rows: true, columns: predicted) as ``out_dir/name``."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.imshow(c, cmap="Blues")
+    for i in range(c.shape[0]):
+        for j in range(c.shape[1]):
+            if c[i, j]:
+                ax.text(j, i, str(c[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if c[i, j] > c.max() / 2 else "black")
+    ax.set_xticks(range(c.shape[1]))
+    ax.set_yticks(range(c.shape[0]))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return save_figure(fig, out_dir, name)
 
 
 def init_params(

@@ -20,33 +20,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import optax
-from _plumbing import cli, init_params, plt, save_figure
+from _plumbing import cli, confusion_matrix, init_params, plot_confusion, plt, save_figure
 
 import funnet
 from funnet.train import evaluate, fit, predict
-
-
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, *, classes: int = 10) -> np.ndarray:
-    """``C[i, j]`` = number of samples of class ``i`` predicted as ``j``."""
-    c = np.zeros((classes, classes), np.int64)
-    np.add.at(c, (y_true, y_pred), 1)
-    return c
-
-
-def _plot_confusion(c: np.ndarray, accuracy: float, out_dir) -> Path:
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.imshow(c, cmap="Blues")
-    for i in range(c.shape[0]):
-        for j in range(c.shape[1]):
-            if c[i, j]:
-                ax.text(j, i, str(c[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if c[i, j] > c.max() / 2 else "black")
-    ax.set_xticks(range(10))
-    ax.set_yticks(range(10))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"test set confusion matrix (accuracy {accuracy:.1%})")
-    return save_figure(fig, out_dir, "digits_confusion.png")
 
 
 def _plot_mistakes(x: np.ndarray, y: np.ndarray, pred: np.ndarray, out_dir) -> Path:
@@ -98,7 +75,8 @@ def main(*, small: bool = False, out_dir: str = "examples/out", hidden: int = 64
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     curves = history.plot(Path(out_dir) / "digits_learning_curves.png")
     print(f"wrote {curves}")
-    _plot_confusion(c, result["accuracy"], out_dir)
+    plot_confusion(c, f"test set confusion matrix (accuracy {result['accuracy']:.1%})",
+                   out_dir, "digits_confusion.png")
     _plot_mistakes(test.x, test.y, pred, out_dir)
     return {
         "test_accuracy": result["accuracy"],

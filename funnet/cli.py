@@ -1,10 +1,15 @@
 """The ``funnet`` command line: ``funnet train``, ``funnet predict`` and ``funnet check``.
 
-``funnet train`` trains an MLP (``Dense → activation → … → Dense``) on the embedded
-8x8 digits (or MNIST) with :func:`funnet.train.fit` and prints the history table and the
-test accuracy; with ``--checkpoint DIR`` it records its flags in ``DIR/train-args.json``
-and the trained params in ``DIR/params.safetensors``, so that ``funnet predict
---checkpoint DIR`` needs no other flag. ``funnet check`` compares the gradient of such an
+``funnet train`` trains an MLP (``Dense → activation → … → Dense``, ``--model mlp``, the
+default) or a small CNN (``--model cnn``: per ``--hidden`` entry a block ``Conv 3×3 →
+BatchNorm → activation → MaxPool 2×2``, then ``Flatten → Dense``) on the embedded 8x8
+digits (or MNIST) with :func:`funnet.train.fit` and prints the history table and the test
+accuracy; with ``--checkpoint DIR`` it records its flags in ``DIR/train-args.json`` and the
+trained params (and the model state: BatchNorm's running statistics) in
+``DIR/params.safetensors``, so that ``funnet predict --checkpoint DIR`` needs no other flag.
+:func:`train_args`, :func:`setup_training` and :func:`fit_training` are the steps of
+``funnet train`` as functions, for scripts that want exactly its model and recipe
+(``examples/cnn_digits.py`` compares the two models with them). ``funnet check`` compares the gradient of such an
 MLP computed four ways (:func:`funnet.check.check_model`, float64) and exits 1 when a leaf
 disagrees.
 
@@ -13,6 +18,7 @@ check), reported on stderr without a traceback; 2 bad flags or values (usage err
 
     funnet train                                   # digits, defaults: ≥ 96 % test accuracy
     funnet train --hidden 64 --activation tanh --optimizer momentum --lr 0.05
+    funnet train --model cnn --grad hand                # Conv–BatchNorm–ReLU–MaxPool ×2, Dense
     funnet train --data mnist:~/data/mnist --epochs 5 --checkpoint runs/a --resume
     funnet predict --checkpoint runs/a --data rows.npy --out labels.csv
     funnet check --hidden 8,8 --activation elu --methods hand,reverse,numerical
@@ -21,6 +27,8 @@ check), reported on stderr without a traceback; 2 bad flags or values (usage err
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import math
 import sys
 import tempfile
@@ -29,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "fit_training", "main", "setup_training", "train_args"]
 
 #: ``name: (optax constructor name, extra hyperparameters, default learning rate)``
 OPTIMIZERS: dict[str, tuple[str, dict[str, float], float]] = {
@@ -41,6 +49,9 @@ OPTIMIZERS: dict[str, tuple[str, dict[str, float], float]] = {
     "adam": ("adam", {}, 1e-3),
 }
 SCHEDULES = ("constant", "step", "cosine")
+MODELS = ("mlp", "cnn")
+#: ``--hidden`` when not given: the hidden Dense widths (mlp) or the conv blocks' channels (cnn)
+DEFAULT_HIDDEN: dict[str, tuple[int, ...]] = {"mlp": (128, 128), "cnn": (16, 32)}
 GRADS = ("reverse", "hand")
 METHODS = ("hand", "formula", "reverse", "forward", "numerical")
 
@@ -138,15 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
     activations = _activation_names()
 
     train = sub.add_parser(
-        "train", help="train an MLP on digits or MNIST",
-        description="Train an MLP (Dense → activation → … → Dense) with funnet.train.fit; "
-                    "print the history and the test accuracy.",
+        "train", help="train an MLP or a CNN on digits or MNIST",
+        description="Train an MLP (Dense → activation → … → Dense) or a CNN (per --hidden "
+                    "entry Conv 3x3 → BatchNorm → activation → MaxPool 2x2, then Flatten → "
+                    "Dense) with funnet.train.fit; print the history and the test accuracy.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     train.add_argument("--data", type=_data_spec, default="digits", metavar="SPEC",
                        help="'digits' (embedded 8x8 digits, split 70/15/15 by --seed) or "
                             "'mnist:PATH' (IDX directory or .npz)")
-    train.add_argument("--hidden", type=_hidden, default="128,128", metavar="N,N,...",
-                       help="hidden layer sizes")
+    train.add_argument("--model", choices=MODELS, default="mlp",
+                       help="mlp: Dense layers on the flattened pixels; cnn: conv blocks on "
+                            "the square images [N, side, side, 1] (side = √pixels)")
+    train.add_argument("--hidden", type=_hidden, default=None, metavar="N,N,...",
+                       help="hidden layer sizes: the Dense widths of the mlp (default "
+                            "128,128), the channels of the cnn's conv blocks, one block per "
+                            "entry (default 16,32)")
     train.add_argument("--activation", choices=activations, default="relu", metavar="NAME",
                        help=f"hidden activation: {', '.join(activations)}")
     train.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
@@ -234,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         parser.exit(2)
     if args.command == "train":
+        _resolve_train_args(args)
         _check_train_args(parser, args)
     try:
         return args.run(args)
@@ -298,17 +316,153 @@ def _check_plot_path(parser: argparse.ArgumentParser, path: Path) -> None:
 # ----------------------------------------------------------------------------- train
 
 
-def _mlp(hidden: Sequence[int], activation: str, n_out: int):
-    """``serial(Dense(h1), act, …, Dense(n_out))``."""
+def _activation(activation: str):
     from . import layers
     from .activations import ACTIVATIONS
 
-    act = layers.PRelu if activation == "prelu" else layers.ActivationLayer(
+    return layers.PRelu if activation == "prelu" else layers.ActivationLayer(
         ACTIVATIONS[activation])
+
+
+# The builders are cached: the same flags give the same Layer object, so that fit, which
+# compiles once per model object, reuses its compiled epoch across runs (seeds) of a script.
+@functools.lru_cache(maxsize=64)
+def _cached_mlp(hidden: tuple[int, ...], activation: str, n_out: int):
+    from . import layers
+
+    act = _activation(activation)
     stack: list[Any] = []
     for size in hidden:
         stack += [layers.Dense(size), act]
     return layers.serial(*stack, layers.Dense(n_out))
+
+
+def _mlp(hidden: Sequence[int], activation: str, n_out: int):
+    """``serial(Dense(h1), act, …, Dense(n_out))``."""
+    return _cached_mlp(tuple(hidden), activation, n_out)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_cnn(channels: tuple[int, ...], activation: str, n_out: int):
+    from . import layers
+
+    act = _activation(activation)
+    stack: list[Any] = []
+    for c in channels:
+        stack += [layers.Conv(c, (3, 3), padding="SAME"), layers.BatchNorm(), act,
+                  layers.MaxPool((2, 2))]
+    return layers.serial(*stack, layers.Flatten, layers.Dense(n_out))
+
+
+def _cnn(channels: Sequence[int], activation: str, n_out: int):
+    """``serial(Conv(c1, 3×3, SAME), BatchNorm, act, MaxPool(2×2), …, Flatten, Dense(n_out))``.
+
+    One block per entry of ``channels``; each block keeps the spatial size through the
+    convolution (``"SAME"``) and halves it (rounding down) in the pooling, so 8×8 digits
+    allow three blocks (8 → 4 → 2 → 1) and 28×28 MNIST four (28 → 14 → 7 → 3 → 1).
+    """
+    return _cached_cnn(tuple(channels), activation, n_out)
+
+
+def _model(kind: str, hidden: Sequence[int], activation: str, n_out: int):
+    return _mlp(hidden, activation, n_out) if kind == "mlp" else _cnn(hidden, activation, n_out)
+
+
+def _sample_shape(kind: str, x: Any) -> tuple[int, ...]:
+    """One model input: a row ``(D,)`` (mlp) or an image ``(H, W, C)`` (cnn).
+
+    For the cnn, rows of ``D`` pixels are square one-channel images ``(√D, √D, 1)``;
+    ``[N, H, W]`` inputs get one channel; ``[N, H, W, C]`` inputs are kept.
+    """
+    shape = tuple(int(d) for d in x.shape[1:])
+    size = math.prod(shape)
+    if kind == "mlp":
+        return (size,)
+    if len(shape) in (2, 3):
+        return shape if len(shape) == 3 else (*shape, 1)
+    side = math.isqrt(size)
+    if len(shape) != 1 or side * side != size:
+        raise ValueError(f"--model cnn takes square one-channel images: samples of shape "
+                         f"{shape} ({size} values) are not side × side pixels; use --model mlp")
+    return (side, side, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """What :func:`setup_training` prepares for :func:`fit_training`: ``funnet train``
+    before its ``fit`` call."""
+
+    model: Any  #: the Layer
+    params: Any  #: its initial params
+    state: Any  #: its initial state (BatchNorm running statistics; ``()`` for the mlp)
+    optimizer: Any  #: the optax transformation (with the learning-rate schedule)
+    lr: float  #: the (peak) learning rate
+    key: Any  #: fit's PRNG key (shuffles)
+    splits: Any  #: the :class:`funnet.data.Splits`, inputs shaped as the model takes them
+    input_shape: tuple[int, ...]  #: one input's shape: ``(D,)`` or ``(H, W, C)``
+    n_out: int  #: the number of classes
+
+
+def _resolve_train_args(args: argparse.Namespace) -> None:
+    """Fill in the defaults that depend on other flags (``--hidden`` on ``--model``)."""
+    if args.hidden is None:
+        args.hidden = DEFAULT_HIDDEN[args.model]
+
+
+def train_args(argv: Sequence[str] = ()) -> argparse.Namespace:
+    """The flags of ``funnet train ARGV``, checked and completed as ``funnet train`` does.
+
+    >>> args = train_args(["--model", "cnn", "--epochs", "3"])
+    >>> args.model, args.hidden, args.activation, args.optimizer, args.epochs
+    ('cnn', (16, 32), 'relu', 'adam', 3)
+    """
+    parser = build_parser()
+    args = parser.parse_args(["train", *argv])
+    _resolve_train_args(args)
+    _check_train_args(parser, args)
+    return args
+
+
+def setup_training(args: argparse.Namespace, splits: Any) -> Training:
+    """The model, its initial params and state, the optimizer and the key of ``funnet train``.
+
+    Args:
+      args: the flags, from :func:`train_args`.
+      splits: ``Splits(train, valid, test)``; inputs may be rows ``[N, D]`` or, for the
+        cnn, images ``[N, H, W(, C)]``; they are reshaped to what the model takes.
+    """
+    import jax
+    import numpy as np
+
+    from . import data
+
+    n_out = int(max(np.max(part.y) for part in splits)) + 1
+    shape = _sample_shape(args.model, splits.train.x)
+    splits = data.Splits(*(data.Dataset(np.asarray(p.x).reshape(len(p.x), *shape), p.y)
+                           for p in splits))
+    model = _model(args.model, args.hidden, args.activation, n_out)
+    init_key, fit_key = jax.random.split(jax.random.PRNGKey(args.seed))
+    _, params, state = model.init_with_state(init_key, (-1, *shape))
+    steps = -(-len(splits.train) // args.batch_size)
+    tx, lr = _optimizer(args.optimizer, args.lr, args.schedule, epochs=args.epochs,
+                        steps_per_epoch=steps)
+    return Training(model, params, state, tx, lr, fit_key, splits, shape, n_out)
+
+
+def fit_training(args: argparse.Namespace, training: Training) -> tuple[Any, Any, Any]:
+    """``funnet train``'s :func:`funnet.train.fit` call: ``(params, state, history)``."""
+    import jax
+
+    from . import losses, train
+
+    devices = None if args.devices is None else jax.devices()[: args.devices]
+    t = training
+    return train.fit(
+        t.model, t.params, t.splits.train, valid=t.splits.valid, state=t.state,
+        loss=losses.softmax_cross_entropy, optimizer=t.optimizer, epochs=args.epochs,
+        batch_size=args.batch_size, key=t.key, l2=args.l2, patience=args.patience or None,
+        progress=not args.no_progress, checkpoint=args.checkpoint, resume=args.resume,
+        devices=devices, grad=args.grad)
 
 
 def _load(spec: tuple[str, str | None], seed: int):
@@ -335,6 +489,7 @@ def _load(spec: tuple[str, str | None], seed: int):
     return data.Splits(parts.train, valid, test)
 
 
+@functools.lru_cache(maxsize=64)
 def _optimizer(name: str, lr: float | None, schedule: str, *, epochs: int,
                steps_per_epoch: int):
     import optax
@@ -353,43 +508,31 @@ def _optimizer(name: str, lr: float | None, schedule: str, *, epochs: int,
 
 
 def _train(args: argparse.Namespace) -> int:
-    import jax
-    import numpy as np
-
     from . import losses, train
 
     started = time.perf_counter()
     splits = _load(args.data, args.seed)
-    n_out = int(max(np.max(part.y) for part in splits)) + 1
-    model = _mlp(args.hidden, args.activation, n_out)
-    n_in = int(np.prod(splits.train.x.shape[1:]))
-    init_key, fit_key = jax.random.split(jax.random.PRNGKey(args.seed))
-    _, params = model.init(init_key, (-1, n_in))
-    steps = -(-len(splits.train) // args.batch_size)
-    tx, lr = _optimizer(args.optimizer, args.lr, args.schedule, epochs=args.epochs,
-                        steps_per_epoch=steps)
-    devices = None if args.devices is None else jax.devices()[: args.devices]
+    t = setup_training(args, splits)
     name = args.data[0] if args.data[1] is None else f"mnist:{args.data[1]}"
     print(f"data: {name}: train {len(splits.train)}, valid {len(splits.valid)}, "
           f"test {len(splits.test)}")
-    print(f"model: {model.name}")
-    print(f"optimizer: {args.optimizer}, lr {lr:g} ({args.schedule}), batch {args.batch_size}, "
-          f"l2 {args.l2:g}, grad {args.grad}" + (f", devices {args.devices}" if devices else ""))
+    print(f"model: {t.model.name}")
+    print(f"optimizer: {args.optimizer}, lr {t.lr:g} ({args.schedule}), batch "
+          f"{args.batch_size}, l2 {args.l2:g}, grad {args.grad}"
+          + (f", devices {args.devices}" if args.devices is not None else ""))
     if args.checkpoint is not None:
-        _record_args(args, n_in=n_in, n_out=n_out)
-    params, history = train.fit(
-        model, params, splits.train, valid=splits.valid, loss=losses.softmax_cross_entropy,
-        optimizer=tx, epochs=args.epochs, batch_size=args.batch_size, key=fit_key,
-        l2=args.l2, patience=args.patience or None, progress=not args.no_progress,
-        checkpoint=args.checkpoint, resume=args.resume, devices=devices, grad=args.grad)
+        _record_args(args, t)
+    params, state, history = fit_training(args, t)
     if args.checkpoint is not None:
         from .weights import save_params
 
-        save_params(args.checkpoint / PARAMS_FILE, params, model=model, overwrite=True)
+        save_params(args.checkpoint / PARAMS_FILE, params, model=t.model, state=state,
+                    overwrite=True)
     print(history.table())
     if args.plot is not None:
         print(f"learning curves: {history.plot(args.plot)}")
-    scores = train.evaluate(model, params, splits.test, loss=losses.softmax_cross_entropy)
+    scores = train.evaluate(t.model, params, t.splits.test, state=state,
+                            loss=losses.softmax_cross_entropy)
     best = f" (params of epoch {history.best_epoch})" if args.patience and history.best_epoch \
         else ""
     print(f"test accuracy: {scores['accuracy']:.4f}, test loss: {scores['loss']:.4f}{best}; "
@@ -398,21 +541,25 @@ def _train(args: argparse.Namespace) -> int:
 
 
 ARGS_FILE, PARAMS_FILE = "train-args.json", "params.safetensors"
-_MODEL_FLAGS = ("hidden", "activation", "data", "seed")
+_MODEL_FLAGS = ("model", "hidden", "activation", "data", "seed")
+_RECORDED_DEFAULTS = {"model": "mlp"}  # flags that records written before them lack
 
 
-def _record_args(args: argparse.Namespace, *, n_in: int, n_out: int) -> None:
+def _record_args(args: argparse.Namespace, training: Training) -> None:
     """``DIR/train-args.json``: what ``funnet predict`` needs to rebuild the model. On
     ``--resume`` the recorded model flags must be the ones given now."""
     import json
 
+    t = training
     kind, where = args.data
     data = [kind, None if where is None else str(Path(where).expanduser().absolute())]
-    record = {"hidden": list(args.hidden), "activation": args.activation,
-              "data": data, "seed": args.seed, "n_in": n_in, "n_out": n_out}
+    record = {"model": args.model, "hidden": list(args.hidden), "activation": args.activation,
+              "data": data, "seed": args.seed,
+              "n_in": math.prod(t.input_shape), "input_shape": list(t.input_shape),
+              "n_out": t.n_out}
     path = args.checkpoint / ARGS_FILE
     if path.exists():
-        old = json.loads(path.read_text())
+        old = {**_RECORDED_DEFAULTS, **json.loads(path.read_text())}
         changed = [f"--{k} {old.get(k)!r} there, {record[k]!r} now" for k in _MODEL_FLAGS
                    if old.get(k) != record[k]]
         if changed:
@@ -432,18 +579,17 @@ def _record_args(args: argparse.Namespace, *, n_in: int, n_out: int) -> None:
 
 
 def _rows(spec: str, recorded: dict):
-    """``(x, y or None, description)`` for ``funnet predict --data``."""
+    """``(x, y or None, description)`` for ``funnet predict --data``; ``x`` is ``[N, n_in]``."""
     import numpy as np
 
     path = Path(spec).expanduser()
     if spec in ("digits",) or spec.startswith("mnist:"):
-        kind = _data_spec(spec)
-        test = _load(kind, recorded["seed"]).test
-        return test.x, test.y, f"{spec}: test split ({len(test)} rows)"
-    if path.suffix == ".npy":
-        x = np.load(path, allow_pickle=False)
+        test = _load(_data_spec(spec), recorded["seed"]).test
+        x, y, what = test.x, test.y, f"{spec}: test split"
+    elif path.suffix == ".npy":
+        x, y, what = np.load(path, allow_pickle=False), None, str(path)
     elif path.suffix == ".csv":
-        x = np.loadtxt(path, delimiter=",", ndmin=2)
+        x, y, what = np.loadtxt(path, delimiter=",", ndmin=2), None, str(path)
     else:
         raise ValueError(f"--data {spec!r}: expected 'digits', 'mnist:PATH', or a .npy/.csv "
                          "file of rows")
@@ -451,7 +597,7 @@ def _rows(spec: str, recorded: dict):
     if x.shape[1] != recorded["n_in"]:
         raise ValueError(f"--data {spec}: rows have {x.shape[1]} values, the model was "
                          f"trained on {recorded['n_in']}")
-    return x, None, f"{path} ({len(x)} rows)"
+    return x, y, f"{what} ({len(x)} rows)"
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -470,14 +616,18 @@ def _predict(args: argparse.Namespace) -> int:
     if not (directory / PARAMS_FILE).is_file():
         raise ValueError(f"--checkpoint {directory}: no {PARAMS_FILE}: the run has not "
                          "finished; finish it with funnet train --checkpoint DIR --resume")
-    recorded = json.loads((directory / ARGS_FILE).read_text())
-    model = _mlp(tuple(recorded["hidden"]), recorded["activation"], recorded["n_out"])
-    like = model.init(jax.random.PRNGKey(0), (-1, recorded["n_in"]))[1]
-    params = load_params(directory / PARAMS_FILE, like=like, model=model)
+    recorded = {**_RECORDED_DEFAULTS, **json.loads((directory / ARGS_FILE).read_text())}
+    shape = tuple(recorded.get("input_shape", [recorded["n_in"]]))
+    model = _model(recorded["model"], tuple(recorded["hidden"]), recorded["activation"],
+                   recorded["n_out"])
+    like = model.init_with_state(jax.random.PRNGKey(0), (-1, *shape))[1:]
+    params, state = load_params(directory / PARAMS_FILE, like=like, model=model,
+                                with_state=True)
     spec = args.data or (recorded["data"][0] if recorded["data"][1] is None
                          else f"mnist:{recorded['data'][1]}")
     x, y, what = _rows(spec, recorded)
-    classes = np.argmax(np.asarray(train.predict(model, params, x, batch_size=4096)), axis=-1)
+    out = train.predict(model, params, x.reshape(len(x), *shape), state=state, batch_size=4096)
+    classes = np.argmax(np.asarray(out), axis=-1)
     print(f"model: {model.name} from {directory}; data: {what}")
     if y is not None:
         print(f"accuracy: {float(np.mean(classes == np.asarray(y))):.4f}")

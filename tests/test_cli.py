@@ -80,6 +80,7 @@ def test_train_reads_mnist_npz_with_a_test_set(capsys, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "--activation", "mish"], "invalid choice: 'mish'"),
+    (["train", "--model", "rnn"], "invalid choice: 'rnn'"),
     (["train", "--hidden", "12,x"], "'x' is not an int"),
     (["train", "--hidden", "12,-3"], "must be positive"),
     (["train", "--lr", "-0.1"], "'-0.1': must be > 0"),
@@ -121,9 +122,9 @@ def test_every_activation_and_optimizer_is_accepted():
         assert lr == cli.OPTIMIZERS[name][2]
         state = tx.init({"W": np.ones(2, np.float32)})
         assert float(state.hyperparams["learning_rate"]) == pytest.approx(lr)
-    args = cli.build_parser().parse_args(["train"])
-    assert (args.hidden, args.activation, args.optimizer, args.data) == (
-        (128, 128), "relu", "adam", ("digits", None))
+    args = cli.train_args([])  # parsed and completed as `funnet train` does
+    assert (args.model, args.hidden, args.activation, args.optimizer, args.data) == (
+        "mlp", (128, 128), "relu", "adam", ("digits", None))
 
 
 def test_help_exits_cleanly(capsys):
@@ -280,3 +281,142 @@ def test_a_batch_larger_than_the_data_is_capped_not_a_crash(capsys):
         code, _out, err = run_cli(capsys, "train", "--epochs", "1", "--hidden", "8",
                                  "--batch-size", "100000000", "--no-progress")
     assert code == 0 and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------- --model cnn
+
+
+def test_hidden_means_dense_widths_for_the_mlp_and_conv_channels_for_the_cnn():
+    assert cli.train_args(["--model", "cnn"]).hidden == (16, 32)  # the cnn's own default
+    assert cli.train_args(["--model", "mlp"]).hidden == (128, 128)
+    assert cli.train_args(["--model", "cnn", "--hidden", ""]).hidden == ()
+    three = cli._cnn((4, 8, 8), "tanh", 10)
+    assert three.name == (
+        "serial(Conv(4, (3, 3), padding='SAME'), BatchNorm, Tanh, MaxPool((2, 2)), "
+        "Conv(8, (3, 3), padding='SAME'), BatchNorm, Tanh, MaxPool((2, 2)), "
+        "Conv(8, (3, 3), padding='SAME'), BatchNorm, Tanh, MaxPool((2, 2)), Flatten, Dense(10))")
+    out_shape, params, state = three.init_with_state(jax.random.PRNGKey(0), (-1, 8, 8, 1))
+    assert out_shape == (-1, 10) and params[-1]["W"].shape == (1 * 1 * 8, 10)  # 8→4→2→1
+    assert set(state[1]) == {"mean", "var"}
+    # the same flags give the same Layer object: fit reuses its compiled epoch across runs
+    assert cli._cnn([4, 8, 8], "tanh", 10) is three and cli._mlp((8,), "relu", 3) is \
+        cli._mlp([8], "relu", 3)
+
+
+def test_train_cnn_checkpoint_and_predict_use_the_batchnorm_state(capsys, tmp_path):
+    import json
+
+    import safetensors.numpy
+
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--model", "cnn", "--epochs", "2", "--grad",
+                             "hand", "--batch-size", "64", "--checkpoint", str(run),
+                             "--no-progress")
+    assert code == 0, err
+    assert ("model: serial(Conv(16, (3, 3), padding='SAME'), BatchNorm, Relu, MaxPool((2, 2)), "
+            "Conv(32, (3, 3), padding='SAME'), BatchNorm, Relu, MaxPool((2, 2)), Flatten, "
+            "Dense(10))") in out
+    tested = float(re.search(r"test accuracy: ([0-9.]+)", out).group(1))
+    assert 0.5 < tested <= 1.0
+    record = json.loads((run / cli.ARGS_FILE).read_text())
+    assert (record["model"], record["hidden"], record["input_shape"], record["n_in"]) == (
+        "cnn", [16, 32], [8, 8, 1], 64)
+    stored = safetensors.numpy.load_file(run / cli.PARAMS_FILE)
+    var = stored["state.1.var"]  # the first BatchNorm's running variance, trained
+    assert var.shape == (16,) and np.abs(var - 1).max() > 1e-3
+    assert "state.5.mean" in stored and "0.W" in stored and stored["0.W"].shape == (3, 3, 1, 16)
+
+    code, out, err = run_cli(capsys, "predict", "--checkpoint", str(run))
+    assert code == 0, err
+    # in evaluation mode with the saved running statistics: the same accuracy as training
+    # printed (with the initial statistics, mean 0 and var 1, the scores would differ)
+    assert float(re.search(r"accuracy: ([0-9.]+)", out).group(1)) == pytest.approx(tested,
+                                                                                 abs=1e-4)
+    rows = funnet.load_digits().x[:7]  # flat rows of 64 pixels are reshaped to 8×8×1
+    np.save(tmp_path / "rows.npy", rows)
+    code, out, err = run_cli(capsys, "predict", "--checkpoint", str(run), "--data",
+                             str(tmp_path / "rows.npy"), "--out", str(tmp_path / "p.csv"))
+    assert code == 0, err
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 8
+    np.save(tmp_path / "short.npy", rows[:, :60])
+    code, out, err = run_cli(capsys, "predict", "--checkpoint", str(run), "--data",
+                             str(tmp_path / "short.npy"))
+    assert code == 1 and "rows have 60 values, the model was trained on 64" in err
+
+    code, out, err = run_cli(capsys, "train", "--model", "mlp", "--hidden", "16,32",
+                             "--epochs", "3", "--checkpoint", str(run), "--resume",
+                             "--no-progress")  # another model: refused, naming --model
+    assert code == 1 and "--model 'cnn' there, 'mlp' now" in err and "Traceback" not in err
+
+
+def test_predict_reads_a_checkpoint_recorded_before_model_was(capsys, tmp_path):
+    """Records without ``model`` and ``input_shape`` (older funnet train) are an mlp's."""
+    import json
+
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--epochs", "1", "--hidden", "8",
+                             "--checkpoint", str(run), "--no-progress")
+    assert code == 0, err
+    tested = float(re.search(r"test accuracy: ([0-9.]+)", out).group(1))
+    path = run / cli.ARGS_FILE
+    record = json.loads(path.read_text())
+    del record["model"], record["input_shape"]
+    path.write_text(json.dumps(record))
+    code, out, err = run_cli(capsys, "predict", "--checkpoint", str(run))
+    assert code == 0, err
+    assert "serial(Dense(8), Relu, Dense(10))" in out
+    assert float(re.search(r"accuracy: ([0-9.]+)", out).group(1)) == pytest.approx(tested,
+                                                                                 abs=1e-4)
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file of unsigned bytes: magic 0x0000080<ndim>, big-endian dims, payload."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big")
+                                                      for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def mnist_like(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` 28×28 uint8 images: embedded 8×8 digits scaled up 3× and padded by 2."""
+    digits = funnet.load_digits()
+    pick = np.random.default_rng(seed).choice(len(digits), n, replace=False)
+    small = digits.x[pick].reshape(n, 8, 8)
+    big = np.kron(small, np.ones((3, 3), np.float32))  # [n, 24, 24]
+    images = np.pad(np.round(big * 255), ((0, 0), (2, 2), (2, 2))).astype(np.uint8)
+    return images, digits.y[pick].astype(np.uint8)
+
+
+def test_train_cnn_on_mnist_idx_files_end_to_end(capsys, tmp_path):
+    data = tmp_path / "mnist"
+    data.mkdir()
+    for prefix, n, seed in (("train", 60, 0), ("t10k", 20, 1)):
+        images, labels = mnist_like(n, seed)
+        _write_idx(data / f"{prefix}-images-idx3-ubyte", images)
+        _write_idx(data / f"{prefix}-labels-idx1-ubyte", labels)
+    assert funnet.load_mnist(data).x.shape == (60, 784)
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--model", "cnn", "--data", f"mnist:{data}",
+                             "--epochs", "1", "--batch-size", "16", "--checkpoint", str(run),
+                             "--no-progress")
+    assert code == 0, err
+    assert f"data: mnist:{data}: train 54, valid 6, test 20" in out  # 90/5/5 + t10k as test
+    assert "Dense(10)" in out and re.search(r"test accuracy: [0-9.]+", out)
+    assert json_field(run, "input_shape") == [28, 28, 1]
+    code, out, err = run_cli(capsys, "predict", "--checkpoint", str(run))
+    assert code == 0 and "test split (20 rows)" in out, err
+
+
+def json_field(run: Path, key: str):
+    import json
+
+    return json.loads((run / cli.ARGS_FILE).read_text())[key]
+
+
+def test_cnn_refuses_images_that_are_not_square(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "wide.npz", x=rng.integers(0, 256, (40, 5, 3), dtype=np.uint8),
+             y=rng.integers(0, 2, 40).astype(np.uint8))
+    code, _out, err = run_cli(capsys, "train", "--model", "cnn", "--data",
+                              f"mnist:{tmp_path / 'wide.npz'}", "--no-progress")
+    assert code == 1 and "Traceback" not in err
+    assert "--model cnn takes square one-channel images: samples of shape (15,)" in err

@@ -246,3 +246,34 @@ def test_custom_activation(tmp_path):
     assert r["check_ok"]
     assert r["test_accuracy"] > 0.7
     assert_pngs(tmp_path, "custom_activation.png")
+
+
+def test_cnn_digits(tmp_path, capsys):
+    r = run("cnn_digits", tmp_path)
+    assert r["seeds"] == 2 and r["epochs"] == 3
+    # 3·3·1·16 + 16 + 2·16 + 3·3·16·32 + 32 + 2·32 + (2·2·32)·10 + 10, and 64·128 + 128 + ...
+    assert r["cnn"]["n_params"] == 144 + 16 + 32 + 4608 + 32 + 64 + 1280 + 10 == 6186
+    assert r["mlp"]["n_params"] == 64 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10
+    for kind in ("mlp", "cnn"):  # three epochs already learn most digits (chance: 0.1)
+        acc = r[kind]["accuracies"]
+        assert len(acc) == 2 and min(acc) > 0.8, kind
+        assert r[kind]["mean"] == pytest.approx(np.mean(acc))
+        assert r[kind]["std"] == pytest.approx(np.std(acc, ddof=1))
+    c = r["confusion"]
+    assert c.shape == (10, 10) and c.sum() == 270
+    assert np.trace(c) / c.sum() == pytest.approx(r["cnn_seed0_accuracy"], abs=1e-6)
+    assert r["filters"].shape == (3, 3, 1, 16) and np.all(np.isfinite(r["filters"]))
+    bn = r["bn_state"][1]  # the first BatchNorm's running statistics moved off (0, 1)
+    assert np.all(np.isfinite(bn["var"])) and np.abs(np.asarray(bn["var"]) - 1).max() > 1e-3
+    assert_pngs(tmp_path, "cnn_digits_filters.png", "cnn_digits_confusion.png",
+                "cnn_digits_learning_curves.png")
+    # each row is what `funnet train` prints for the command the example names
+    from funnet import cli
+
+    out = capsys.readouterr().out
+    assert "funnet train --model cnn --grad hand --seed 0 --epochs 3" in out
+    assert cli.main(["train", "--model", "cnn", "--grad", "hand", "--seed", "0", "--epochs",
+                     "3", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    tested = float(printed.split("test accuracy: ")[1].split(",")[0])
+    assert tested == pytest.approx(r["cnn"]["accuracies"][0], abs=1e-4)

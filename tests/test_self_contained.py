@@ -61,6 +61,8 @@ MD_LINK = re.compile(
 )
 #: A numbered section heading of the math page: ``## 5. Backpropagation``.
 SECTION_HEADING = re.compile(r"^## (\d+)\. (.+?)\s*$", re.MULTILINE)
+#: A numbered subsection heading: ``### 8.1 Convolution`` (anchor ``81-convolution``).
+SUBSECTION_HEADING = re.compile(r"^### (\d+\.\d+) (.+?)\s*$", re.MULTILINE)
 
 BINARY_SUFFIXES = {
     ".png", ".jpg", ".jpeg", ".gif", ".svg", ".ico", ".pdf", ".npz", ".npy", ".pkl", ".gz",
@@ -186,6 +188,12 @@ def _sections() -> dict[int, str]:
     return {int(n): _slug(f"{n}. {title}") for n, title in SECTION_HEADING.findall(text)}
 
 
+def _subsection_anchors() -> set[str]:
+    """The anchors of the math page's ``### N.M Title`` headings."""
+    text = MATH_PAGE.read_text(encoding="utf-8")
+    return {_slug(f"{n} {title}") for n, title in SUBSECTION_HEADING.findall(text)}
+
+
 def test_math_reference_has_sections_1_to_7():
     assert MATH_PAGE.is_file(), "docs/math.md is missing"
     text = MATH_PAGE.read_text(encoding="utf-8")
@@ -197,7 +205,7 @@ def test_math_reference_has_sections_1_to_7():
 
 def test_citations_name_existing_sections():
     sections = _sections()
-    anchors = set(sections.values())
+    anchors = set(sections.values()) | _subsection_anchors()
     bad = []
     for name, text in sorted(tracked_texts().items()):
         for m in SECTION_CITE.finditer(text):
