@@ -244,9 +244,11 @@ def BatchNorm(*, momentum: float = 0.9, epsilon: float = 1e-5, axis: int = -1) -
             state = update(state, mu, var, mask)
         else:  # evaluation: the running statistics are constants
             r = lax.rsqrt(_along(state["var"], x.ndim, ax) + epsilon)
-            xhat, c = ((x - _along(state["mean"], x.ndim, ax)) * r).astype(x.dtype), None
+            mu = _along(state["mean"], x.ndim, ax)
+            xhat, c = ((x - mu) * r).astype(x.dtype), None
         gamma, beta = (_along(params[k], x.ndim, ax) for k in _KEYS)
-        return gamma * xhat + beta, state, (xhat, r, c)  # y = γ x̂ + β
+        y = ((x - mu) * (gamma * r) + beta).astype(x.dtype)  # y = γ x̂ + β, as apply orders it
+        return y, state, (xhat, r, c)
 
     def apply(params, state, x, *, train=False, mask=None):
         # the same formula as forward, ordered y = (x − μ) ⊙ (γ r) + β: reverse-mode autodiff
