@@ -6,6 +6,7 @@ from . import check as check
 from . import checkpoint as checkpoint
 from . import contract as contract
 from . import data as data
+from . import hopfield as hopfield
 from . import layers as layers
 from . import losses as losses
 from . import signature as signature
@@ -185,6 +186,7 @@ __all__ = [
     "gelu",
     "hard_logistic",
     "hard_tanh",
+    "hopfield",
     "l2_penalty",
     "layer",
     "layers",

@@ -277,3 +277,30 @@ def test_cnn_digits(tmp_path, capsys):
     printed = capsys.readouterr().out
     tested = float(printed.split("test accuracy: ")[1].split(",")[0])
     assert tested == pytest.approx(r["cnn"]["accuracies"][0], abs=1e-4)
+
+
+def test_hopfield(tmp_path):
+    r = run("hopfield", tmp_path)
+    d, cap = r["digits"], r["capacity"]
+    assert d["energy_nonincreasing"]
+    assert np.all(np.diff(d["energies"], axis=1) <= 0)  # E after every single-unit update
+    assert np.all(d["energies"][:, -1] < d["energies"][:, 0])
+    two, four = d["by_k"][2], d["by_k"][4]
+    assert all(two["stored_fixed"]) and two["recall_rate"] >= 0.9  # small k: recall works
+    assert not any(four["stored_fixed"]) and four["recall_rate"] <= 0.1  # correlated digits
+    load, exact = np.array(cap["load"]), np.array(cap["exact"])
+    assert np.all(exact[load <= 0.05] >= 0.9)  # random patterns, well below 0.138 N
+    assert np.all(exact[load >= 0.3] <= 0.1)  # above capacity: recall fails
+    assert np.all(np.array(cap["overlap"])[load >= 0.3] < 0.7)
+    assert_pngs(tmp_path, "hopfield_digits.png", "hopfield_capacity.png")
+
+
+def test_sequence_classification(tmp_path):
+    r = run("sequence_classification", tmp_path)
+    assert r["test_accuracy"] > 0.95  # measured 100 % at the small size (T = 20)
+    # order-blind: each marker occurs once per sequence, so it is chance; 2000 test
+    # sequences give a standard deviation of 1.1 %, and 0.6 is 9 of them away
+    assert r["baseline_accuracy"] < 0.6
+    assert r["variable_length_accuracy"] > 0.95 and np.all(r["accuracy_by_length"] > 0.9)
+    assert r["padded_vs_alone"] < 1e-5  # float32 logits of size ≈ 10: rounding only
+    assert_pngs(tmp_path, "sequence_classification.png")

@@ -820,3 +820,25 @@ def test_make_step_refuses_out_of_range_labels_of_a_concrete_batch():
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\).*\[7\]"):
         step(state, (x, bad))
     step(state, (x, y))  # in range: fine
+
+
+def test_fit_keeps_integer_inputs_for_an_embedding():
+    # integer ids reach the model as integers (an Embedding refuses floats); bool inputs are
+    # still made floats. The label is the first id: learnable from the embedding alone.
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 4, (64, 3)).astype(np.int32)
+    y = ids[:, 0].copy()
+    model = funnet.serial(funnet.Embedding(4, 4), funnet.Flatten, funnet.Dense(4))
+    _, params = model.init(jax.random.PRNGKey(0), (-1, 3))
+    seen = []
+    spy = funnet.layer(lambda key, shape: (shape, ()),
+                       lambda p, x: (seen.append(x.dtype) or x, None),
+                       lambda p, r, dy: ((), None), name="spy")
+    trained, history = fit(funnet.serial(spy, model), ((), params), (ids, y), loss=CE,
+                           optimizer=optax.adam(0.1), epochs=30, batch_size=16,
+                           key=jax.random.key(0), valid=(ids, y), progress=False)
+    assert seen and all(d == np.int32 for d in seen)
+    assert history[-1]["train_accuracy"] == 1.0 and history[-1]["valid_accuracy"] == 1.0
+    assert evaluate(model, trained[1], (ids, y), loss=CE)["accuracy"] == 1.0
+    assert train.inputs.as_inputs(np.array([True, False])).dtype == jnp.result_type(float)
+    assert train.inputs.as_inputs(np.array([1, 2], np.uint8)).dtype == np.uint8

@@ -61,8 +61,10 @@ def _strong(a: Any) -> np.ndarray | jax.Array:
 
 
 def as_inputs(x: Any) -> np.ndarray | jax.Array:
+    """``x`` as a strongly typed array: floats and integers as they are (integer ids feed an
+    ``Embedding``, which refuses floats), anything else (bool) as JAX's default float."""
     x = _strong(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
+    if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
         x = x.astype(jnp.result_type(float))
     return x
 
