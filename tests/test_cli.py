@@ -272,6 +272,15 @@ def test_predict_needs_no_flag_beyond_the_checkpoint(capsys, tmp_path):
                              "--no-progress")
     assert code == 1 and "--activation 'tanh' there, 'relu' now" in err
     assert "Traceback" not in err
+    # another --hidden too, before train-args.json is rewritten (fit would refuse the other
+    # architecture only after that, leaving a record that no longer fits the params: found
+    # by the mutation review, h-mut11)
+    code, out, err = run_cli(capsys, "train", "--epochs", "3", "--checkpoint", str(run),
+                             "--activation", "tanh", "--hidden", "32", "--resume",
+                             "--no-progress")
+    assert code == 1 and "--hidden [16] there, [32] now" in err
+    code, out, err = run_cli(capsys, "predict", "--checkpoint", str(run))
+    assert code == 0 and "serial(Dense(16), Tanh, Dense(10))" in out, err
     code, out, err = run_cli(capsys, "predict", "--checkpoint", str(tmp_path))
     assert code == 1 and "train-args.json" in err and "Traceback" not in err
 
@@ -420,3 +429,27 @@ def test_cnn_refuses_images_that_are_not_square(capsys, tmp_path):
                               f"mnist:{tmp_path / 'wide.npz'}", "--no-progress")
     assert code == 1 and "Traceback" not in err
     assert "--model cnn takes square one-channel images: samples of shape (15,)" in err
+class _Stop(Exception):
+    """Raised by the fit spy below: cli.main lets it through (it is no runtime error)."""
+
+
+def test_train_hands_its_flags_to_fit(monkeypatch, tmp_path):
+    # found by the mutation review (h-mut11): nothing failed when --patience never reached fit
+    seen = {}
+
+    def spy(model, params, train, **kw):
+        seen.update(kw, model=model)
+        raise _Stop
+
+    monkeypatch.setattr(funnet.train, "fit", spy)
+    with pytest.raises(_Stop):
+        cli.main(["train", "--patience", "3", "--l2", "0.5", "--grad", "hand", "--epochs", "7",
+                  "--batch-size", "10", "--hidden", "5,6", "--activation", "elu",
+                  "--checkpoint", str(tmp_path / "run"), "--no-progress"])
+    assert seen["model"].name == "serial(Dense(5), Elu, Dense(6), Elu, Dense(10))"
+    assert (seen["patience"], seen["l2"], seen["grad"], seen["epochs"], seen["batch_size"],
+            seen["checkpoint"], seen["resume"], seen["progress"]) == (
+        3, 0.5, "hand", 7, 10, tmp_path / "run", False, False)
+    with pytest.raises(_Stop):
+        cli.main(["train", "--no-progress"])
+    assert seen["patience"] is None  # --patience 0 (the default): no early stopping

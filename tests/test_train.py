@@ -842,3 +842,235 @@ def test_fit_keeps_integer_inputs_for_an_embedding():
     assert evaluate(model, trained[1], (ids, y), loss=CE)["accuracy"] == 1.0
     assert train.inputs.as_inputs(np.array([True, False])).dtype == jnp.result_type(float)
     assert train.inputs.as_inputs(np.array([1, 2], np.uint8)).dtype == np.uint8
+# --- found by the mutation review (h-mut11) -----------------------------------------------
+
+
+def test_binary_accuracy_thresholds_the_logit_at_zero():
+    # kills: a binary loss scored by arg-max (one logit: every row "correct", accuracy 1.0)
+    net = funnet.Dense(1)
+    params = {"W": jnp.ones((1, 1)), "b": jnp.zeros(1)}  # the logit is x itself
+    x = jnp.array([[2.0], [-1.0], [0.5], [-3.0]])
+    y = jnp.array([[1.0], [1.0], [0.0], [0.0]])  # rows 0 and 3 right, rows 1 and 2 wrong
+    bce = funnet.binary_cross_entropy
+    assert evaluate(net, params, (x, y), loss=bce)["accuracy"] == 0.5
+    tx = optax.sgd(0.0)
+    _, metrics = make_step(net, bce, tx)(TrainState.create(params, tx, jax.random.key(0)), (x, y))
+    assert float(metrics["accuracy"]) == 0.5
+
+
+def test_a_plain_function_with_integer_labels_gets_an_accuracy():
+    # kills: accuracy only for a Loss that declares a task (evaluate's docstring: a plain
+    # function gets one for integer labels)
+    x, y = blobs(20)
+    params = init(MLP)
+    plain = lambda out, t: CE(out, t)
+    got = evaluate(MLP, params, (x, y), loss=plain)
+    ref = evaluate(MLP, params, (x, y), loss=CE)
+    np.testing.assert_allclose(got["accuracy"], ref["accuracy"], rtol=1e-12)
+    _, history = quiet_fit(MLP, params, (x, y), loss=plain, epochs=1)
+    assert history[0]["train_accuracy"] is not None
+
+
+def test_make_step_advances_the_key():
+    # kills: make_step returning the old key (every step the same dropout mask); the older
+    # check compared a typed key with a raw one, which is never equal
+    tx = optax.sgd(0.0)
+    model = funnet.serial(funnet.Dense(8), funnet.Dropout(0.5), funnet.Dense(3))
+    state = TrainState.create(init(model), tx, jax.random.key(0))
+    step = make_step(model, CE, tx)
+    x, y = blobs(16)
+    new, first = step(state, (x, y))
+    assert np.array_equal(jax.random.key_data(new.key),
+                          jax.random.key_data(jax.random.split(state.key)[0]))
+    _, second = step(new, (x, y))  # lr 0: only the dropout mask differs
+    assert float(first["loss"]) != float(second["loss"])
+
+
+@pytest.mark.parametrize("label", [3, -1])
+def test_make_step_refuses_the_first_label_past_either_end(label):
+    # kills: the range check off by one (label k accepted) or blind to negative labels
+    x, y = blobs(8)
+    tx = optax.sgd(0.1)
+    step = make_step(MLP, CE, tx)
+    state = TrainState.create(init(MLP), tx, jax.random.key(0))
+    bad = y.copy()
+    bad[5] = label
+    with pytest.raises(ValueError, match=rf"labels must lie in \[0, 3\).*\[{label}\]"):
+        step(state, (x, bad))
+
+
+def test_fit_is_sgd_over_the_batches_of_the_documented_shuffle():
+    # kills: another shuffle key (e.g. the next epoch's key reused), batches in another order.
+    # The epoch splits its key into (next key, shuffle key, one key per step): the same
+    # updates by make_step in that order give the same params, bit for bit
+    x, y = blobs(32)
+    model, tx = mlp(), optax.sgd(0.3)
+    params = init(model)
+    got, _ = quiet_fit(model, params, (x, y), optimizer=tx, epochs=1, batch_size=8,
+                       key=jax.random.key(5))
+    keys = jax.random.split(jax.random.key(5), 4 + 2)
+    order = np.asarray(train.shuffle(keys[1], 32))
+    step = make_step(model, CE, tx)  # no dropout: the step keys do not matter
+    state = TrainState.create(params, tx, jax.random.key(0))
+    for i in range(4):
+        rows = order[8 * i: 8 * i + 8]
+        state, _ = step(state, (x[rows], y[rows]))
+    assert_trees_close(got, state.params, rtol=1e-12, atol=1e-14)
+
+
+def _poisoned_state_layer(at_step: int):
+    """An identity layer whose state turns NaN in training from update ``at_step`` on."""
+
+    def init_fn(key, shape):
+        return shape, (), {"n": jnp.zeros(()), "v": jnp.zeros(())}
+
+    def apply_fn(params, state, x, *, train=False):
+        if not train:
+            return x, state
+        n = state["n"] + 1
+        return x, {"n": n, "v": jnp.where(n > at_step, jnp.nan, 0.0)}
+
+    return funnet.layer(init_fn, apply=apply_fn, stateful=True, name="Poison")
+
+
+def test_a_non_finite_model_state_alone_stops_fit_at_its_step():
+    # kills: the epoch's finiteness check (fast path or per-step guard) leaving out the
+    # model state: NaN running statistics with finite params and loss trained on silently
+    x, y = blobs(32)
+    model = funnet.serial(funnet.Dense(8), _poisoned_state_layer(at_step=1), funnet.Tanh,
+                          funnet.Dense(3))
+    _, params, state = model.init_with_state(jax.random.PRNGKey(0), (-1, 6))
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 1 \(global step 1\)") as info:
+        quiet_fit(model, params, (x, y), state=state, batch_size=8, epochs=2)
+    good = info.value.last_good_state
+    assert int(good.step) == 1
+    chex.assert_tree_all_finite(good.model_state)
+
+
+def test_early_stopping_min_delta_and_nan():
+    # kills: min_delta added instead of subtracted; NaN counted as an improvement; from_json
+    # leaving best_loss None
+    es = funnet.EarlyStopping(patience=2, min_delta=0.1).update(1, valid_loss=1.0)
+    small = es.update(2, valid_loss=0.95)  # lower, but by less than min_delta
+    assert (small.best_epoch, small.bad_epochs, small.best_value) == (1, 1, 1.0)
+    big = small.update(3, valid_loss=0.85)
+    assert (big.best_epoch, big.bad_epochs) == (3, 0)
+    first_nan = funnet.EarlyStopping(patience=1).update(1, valid_loss=float("nan"))
+    assert first_nan.best_epoch is None and first_nan.should_stop
+    later_nan = funnet.EarlyStopping(patience=1).update(1, valid_loss=0.5).update(
+        2, valid_loss=float("nan"))
+    assert later_nan.best_epoch == 1 and later_nan.should_stop
+    for fresh in (funnet.EarlyStopping(), funnet.EarlyStopping(3, "valid_error")):
+        assert funnet.EarlyStopping.from_json(fresh.to_json()) == fresh
+        back = funnet.EarlyStopping.from_json(fresh.to_json())
+        assert back.update(1, valid_loss=0.3, valid_accuracy=0.5).best_epoch == 1
+
+
+def _worsening_valid(x, y):
+    """Validation rows with shifted labels: training makes their loss rise from epoch 1."""
+    return x[:12], (y[:12] + 1) % 3
+
+
+def test_without_patience_the_last_params_return_even_when_an_earlier_epoch_was_best():
+    # kills: the best epoch's params returned without patience
+    x, y = blobs(40)
+    valid = _worsening_valid(x, y)
+    last, history = quiet_fit(MLP, init(MLP), (x, y), valid=valid, epochs=4)
+    assert history.best_epoch < 4  # so the last params are not the best ones
+    np.testing.assert_allclose(evaluate(MLP, last, valid, loss=CE)["loss"],
+                               history[-1]["valid_loss"], rtol=1e-10)
+
+
+def test_patience_returns_the_best_epochs_model_state_with_its_params():
+    # kills: the best params returned with the last epoch's model state
+    net, (params, state) = bn_net(), bn_init()
+    x, y = blobs(40)
+    valid = _worsening_valid(x, y)
+    p, s, history = quiet_fit(net, params, (x, y), state=state, valid=valid, patience=2,
+                              epochs=10)
+    best = history.best_epoch
+    assert best < len(history)
+    np.testing.assert_allclose(evaluate(net, p, valid, loss=CE, state=s)["loss"],
+                               history[best - 1]["valid_loss"], rtol=1e-10)
+
+
+def test_a_batch_of_exactly_all_rows_gives_no_warning(recwarn):
+    # kills: the cap warning for batch_size == number of rows
+    x, y = blobs(12)
+    quiet_fit(MLP, init(MLP), (x, y), batch_size=12, epochs=1)
+    assert not [w for w in recwarn if "larger than" in str(w.message)]
+
+
+def test_resume_with_a_non_threefry_key_is_bitwise(tmp_path):
+    # kills: resume rebuilding the key with the default implementation
+    x, y = blobs(32)
+    model = funnet.serial(funnet.Dense(8), funnet.Dropout(0.3), funnet.Dense(3))
+    params = init(model)
+    kw = {"key": jax.random.key(4, impl="rbg"), "batch_size": 16}
+    full, _ = quiet_fit(model, params, (x, y), epochs=2, **kw)
+    quiet_fit(model, params, (x, y), epochs=1, checkpoint=tmp_path, **kw)
+    resumed, _ = quiet_fit(model, params, (x, y), epochs=2, checkpoint=tmp_path, resume=True,
+                           **kw)
+    assert leaves_equal(resumed, full)
+
+
+def test_early_stopping_saves_a_checkpoint_between_checkpoint_every(tmp_path):
+    # kills: no checkpoint when early stopping ends the run off the checkpoint_every grid
+    x, y = blobs(40)
+    _, history = quiet_fit(MLP, init(MLP), (x, y), valid=_worsening_valid(x, y), patience=1,
+                           epochs=20, checkpoint=tmp_path, checkpoint_every=100)
+    assert history.stopped_early and len(history) < 20
+    assert checkpoint.latest_step(tmp_path) == len(history)
+
+
+@pytest.mark.parametrize("change", [{"l2": 0.01}, {"grad": "hand"}, {"patience": 3},
+                                    {"monitor": "valid_error"}, {"valid": None, "patience": None}])
+def test_resume_refuses_every_other_configuration(tmp_path, change):
+    # kills: a configuration field left out of the resume comparison
+    x, y = blobs(20)
+    kw = {"valid": (x[:5], y[:5]), "patience": 2, "epochs": 1}
+    quiet_fit(MLP, init(MLP), (x, y), checkpoint=tmp_path, **kw)
+    name = next(iter(change))
+    with pytest.raises(ValueError, match=rf"different fit: .*{name}="):
+        quiet_fit(MLP, init(MLP), (x, y), checkpoint=tmp_path, resume=True,
+                  **{**kw, "epochs": 2, **change})
+
+
+def test_negative_int64_labels_beyond_int32_are_refused_not_wrapped():
+    # kills: the int32 range check looking at the maximum only (-2**32 would wrap to 0)
+    x, _ = blobs(8)
+    y = np.array([0, 1, 2, 0, 1, 2, 0, -2**32], dtype=np.int64)
+    with pytest.raises(ValueError, match=r"train\.y: label -4294967296 does not fit in int32"):
+        quiet_fit(MLP, init(MLP), (x, y), epochs=1)
+
+
+def test_sequence_accuracy_counts_each_step_of_a_row():
+    # kills: a row of a sequence scored all-or-nothing instead of by its fraction of right steps
+    x = jnp.array([[[5.0, 0, 0], [5.0, 0, 0]], [[0, 5.0, 0], [0, 0, 5.0]]])  # logits [2, 2, 3]
+    y = jnp.array([[0, 1], [1, 2]], jnp.int32)  # row 0: one of two steps right; row 1: both
+    assert evaluate(funnet.Identity, (), (x, y), loss=CE)["accuracy"] == 0.75
+
+
+def _running_sum_layer():
+    """A stateful layer whose state is one bare array (a valid pytree), not a container."""
+
+    def init_fn(key, shape):
+        return shape, {"w": jnp.ones(shape[-1])}, jnp.zeros(shape[-1])
+
+    def apply_fn(params, state, x, *, train=False):
+        return x * params["w"][None, :], state + (jnp.mean(x, axis=0) if train else 0.0)
+
+    return funnet.layer(init_fn, apply=apply_fn, stateful=True, name="RunningSum")
+
+
+def test_a_model_state_that_is_one_array_trains_and_evaluates():
+    net = _running_sum_layer()
+    _, params, state = net.init_with_state(jax.random.PRNGKey(0), (-1, 3))
+    x, t = np.ones((4, 3)), np.zeros((4, 3))
+    tx = optax.sgd(0.1)
+    new, _ = make_step(net, funnet.mse, tx)(
+        TrainState.create(params, tx, jax.random.key(0), model_state=state), (x, t))
+    np.testing.assert_allclose(new.model_state, np.ones(3))
+    evaluate(net, params, (x, t), loss=funnet.mse, state=state)
+    predict(net, params, x, state=state)
+    quiet_fit(net, params, (x, t), state=state, loss=funnet.mse, batch_size=2, epochs=1)

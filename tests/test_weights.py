@@ -229,7 +229,23 @@ def change_the_note(data):
     data[i] = ord("j")
 
 
-@pytest.mark.parametrize("edit", [flip_last_byte, swap_a_shape, change_the_note])
+def change_a_dtype(data):  # F32 -> I32 (or F64 -> I64): same size, still valid safetensors
+    i = data.index(b'"dtype":"F')
+    data[i + 9] = ord("I")
+
+
+def change_the_signature(data):  # funnet.* metadata is checked too (found by h-mut11)
+    i = data.index(b"Tanh")
+    data[i:i + 4] = b"Relu"
+
+
+def rename_a_tensor(data):  # "2.b" -> "2.c": the sorted order of the tensors is unchanged
+    i = data.index(b'"2.b":{')
+    data[i + 3] = ord("c")
+
+
+@pytest.mark.parametrize("edit", [flip_last_byte, swap_a_shape, change_the_note, change_a_dtype,
+                                  change_the_signature, rename_a_tensor])
 def test_a_flipped_byte_is_found_corrupt(saved, tmp_path, edit):
     bad = corrupt_copy(saved[2], tmp_path, edit)
     safetensors.numpy.load_file(bad)  # still a readable safetensors file ...

@@ -23,7 +23,7 @@ __all__ = ["as_inputs", "as_targets", "check_data", "check_l2", "model_and_state
 def model_and_state(model: Any, state: PyTree | None, what: str) -> tuple[Layer, PyTree]:
     """``(model as a Layer, its state)``; a model holding state needs ``state=``."""
     model = as_layer(model)
-    if model.stateful and (state is None or state == ()):
+    if model.stateful and (state is None or _is_empty(state)):
         raise StatefulModelError(
             f"{what}: {model.stateful_path()} holds state: pass its state, e.g. "
             f"_, params, state = model.init_with_state(key, input_shape); "
@@ -33,6 +33,11 @@ def model_and_state(model: Any, state: PyTree | None, what: str) -> tuple[Layer,
             f"{what}: state= was given, but {model.name} holds no state (its state is ()); "
             "leave state out, or pass the model the state belongs to")
     return model, (() if state is None else state)
+
+
+def _is_empty(state: PyTree) -> bool:
+    """``state == ()``, for any state: ``array == ()`` would compare elementwise."""
+    return isinstance(state, tuple) and not state
 
 
 def check_l2(l2: Any) -> float:

@@ -97,7 +97,7 @@ def make_step(
     classes: dict = {}  # batch shapes -> the model's number of classes (or None)
 
     def checked(state: TrainState, batch: tuple) -> tuple[TrainState, dict]:
-        if model.stateful and state.model_state == ():
+        if model.stateful and isinstance(state.model_state, tuple) and not state.model_state:
             raise _needs_state(model)
         x, y, _ = _batch(batch)
         _check_labels(model, loss, state, x, y, classes)
