@@ -17,8 +17,10 @@ with the same shapes but another activation differ: ``serial[1]: saved Tanh, thi
 Relu``), then the input shape, the params and the state.
 
 What the signature can see is what a layer's name says: a custom layer left with the
-default name ``"layer"`` matches any other such layer, and an option spelled out at its
-default value (``LeakyRelu(slope=0.01)``) reads as a different layer from ``LeakyRelu``.
+default name ``"layer"`` matches any other such layer. funnet's own layers leave options
+at their defaults out of their names (``LeakyRelu(slope=0.01)`` is named ``LeakyRelu``,
+``Conv(8, (3, 3), strides=(1, 1))`` is ``Conv(8, (3, 3))``), so spelling out a default
+does not make another architecture.
 """
 
 from __future__ import annotations

@@ -130,6 +130,25 @@ def test_options_are_part_of_the_architecture(saved, current, message):
         == message
 
 
+@pytest.mark.parametrize("plain, spelled", [
+    (funnet.LeakyRelu, funnet.LeakyRelu(slope=0.01)),
+    (funnet.Elu, funnet.Elu(alpha=1)),
+    (funnet.Gelu, funnet.Gelu(approximate=False)),
+    (funnet.Conv(4, (3, 3)), funnet.Conv(4, (3, 3), strides=(1, 1), dilation=[1, 1],
+                                         padding="VALID", groups=1)),
+    (funnet.MaxPool((2, 2)), funnet.MaxPool((2, 2), strides=(2, 2))),
+    (funnet.BatchNorm(), funnet.BatchNorm(momentum=0.9, epsilon=1e-5)),
+])
+def test_an_option_spelled_out_at_its_default_is_the_same_architecture(plain, spelled):
+    # one name for one computation: a checkpoint saved with `LeakyRelu` loads into a model
+    # written `LeakyRelu(slope=0.01)`
+    assert spelled.name == plain.name
+    shape = (-1, 6, 6, 4) if "Pool" in plain.name or "Conv" in plain.name else (-1, 4)
+    a = funnet.serial(plain, funnet.Flatten, funnet.Dense(2))
+    b = funnet.serial(spelled, funnet.Flatten, funnet.Dense(2))
+    assert diff(a, b, shape, shape) is None
+
+
 def test_a_nested_difference_is_named_by_its_path():
     a = funnet.serial(funnet.Dense(3), funnet.serial(funnet.Dense(2), funnet.Tanh))
     b = funnet.serial(funnet.Dense(3), funnet.serial(funnet.Dense(2), funnet.Relu))

@@ -99,7 +99,17 @@ def _rank_of_options(name: str, **options: Any) -> int | None:
 
 
 def _name(kind: str, out_channels: int, kernel: Any, defaults: dict, given: dict) -> str:
-    extra = "".join(f", {k}={v!r}" for k, v in given.items() if v != defaults[k])
+    """``Conv(8, (3, 3), strides=2)``: the options that differ from their defaults. An option
+    spelled out at its default (``strides=(1, 1)`` beside a 2-D kernel) is left out, so that
+    two layers that compute the same have one name (and one model signature)."""
+    def is_default(k: str, v: Any) -> bool:
+        if isinstance(v, list):
+            v = tuple(v)
+        if isinstance(v, tuple) and isinstance(kernel, tuple) and len(v) == len(kernel):
+            return all(e == defaults[k] for e in v)  # per-dim, at the kernel's fixed rank
+        return v == defaults[k]
+
+    extra = "".join(f", {k}={v!r}" for k, v in given.items() if not is_default(k, v))
     return f"{kind}({out_channels}, {kernel!r}{extra})"
 
 

@@ -57,7 +57,9 @@ def ActivationLayer(activation: act.Activation, **hyper: Any) -> Layer:
     [0.0, 2.0]
     """
     h = dict(activation._hyper(hyper))  # validated now, not at the first call
-    opts = ", ".join(f"{k}={v}" for k, v in sorted(hyper.items()))
+    # options at their defaults are left out of the name: LeakyRelu(slope=0.01) is LeakyRelu
+    opts = ", ".join(f"{k}={v}" for k, v in sorted(hyper.items())
+                     if v != activation.defaults[k])
     name = "".join(p.capitalize() for p in activation.name.split("_")) + (f"({opts})" if opts else "")
     return paramless(
         name,

@@ -170,7 +170,7 @@ def _geometry(kind: str, window: Any, strides: Any, padding: Any, extra: str = "
     s = w if strides is None else _ints(strides, f"{kind}: strides")
     p = _padding(padding, f"{kind}: padding")
     opts = [_show(w)]
-    if strides is not None:
+    if strides is not None and s != w:  # strides spelled out at the default: the same layer
         opts.append(f"strides={_show(s)}")
     if p != "VALID":
         opts.append(f"padding={_show(p)}")
