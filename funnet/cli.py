@@ -527,7 +527,7 @@ def _train(args: argparse.Namespace) -> int:
         from .weights import save_params
 
         save_params(args.checkpoint / PARAMS_FILE, params, model=t.model, state=state,
-                    overwrite=True)
+                    input_shape=(-1, *t.input_shape), overwrite=True)
     print(history.table())
     if args.plot is not None:
         print(f"learning curves: {history.plot(args.plot)}")

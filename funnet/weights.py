@@ -65,6 +65,7 @@ import pathlib
 import re
 import secrets
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -317,7 +318,8 @@ def _check_metadata(metadata: dict | None) -> dict[str, str]:
 
 
 def save_params(path: str | os.PathLike, params: PyTree, *, model: Any = None,
-                state: PyTree = (), overwrite: bool = False,
+                state: PyTree = (), input_shape: Sequence[int] | None = None,
+                overwrite: bool = False,
                 metadata: dict[str, str] | None = None) -> pathlib.Path:
     r"""Write params (and state) to one safetensors file, atomically; return its path.
 
@@ -330,6 +332,10 @@ def save_params(path: str | os.PathLike, params: PyTree, *, model: Any = None,
         (:func:`funnet.model_signature`) is stored, and ``load_params(..., model=)`` checks
         it.
       state: the model's state (``()`` when it has none), stored under ``state.`` keys.
+      input_shape: the model's input shape (with ``model=``), e.g. ``(-1, 2)``. The params
+        and state are then checked to be what ``model.init_with_state`` makes for it
+        (containers and shapes; any dtype) before anything is written, and the shape is recorded
+        in the signature.
       overwrite: replace an existing funnet params file at ``path``. A file that is not
         one is never replaced.
       metadata: your own ``str -> str`` entries (no key starting with ``funnet.``).
@@ -342,13 +348,15 @@ def save_params(path: str | os.PathLike, params: PyTree, *, model: Any = None,
       FileNotFoundError, NotADirectoryError, PermissionError: the directory is missing, is
         not a directory, or cannot be written.
       TypeError: a leaf that safetensors cannot store, or bad ``metadata``.
+      ValueError: ``input_shape`` without ``model``, or params that do not fit the model at
+        that shape (the message names the first leaf that differs).
 
     >>> import pathlib, tempfile, jax, funnet
     >>> net = funnet.serial(funnet.Dense(3), funnet.Tanh, funnet.Dense(1))
     >>> _, params = net.init(jax.random.PRNGKey(0), (-1, 2))
     >>> folder = tempfile.TemporaryDirectory()
     >>> path = funnet.save_params(pathlib.Path(folder.name) / "net.safetensors", params,
-    ...                           model=net, metadata={"epochs": "40"})
+    ...                           model=net, input_shape=(-1, 2), metadata={"epochs": "40"})
     >>> import safetensors.numpy
     >>> sorted(safetensors.numpy.load_file(path))
     ['0.W', '0.b', '2.W', '2.b']
@@ -363,6 +371,11 @@ def save_params(path: str | os.PathLike, params: PyTree, *, model: Any = None,
             f"save_params: {model.stateful_path()} holds state (e.g. running statistics): "
             f"pass it, save_params(path, params, model=model, state=state), or {path} would "
             "hold a model that cannot be applied")
+    signature = None if model is None else _checked_signature(model, params, state,
+                                                                 input_shape)
+    if model is None and input_shape is not None:
+        raise ValueError("save_params: input_shape= describes the model's input; it needs "
+                         "model= as well")
     if path.is_dir():
         raise IsADirectoryError(f"save_params: {path} is a directory; give a file name")
     fd, tmp = _open_temporary(path)
@@ -384,8 +397,7 @@ def save_params(path: str | os.PathLike, params: PyTree, *, model: Any = None,
                 "funnet.version": __version__,
                 "funnet.structure": json.dumps(structure, separators=(",", ":"))}
         if model is not None:
-            meta["funnet.signature"] = json.dumps(model_signature(model, params, state=state),
-                                                  separators=(",", ":"))
+            meta["funnet.signature"] = json.dumps(signature, separators=(",", ":"))
         meta["funnet.sha256"] = _checksum(meta, {
             k: (_CODES[a.dtype.name], a.shape, a.tobytes()) for k, a in arrays.items()})
         data = safetensors.numpy.save(arrays, metadata=meta)
@@ -538,6 +550,41 @@ def _match(tree: Any, like: Any, parts: tuple, path: pathlib.Path, where: str) -
         raise WeightsError(f"{at} has shape {shape} {dtype} in the file, but like= expects "
                            f"{spec[0]} {np.dtype(spec[1])}")
     return _like_leaf(tree, like)
+
+
+def _as_given(difference: str) -> str:
+    """A signature difference worded for params about to be saved (not already saved)."""
+    return (difference.replace(": saved ", ": given ").replace("the saved model", "the params")
+            .replace(" saved ", " given "))
+
+
+def _checked_signature(model: Any, params: PyTree, state: PyTree,
+                       input_shape: Sequence[int] | None) -> dict:
+    """The signature of ``params`` for ``model``; with ``input_shape``, checked against the
+    params and state ``model.init_with_state`` makes for that shape."""
+    given = model_signature(model, params, state=state, input_shape=input_shape)
+    if input_shape is None:
+        return given
+    from .contract import as_layer
+
+    layer = as_layer(model)
+    try:
+        _, *expected = jax.eval_shape(lambda k: layer.init_with_state(k, tuple(input_shape)),
+                                      jax.random.PRNGKey(0))
+    except (ValueError, TypeError) as e:  # the model's own check of the shape (LayerError)
+        raise ValueError(f"save_params: {layer.name} cannot take input_shape "
+                         f"{tuple(input_shape)}: {e}") from None
+    try:  # dtypes are the user's choice (float16 for sharing, float64): compare shapes
+        expected = jax.tree.map(lambda e, g: jax.ShapeDtypeStruct(e.shape, np.result_type(g)),
+                                tuple(expected), (params, state))
+    except (ValueError, TypeError):
+        pass  # another structure: the difference below names where
+    made = model_signature(model, expected[0], state=expected[1], input_shape=input_shape)
+    difference = signature_difference(given, made)
+    if difference:
+        raise ValueError(f"save_params: the params do not fit {layer.name} at input shape "
+                         f"{tuple(input_shape)}: {_as_given(difference)}")
+    return given
 
 
 def load_params(path: str | os.PathLike, *, like: Any = None, model: Any = None,

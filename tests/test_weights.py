@@ -207,6 +207,49 @@ def test_another_architecture_is_refused_naming_the_layer(saved, tmp_path):
         load_params(unsigned, model=mlp())
 
 
+def test_input_shape_checks_the_params_against_the_model_before_writing(tmp_path):
+    model = funnet.serial(funnet.Dense(4), funnet.BatchNorm(), funnet.Dense(2))
+    params, state = init(model)
+    path = save_params(tmp_path / "ok.safetensors", params, model=model, state=state,
+                       input_shape=(-1, 3))
+    assert json_signature(path)["input_shape"] == [-1, 3]
+    cast = jax.tree.map(lambda a: np.asarray(a, np.float16), params)  # any dtype is kept
+    save_params(tmp_path / "half.safetensors", cast, model=model, state=state,
+                input_shape=(-1, 3))
+    dt = np.asarray(params[0]["W"]).dtype  # float64 under the suite's x64
+    wide = [dict(p) for p in params]
+    wide[2]["W"] = np.ones((4, 5), dt)
+    bad_state = jax.tree.map(lambda a: a[:3], state)
+    cases = [
+        ({"params": params, "state": state, "input_shape": (-1, 5)},
+         f"params serial[0].W: given shape (3, 4) {dt}, this model (5, 4) {dt}"),
+        ({"params": tuple(wide), "state": state, "input_shape": (-1, 3)},
+         f"params serial[2].W: given shape (4, 5) {dt}, this model (4, 2) {dt}"),
+        ({"params": params, "state": bad_state, "input_shape": (-1, 3)},
+         f"state serial[1].mean: given shape (3,) {dt}, this model (4,) {dt}"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(ValueError) as e:
+            save_params(tmp_path / "bad.safetensors", model=model, **kw)
+        assert str(e.value) == ("save_params: the params do not fit serial(Dense(4), BatchNorm, "
+                                f"Dense(2)) at input shape {kw['input_shape']}: {message}")
+    with pytest.raises(ValueError, match="cannot take input_shape \\(-1, 3, 0\\)"):
+        save_params(tmp_path / "bad.safetensors", params, model=funnet.Conv(2, (3, 3)),
+                    input_shape=(-1, 3, 0))
+    with pytest.raises(ValueError, match="needs model= as well"):
+        save_params(tmp_path / "bad.safetensors", params, input_shape=(-1, 3))
+    assert not (tmp_path / "bad.safetensors").exists() and not temporaries(tmp_path)
+    got, _ = load_params(path, model=model, with_state=True)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got),
+                                                     jax.tree.leaves(params), strict=True))
+
+
+def json_signature(path):
+    import json
+
+    return json.loads(load_metadata(path)["funnet.signature"])
+
+
 def corrupt_copy(path, tmp_path, edit):
     data = bytearray(path.read_bytes())
     edit(data)
