@@ -8,7 +8,7 @@
   tests compile hundreds of tiny programs, and at -O0 that takes ~35% less CPU. It changes
   no floating-point semantics (fast-math stays off either way);
 * the doctest child process (``test_doctests.py``) starts as soon as it is collected, so it
-  runs beside the other tests.
+  runs beside the other tests (under pytest-xdist: when its worker reaches the file).
 """
 
 from __future__ import annotations
@@ -42,5 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def pytest_collection_modifyitems(session, config, items):
     doctest_modules = {item.module for item in items if item.module.__name__ == "test_doctests"}
     for module in doctest_modules:
-        module.start()
+        if "PYTEST_XDIST_WORKER" not in os.environ:
+            # one process: run the doctests on the other core from the start. Under
+            # pytest-xdist every worker collects every test, so the worker that is handed
+            # test_doctests.py starts the child itself (its `results` fixture)
+            module.start()
         config.add_cleanup(module.stop)

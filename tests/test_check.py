@@ -23,6 +23,7 @@ from funnet.check import (
     Report,
     check_model,
     compare,
+    comparison,
     default_eps,
     default_tolerances,
     forward_grad,
@@ -243,9 +244,37 @@ def test_compare_rows_paths_and_table():
         (jnp.zeros((0, 3)), jnp.zeros((0, 3)), True),
     ],
 )
-def test_compare_tolerance_rule(a, b, ok):
+@pytest.mark.parametrize("limit", [comparison.HOST_LIMIT, -1], ids=["numpy", "compiled"])
+def test_compare_tolerance_rule(a, b, ok, limit, monkeypatch):
+    monkeypatch.setattr(comparison, "HOST_LIMIT", limit)  # -1: every tree on the device path
     assert compare(a, b, rtol=1e-9, atol=1e-12).ok is ok
     assert compare(b, a, rtol=1e-9, atol=1e-12).ok is ok  # symmetric
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32, jnp.bfloat16])
+def test_the_numpy_and_the_compiled_comparison_give_the_same_rows(dtype, monkeypatch):
+    # small host arrays are compared in NumPy (no compile), others by one jitted program:
+    # the same formulas, so every number of every row must agree, NaN, inf and zeros included
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((5, 7))
+    b = a * (1 + 1e-3 * rng.standard_normal((5, 7)))
+    b[0, 0], b[1, 1], a[2, 2], b[2, 2], b[3] = np.nan, np.inf, 0.0, 0.0, a[3]
+    trees = [({"W": jnp.asarray(a, dtype), "b": jnp.asarray(a[0], dtype)}, jnp.zeros(0)),
+             ({"W": jnp.asarray(b, dtype), "b": jnp.asarray(a[0] + 1e-9, dtype)}, jnp.zeros(0))]
+    rows = {}
+    host = comparison.HOST_LIMIT
+    for limit in (host, -1):
+        monkeypatch.setattr(comparison, "HOST_LIMIT", limit)
+        assert comparison.on_host(jax.tree_util.tree_leaves(trees)) is (limit > 0)
+        for rtol, atol in ((1e-3, 1e-6), (0.0, 0.0)):
+            rows[limit, rtol] = compare(*trees, rtol=rtol, atol=atol).rows
+    for rtol in (1e-3, 0.0):
+        numpy_rows, compiled_rows = rows[host, rtol], rows[-1, rtol]
+        assert [r.leaf for r in numpy_rows] == ["[0]['W']", "[0]['b']", "[1]"]
+        for n, c in zip(numpy_rows, compiled_rows, strict=True):
+            np.testing.assert_array_equal(np.array(n[2:6]), np.array(c[2:6]))
+            assert n.ok == c.ok
+        assert not numpy_rows[0].ok and np.isnan(numpy_rows[0].abs_err)
 
 
 def test_compare_structure_and_shape_mismatch():

@@ -519,7 +519,7 @@ BAD_OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("call, fragments", BAD_OPTIONS, ids=lambda v: str(v))
+@pytest.mark.parametrize("call, fragments", BAD_OPTIONS, ids=lambda v: None if callable(v) else str(v))
 def test_bad_options_at_construction(call, fragments):
     with pytest.raises(funnet.LayerError) as info:
         call()

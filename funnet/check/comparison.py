@@ -88,24 +88,26 @@ class Report:
         return title + "\n" + table(header, self.table_rows())
 
 
-def _leaf_stats(a: jax.Array, b: jax.Array, rtol: jax.Array, atol: jax.Array) -> jax.Array:
-    """``[max|a|, max err, max rel err, max err/tol, ok]`` of one leaf (NaN: not ok)."""
+def _leaf_stats(a: Any, b: Any, rtol: Any, atol: Any, xp: Any = jnp) -> Any:
+    """``[max|a|, max err, max rel err, max err/tol, ok]`` of one leaf (NaN: not ok); ``xp``
+    is ``jax.numpy`` (on the arrays' device) or ``numpy`` (on the host): the same formulas."""
     dtype = jnp.promote_types(jnp.promote_types(a.dtype, b.dtype), jnp.float32)
     a, b = a.astype(dtype), b.astype(dtype)
-    err = jnp.abs(a - b)
-    mag = jnp.maximum(jnp.abs(a), jnp.abs(b))
+    rtol, atol = xp.asarray(rtol).astype(dtype), xp.asarray(atol).astype(dtype)
+    err = xp.abs(a - b)
+    mag = xp.maximum(xp.abs(a), xp.abs(b))
     tol = atol + rtol * mag
-    floor = jnp.where(atol > 0, atol, jnp.finfo(dtype).tiny)
+    floor = xp.where(atol > 0, atol, jnp.finfo(dtype).tiny)
     zero = err == 0
-    rel = jnp.where(zero, 0, err / jnp.where(zero, 1, jnp.maximum(mag, floor)))
-    ratio = jnp.where(zero, 0, err / jnp.where(zero, 1, tol))
+    rel = xp.where(zero, 0, err / xp.where(zero, 1, xp.maximum(mag, floor)))
+    ratio = xp.where(zero, 0, err / xp.where(zero, 1, tol))
 
     def worst(v):
-        return jnp.where(jnp.any(jnp.isnan(v)), jnp.nan, jnp.max(v))
+        return xp.where(xp.any(xp.isnan(v)), xp.nan, xp.max(v))
 
-    ok = jnp.all(err <= tol)  # NaN compares False: NaN fails
-    return jnp.stack([jnp.max(jnp.abs(a)), worst(err), worst(rel), worst(ratio),
-                      ok.astype(dtype)])
+    ok = xp.all(err <= tol)  # NaN compares False: NaN fails
+    return xp.stack([xp.max(xp.abs(a)), worst(err), worst(rel), worst(ratio),
+                     ok.astype(dtype)]).astype(dtype)
 
 
 @jax.jit
@@ -113,6 +115,30 @@ def _stats(a: list, b: list, rtol: jax.Array, atol: jax.Array) -> list:
     # one compiled program per structure and shapes: the comparison runs where the arrays
     # are, and only five numbers per leaf come back
     return [_leaf_stats(x, y, rtol, atol) for x, y in zip(a, b)]
+
+
+#: Up to this many elements in all, arrays already in host memory (NumPy arrays, jax arrays
+#: on the CPU) are compared with NumPy: compiling a program for them would take longer
+#: (about 0.1 s per tree structure) than the comparison itself.
+HOST_LIMIT = 1 << 20
+
+
+def on_host(leaves: list) -> bool:
+    """Whether ``leaves`` are small and in host memory (see :data:`HOST_LIMIT`)."""
+    total = 0
+    for v in leaves:
+        if isinstance(v, jax.core.Tracer):
+            return False
+        if isinstance(v, jax.Array) and any(d.platform != "cpu" for d in v.devices()):
+            return False
+        total += int(np.size(v))
+    return total <= HOST_LIMIT
+
+
+def _host_stats(a: list, b: list, rtol: float, atol: float) -> list:
+    with np.errstate(all="ignore"):  # as jax: x / 0 = inf, NaN propagates, no warnings
+        return [_leaf_stats(np.asarray(x), np.asarray(y), np.float64(rtol), np.float64(atol),
+                            xp=np) for x, y in zip(a, b)]
 
 
 def compare(
@@ -133,8 +159,9 @@ def compare(
 
     Each :class:`Row` holds the leaf path (``jax.tree_util.keystr``), its shape, ``max|a|``,
     ``max_j e_j``, ``max_j r_j``, ``max_j e_j / (atol + rtol m_j)`` (``err/tol``: ok iff ≤ 1)
-    and whether every element is ok. Values are compared on the arrays' device, in the
-    wider of their dtypes (at least float32), by one compiled program. Different tree
+    and whether every element is ok. Values are compared in the wider of their dtypes (at
+    least float32): on the arrays' device by one compiled program, or, for small arrays in
+    host memory (:data:`HOST_LIMIT`), by the same formulas in NumPy. Different tree
     structures or leaf shapes raise ``ValueError``.
 
     >>> import jax.numpy as jnp
@@ -167,9 +194,12 @@ def compare(
             raise ValueError(f"compare: leaf {path} has shape {shape} in one tree, "
                              f"{tuple(np.shape(lb))} in the other")
     full = [i for i, shape in enumerate(shapes) if math.prod(shape) > 0]
-    stats = jax.device_get(_stats([jnp.asarray(leaves_a[i][1]) for i in full],
-                                  [jnp.asarray(leaves_b[i]) for i in full],
-                                  np.float64(rtol), np.float64(atol)))
+    xs, ys = [leaves_a[i][1] for i in full], [leaves_b[i] for i in full]
+    if on_host(xs + ys):
+        stats = _host_stats(xs, ys, rtol, atol)
+    else:
+        stats = jax.device_get(_stats([jnp.asarray(v) for v in xs], [jnp.asarray(v) for v in ys],
+                                      np.float64(rtol), np.float64(atol)))
     by_index = dict(zip(full, stats))
     rows = []
     for i, (path, shape) in enumerate(zip(paths, shapes)):

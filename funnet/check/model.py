@@ -18,7 +18,7 @@ from ..layers import parallel, param_count, serial
 from ..layers.combinators import _expect_sequence
 from ..losses import Loss, l2_penalty
 from . import programs
-from .comparison import GradientCheckError, Report, Row, compare, default_tolerances
+from .comparison import GradientCheckError, Report, Row, compare, default_tolerances, on_host
 from .gradients import _float_dtype, numerical_grad
 from .layer import _layer_at
 from .visits import walk
@@ -363,7 +363,10 @@ def check_model(
     reports = {}
     projected = None
     if directions is not None:  # ⟨∇_l R, v_l⟩ of the reference, leaf by leaf
-        projected = jax.tree_util.tree_map(lambda g, v: jnp.vdot(g, v), ref, directions)
+        host = on_host(jax.tree_util.tree_leaves((ref, directions)))  # NumPy: no compile
+        projected = jax.tree_util.tree_map(
+            lambda g, v: np.vdot(np.asarray(g), np.asarray(v)) if host else jnp.vdot(g, v),
+            ref, directions)
     for m in methods:
         if m == reference:
             continue

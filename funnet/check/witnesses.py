@@ -16,7 +16,7 @@ from jax.flatten_util import ravel_pytree
 
 from ..contract import Layer, PyTree
 from . import programs
-from .comparison import GradientCheckError, Report, compare, default_tolerances
+from .comparison import GradientCheckError, Report, compare, default_tolerances, on_host
 from .gradients import _chunk, _float_dtype, default_eps
 from .layer import LayerCheck, layer_report
 from .visits import Visit
@@ -42,9 +42,14 @@ def _max_abs_device(leaves: list) -> jax.Array:
 
 
 def _max_abs(tree: PyTree) -> float:
-    """``max |entry|`` over the leaves of ``tree`` (0 for none), computed on device."""
+    """``max |entry|`` over the leaves of ``tree`` (0 for none): on device, or in NumPy for
+    small arrays in host memory (:func:`funnet.check.comparison.on_host`)."""
     leaves = [v for v in jax.tree_util.tree_leaves(tree) if np.size(v)]
-    return float(_max_abs_device(leaves)) if leaves else 0.0
+    if not leaves:
+        return 0.0
+    if on_host(leaves):
+        return float(np.max([np.max(np.abs(np.asarray(v).astype(np.float32))) for v in leaves]))
+    return float(_max_abs_device(leaves))
 
 
 def _analytic_report(ref: PyTree, got: PyTree, dtype: Any, names: tuple[str, str],
