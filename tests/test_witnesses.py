@@ -33,7 +33,11 @@ def _wrong_derivatives(act):
     """``{kind: df}``, each a plausible mistake in ``act.df``, only where it changes f'."""
     grid = jnp.concatenate([jnp.linspace(-3.0, 3.0, 61), jnp.asarray(act.kinks)])
     h = act.defaults
-    right = np.asarray(act.df(grid, act.f(grid, **h), **h))
+
+    def on_grid(df):  # one compiled program, not an eager compile per jnp operation
+        return np.asarray(jax.jit(lambda g: df(g, act.f(g, **h), **h))(grid))
+
+    right = on_grid(act.df)
     out = {
         "scaled by 1.01": lambda x, y, **k: 1.01 * act.df(x, y, **k),
         "mirrored (the wrong branch)": lambda x, y, **k: act.df(-x, act.f(-x, **k), **k),
@@ -52,20 +56,26 @@ def _wrong_derivatives(act):
         out[f"other side at the kink {k:g}"] = other_side
     keep = {}
     for kind, df in out.items():
-        wrong = np.asarray(df(grid, act.f(grid, **h), **h))
+        wrong = on_grid(df)
         if not np.allclose(wrong, right, rtol=1e-6, atol=0):
             keep[kind] = df
     return keep
 
 
-def _kink_net(act, dtype):
-    """Dense(W = I, b = 0) -> the activation -> Dense: pre-activations equal x, which holds
-    every kink exactly and points on both sides of it."""
-    bad_layer = funnet.ActivationLayer(act)
-    net = funnet.serial(funnet.Dense(4), bad_layer, funnet.Dense(3))
+def _kink_net(acts, dtype):
+    """Dense(W = I, b = 0) -> each activation of ``acts`` side by side -> their sum -> Dense:
+    pre-activations equal x, which holds every kink exactly and points on both sides of it.
+    One network for all of an activation's wrong derivatives: one check (one set of
+    compiled programs) instead of one per mistake, and each mistake is still named by its
+    own layer's verdict."""
+    n = len(acts)
+    net = funnet.serial(funnet.Dense(4), funnet.fanout(n),
+                        funnet.parallel(*[funnet.ActivationLayer(a) for a in acts]),
+                        funnet.FanInSum, funnet.Dense(3))
     params = init_params(net, (-1, 4), seed=2)
-    params = (dict(params[0], W=jnp.eye(4), b=jnp.zeros(4)), (), params[2])
-    values = np.concatenate([np.linspace(-2.7, 2.9, 20), np.repeat(act.kinks or (0.3,), 4)])
+    params = (dict(params[0], W=jnp.eye(4), b=jnp.zeros(4)), (), params[2], (), params[4])
+    kinks = sorted({k for a in acts for k in a.kinks}) or [0.3]
+    values = np.concatenate([np.linspace(-2.7, 2.9, 20), np.repeat(kinks, 4)])
     x = np.resize(values, (7, 4))
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)
     return net, params, jnp.asarray(x, dtype), jnp.arange(7) % 3
@@ -77,20 +87,23 @@ def test_a_wrong_activation_derivative_is_caught_by_the_analytic_methods_and_nam
     wrongs = _wrong_derivatives(act)
     if act.name == "step":
         assert not wrongs  # f' = 0 everywhere: scaling or mirroring 0 changes nothing
-    for kind, df in wrongs.items():
-        bad = funnet.define_activation("bad_" + act.name, act.f, df, kinks=act.kinks,
-                                       **act.defaults)
-        net, params, x, y = _kink_net(bad, dtype)
-        with pytest.raises(GradientCheckError) as info:
-            check_model(net, params, x, y, funnet.softmax_cross_entropy, methods=ANALYTIC)
-        message = str(info.value)
-        layer_name = funnet.ActivationLayer(bad).name
-        assert message.startswith(f"the first wrong layer is serial[1] › {layer_name}"), kind
-        result = info.value.result
-        # jax.grad through the hand-wired rule agrees with the hand rule: only the formula
-        # witness (and the per-layer check built on it) sees the mistake
-        assert not result.reports["hand", "formula"].ok, kind
-        assert not result.reports["reverse", "formula"].ok, kind
+        return
+    bads = [funnet.define_activation(f"bad{i}_{act.name}", act.f, df, kinks=act.kinks,
+                                     **act.defaults) for i, df in enumerate(wrongs.values())]
+    net, params, x, y = _kink_net(bads, dtype)
+    with pytest.raises(GradientCheckError) as info:
+        check_model(net, params, x, y, funnet.softmax_cross_entropy, methods=ANALYTIC)
+    paths = [f"serial[2] › parallel[{i}] › {funnet.ActivationLayer(b).name}"
+             for i, b in enumerate(bads)]
+    assert str(info.value).startswith(f"the first wrong layer is {paths[0]}")
+    result = info.value.result
+    # every mistake is named by its own layer's verdict, and no right layer is blamed
+    wrong_layers = [v.path for v in result.layers if not v.ok]
+    assert wrong_layers == paths, list(wrongs)
+    # jax.grad through the hand-wired rule agrees with the hand rule: only the formula
+    # witness (and the per-layer check built on it) sees the mistake
+    assert not result.reports["hand", "formula"].ok
+    assert not result.reports["reverse", "formula"].ok
 
 
 def _mutants():
