@@ -120,7 +120,7 @@ def _stats(a: list, b: list, rtol: jax.Array, atol: jax.Array) -> list:
 #: Up to this many elements in all, arrays already in host memory (NumPy arrays, jax arrays
 #: on the CPU) are compared with NumPy: compiling a program for them would take longer
 #: (about 0.1 s per tree structure) than the comparison itself.
-HOST_LIMIT = 1 << 20
+HOST_LIMIT = 1 << 15
 
 
 def on_host(leaves: list) -> bool:
