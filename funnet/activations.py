@@ -145,7 +145,7 @@ class Activation(_Twins):
       defaults: the keyword hyperparameters and their defaults (e.g. ``{"slope": 0.01}``);
         one whose default is ``True``/``False`` (``gelu``'s ``approximate``) takes only those.
       kinks: the points where ``f'`` jumps (``relu``: ``(0.0,)``): a central difference whose
-        stencil straddles one mixes two slopes, so :func:`funnet.check_model` excludes it.
+        stencil reaches one mixes two slopes, so :func:`funnet.check_model` excludes it.
       wiring: how ``f'`` reaches JAX: ``"vjp"`` (``jax.custom_vjp``, the default),
         ``"jvp"`` (``jax.custom_jvp``: :attr:`jvp_twin`) or ``"formula"`` (none: JAX
         differentiates ``f``; :attr:`formula`).

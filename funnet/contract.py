@@ -149,6 +149,9 @@ class Layer:
       configure: ``**options -> Layer`` for configurable layers (``Elu(alpha=0.5)``).
       kinks: for an elementwise layer, the input values where its derivative jumps
         (``Relu``: ``(0.0,)``); gradient checks keep finite differences away from them.
+      pieces: for a piecewise-smooth layer whose pieces are not elementwise kinks,
+        ``x -> integer array`` naming the smooth piece ``x`` lies on (``MaxPool``: each
+        window's arg-max); gradient checks treat a change of it as they treat a kink.
     """
 
     init_with_state: Callable[..., tuple[Any, PyTree, PyTree]]
@@ -163,6 +166,7 @@ class Layer:
     rewire: Callable[[str], Layer] | None = None
     configure: Callable[..., Layer] | None = None
     kinks: tuple[float, ...] = ()
+    pieces: Callable[[Any], Any] | None = None
 
     # -- the stateless (stax) view ------------------------------------------------------
 
@@ -310,6 +314,7 @@ def layer(
     rewire: Callable[[str], Layer] | None = None,
     configure: Callable[..., Layer] | None = None,
     kinks: Sequence[float] = (),
+    pieces: Callable[[Any], Any] | None = None,
 ) -> Layer:
     r"""A :class:`Layer` from its ``init``, ``forward`` (with residuals) and hand ``backward``.
 
@@ -345,6 +350,8 @@ def layer(
         :meth:`Layer.rewired`); without it the layer is its own forward twin.
       configure: ``**options -> Layer`` when the layer takes options.
       kinks: for an elementwise layer, the input values where its derivative jumps.
+      pieces: ``x -> integer array`` naming the smooth piece of a piecewise layer
+        (``MaxPool``: each window's arg-max); see :class:`Layer`.
 
     >>> import jax, jax.numpy as jnp, funnet
     >>> def init(key, input_shape):
@@ -407,7 +414,7 @@ def layer(
 
     return Layer(init_with_state, apply_with_state, forward_with_state, backward, name=name,
                  stateful=stateful, decay=_decay_by_name(name, decay), rewire=rewire,
-                 configure=configure, kinks=tuple(float(k) for k in kinks))
+                 configure=configure, kinks=tuple(float(k) for k in kinks), pieces=pieces)
 
 
 def as_layer(obj: Any) -> Layer:

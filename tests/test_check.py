@@ -457,7 +457,7 @@ def test_numerical_check_fails_at_a_kink():
     result = check_model(net, params, x, y, funnet.mse, methods=("formula", *methods))
     assert result.ok and result.kinks.count > 0
     assert "sample 0, unit" in result.kinks.examples[0]
-    assert "serial[1] › Relu straddles 0" in result.kinks.examples[0]
+    assert "serial[1] › Relu reaches or crosses 0" in result.kinks.examples[0]
 
 
 def test_check_model_l2_and_dropout_key():

@@ -192,7 +192,7 @@ def test_a_correct_deep_mixed_network_passes_every_method(dtype):
     assert all(v.status == "ok" for v in result.layers) and len(result.layers) == 19
     assert result.deltas.ok and result.sensitivity[0] and result.batch.verdict == "consistent"
     if dtype == jnp.float32:  # the float32 step (7e-3 relative) straddles kinks: excluded
-        assert result.kinks.count > 0 and "straddles" in result.kinks.examples[0]
+        assert result.kinks.count > 0 and "reaches or crosses" in result.kinks.examples[0]
     else:
         slopes = result.taylor.slopes
         assert all(s is not None and abs(s - 2) < 0.1 for s in slopes.values()), slopes
@@ -424,3 +424,87 @@ def test_a_user_activation_keeps_its_kinks_and_the_check_excludes_them():
     result = check_model(net, params, x, jnp.ones((3, 1)), funnet.mse,
                          methods=("hand", "formula", "numerical"))
     assert result.ok and result.kinks.count > 0
+
+
+# --- kinks and pieces: what the numerical witness excludes (found by the issue-12 review) --
+
+
+def _relu_net_with_a_unit_on_its_kink():
+    """Dense(2 → 3) → Relu → Dense(2) in float64; sample 0 is x = 0, so with b = 0 its three
+    pre-activations sit exactly on the kink, and only the b coordinates move them."""
+    net = funnet.serial(funnet.Dense(3), funnet.Relu, funnet.Dense(2))
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64),
+                                    init_params(net, (-1, 2), seed=0))
+    params = (dict(params[0], b=jnp.zeros(3)), (), params[2])
+    x = jnp.array([[0.0, 0.0], [1.0, 2.0], [-1.0, 0.5]])
+    return net, params, x, jnp.array([0, 1, 0])
+
+
+def test_a_unit_on_a_kink_excludes_only_the_coordinates_that_move_it():
+    # the old rule excluded every coordinate while any unit sat on a kink (17 of 17 here:
+    # the numerical witness then checked nothing and the report still said ok)
+    net, params, x, y = _relu_net_with_a_unit_on_its_kink()
+    result = check_model(net, params, x, y, funnet.softmax_cross_entropy,
+                         methods=("formula", "numerical"), layers=False)
+    assert result.ok and result.kinks.total == 17
+    excluded = jax.tree_util.tree_leaves(result.kinks.mask)
+    # W of the first Dense multiplies x = 0 and the second Dense is after the Relu: only
+    # the three biases of the first Dense move sample 0's pre-activations
+    # leaves in pytree order: W, b of the first Dense, then W, b of the second
+    assert [np.flatnonzero(np.asarray(m)).tolist() for m in excluded] == [[], [0, 1, 2], [], []]
+    assert "reaches or crosses 0" in result.kinks.examples[0]
+
+
+def test_mostly_excluded_coordinates_warn_that_the_numerical_witness_checked_little():
+    net, params, x, y = _relu_net_with_a_unit_on_its_kink()
+    # every pre-activation 3e-12 from the kink: a step of any first-layer coordinate (9 of
+    # the 17) carries some unit across it
+    tiny = dict(params[0], W=jnp.full((2, 3), 1e-12), b=jnp.full(3, 1e-12))
+    params, x = (tiny, (), params[2]), jnp.ones((3, 2))
+    with pytest.warns(UserWarning, match=r"numerical witness checked only 8 of 17"):
+        result = check_model(net, params, x, y, funnet.softmax_cross_entropy,
+                             methods=("formula", "numerical"), layers=False)
+    assert result.kinks.mostly_excluded and "checked only" in str(result.kinks)
+
+
+def _near_tie_maxpool():
+    """Dense(3 → 2) → Reshape [2, 1] → MaxPool(2) → Flatten → Dense(2), float64: the two
+    values of the pooling window differ by 1e-9 (far less than a central-difference step),
+    so a step of most first-layer coordinates swaps the window's arg-max."""
+    pool = funnet.MaxPool(2)
+    net = funnet.serial(funnet.Dense(2), funnet.Reshape((2, 1)), pool, funnet.Flatten,
+                        funnet.Dense(2))
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((3, 2))
+    x = rng.standard_normal((4, 3))
+    # b makes z[:, 0] - z[:, 1] = 1e-9 on every row: W[:, 1] = W[:, 0] and b1 = b0 - 1e-9
+    W[:, 1] = W[:, 0]
+    params = ({"W": jnp.asarray(W), "b": jnp.asarray([0.3, 0.3 - 1e-9])}, (), (), (),
+              {"W": jnp.asarray(rng.standard_normal((1, 2))), "b": jnp.zeros(2)})
+    return net, params, jnp.asarray(x), jnp.array([0, 1, 1, 0])
+
+
+def test_a_step_that_changes_maxpools_argmax_is_excluded_and_named():
+    net, params, x, y = _near_tie_maxpool()
+    result = check_model(net, params, x, y, funnet.softmax_cross_entropy,
+                         methods=("formula", "numerical"), layers=False)
+    assert result.ok and result.kinks.count > 0
+    assert "of serial[2] › MaxPool(2) changes its piece (arg-max)" in result.kinks.examples[0]
+    # the control: the same MaxPool without its pieces, i.e. the rule for activations only,
+    # compares the difference quotient across the switch and fails a correct gradient
+    blind = funnet.serial(*[dataclasses.replace(c, pieces=None) if c.name == "MaxPool(2)"
+                            else c for c in net.children])
+    with pytest.raises(GradientCheckError, match="numerical vs formula"):
+        check_model(blind, params, x, y, funnet.softmax_cross_entropy,
+                    methods=("formula", "numerical"), layers=False)
+
+
+def test_maxpool_pieces_are_the_first_argmax_of_each_window():
+    x = jnp.array([1.0, 3.0, 3.0, 2.0, 0.0, 5.0]).reshape(1, 6, 1)
+    assert funnet.MaxPool(2).pieces(x).ravel().tolist() == [1, 0, 1]  # [1 3] [3 2] [0 5]
+    assert funnet.MaxPool(3, strides=1).pieces(x).ravel().tolist() == [1, 0, 0, 2]  # ties: first
+    # the Taylor test drops steps that change a piece the same way
+    ids = funnet.check.witnesses.piece_ids(funnet.MaxPool(2), x)
+    assert [np.asarray(i).tolist() for i in ids] == [[1, 0, 1]]
+    assert [np.asarray(i).tolist() for i in funnet.check.witnesses.piece_ids(
+        funnet.Relu, jnp.array([-1.0, 0.0, 2.0]))] == [[-1, 0, 1]]

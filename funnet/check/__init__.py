@@ -8,7 +8,7 @@ A model's gradient (docs/math.md §7) can be computed by
   anything it checks, so it is the reference;
 * ``"reverse"``: ``jax.grad`` through the hand-wired ``custom_vjp`` rules;
 * ``"forward"``: forward mode, :func:`forward_grad`, on :func:`funnet.forward_twin`;
-* ``"numerical"``: central differences, kink-aware: coordinates whose stencil straddles
+* ``"numerical"``: central differences, kink-aware: coordinates whose stencil reaches
   a kink of an activation are excluded and reported.
 
 :func:`check_model` compares them leaf by leaf (:func:`compare`, tolerances of

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,8 +32,10 @@ from .witnesses import (
     _max_abs,
     batch_consistency,
     delta_trace,
+    has_pieces,
     kink_aware_numerical_grad,
     layer_verdicts,
+    piece_ids,
     sensitivity,
     taylor_slope,
 )
@@ -262,8 +265,11 @@ def check_model(
         ``B = 128`` for a ``[3, 6, 6, 6]`` input): pass 1 for such a network there.
       layers: check every leaf layer's hand backward against ``jax.vjp`` of its formula at
         the inputs the forward pass gave it, and name the first wrong one.
-      kinks: the numerical method excludes the coordinates whose stencil straddles a kink
-        of an activation (``Layer.kinks``), and reports them.
+      kinks: the numerical method excludes the coordinates whose stencil moves a unit onto
+        or across a kink of an activation (``Layer.kinks``) or onto another piece of a
+        piecewise layer (``Layer.pieces``: MaxPool's arg-max), and reports them; when more
+        than half are excluded it warns (``UserWarning``) that the numerical witness checked
+        little.
       taylor: fit the Taylor-remainder slope of every analytic gradient (2 when right).
       sensitivity_error: inject this relative error (e.g. ``1e-3``) into the hand
         gradient's largest leaf and require that the check notices it.
@@ -320,11 +326,11 @@ def check_model(
         box = []
         jax.eval_shape(lambda p: box.extend(walk(model, p, x, key=key, train=train)[1]) or 0,
                        params)
-        return tuple(v for v in box if v.layer.kinks)
+        return tuple(v for v in box if has_pieces(v.layer))
 
     def probed(p):  # R(θ) and the pre-activations of the kinked layers
         out, vs = walk(model, p, x, key=key, train=train)
-        return loss(out, y) + penalty(p), [v.x for v in vs if v.layer.kinks]
+        return loss(out, y) + penalty(p), [v.x for v in vs if has_pieces(v.layer)]
 
     values, exclusion, deltas, directions = {}, None, None, None
 
@@ -349,6 +355,8 @@ def check_model(
         if kinks and kinked():
             g, exclusion = kink_aware_numerical_grad(probed, params, kinked(), eps=eps,
                                                      batch_size=batch_size)
+            if exclusion.mostly_excluded:
+                warnings.warn(f"check_model: {exclusion}", UserWarning, stacklevel=3)
             return g
         return numerical_grad(objective, params, eps=eps, batch_size=batch_size)
 
@@ -396,7 +404,8 @@ def check_model(
         analytic = {m: grads[m] for m in methods if m in _ANALYTIC and m != "forward"}
         slopes = taylor_slope(objective, params, analytic,
                               probes=lambda p: probed(p)[1],
-                              kinks=[v.layer.kinks for v in kinked()])
+                              pieces=[functools.partial(piece_ids, v.layer)
+                                      for v in kinked()])
     self_test = None
     if sensitivity_error is not None:
         target = "hand" if "hand" in methods and reference != "hand" else next(

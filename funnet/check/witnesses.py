@@ -6,6 +6,7 @@ consistency. :func:`funnet.check_model` runs them; each is usable alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,8 +30,10 @@ __all__ = [
     "Taylor",
     "batch_consistency",
     "delta_trace",
+    "has_pieces",
     "kink_aware_numerical_grad",
     "layer_verdicts",
+    "piece_ids",
     "sensitivity",
     "taylor_slope",
 ]
@@ -175,13 +178,39 @@ class KinkExclusion:
     examples: tuple[str, ...]
     mask: PyTree = None
 
+    @property
+    def mostly_excluded(self) -> bool:
+        """More than half of the coordinates excluded: the numerical witness says little."""
+        return self.count > self.total / 2
+
     def __str__(self) -> str:
         if not self.count:
             return f"kink-aware differences: no stencil of the {self.total} coordinates " \
-                   "straddles a kink"
+                   "reaches a kink"
         more = "" if self.count <= len(self.examples) else f", and {self.count - len(self.examples)} more"
-        return (f"kink-aware differences: {self.count} of {self.total} coordinates excluded, "
-                f"their stencil straddles a kink: {'; '.join(self.examples)}{more}")
+        text = (f"kink-aware differences: {self.count} of {self.total} coordinates excluded, "
+                f"their stencil reaches a kink: {'; '.join(self.examples)}{more}")
+        if self.mostly_excluded:
+            text += (f" (the numerical witness checked only {self.total - self.count} of "
+                     f"{self.total}: move the inputs off the kinks, e.g. other inputs or "
+                     "nonzero biases)")
+        return text
+
+
+def piece_ids(layer: Layer, z: Any) -> list:
+    """The smooth piece each unit of ``layer``'s input ``z`` lies on, as integer arrays:
+    ``sign(z - k)`` for every kink ``k`` of ``layer.kinks`` (0 exactly at the kink), and
+    ``layer.pieces(z)`` (e.g. MaxPool's arg-max per window) when the layer declares it. Two
+    inputs are on the same piece of the layer iff every id agrees."""
+    ids = [jnp.sign(jnp.ravel(z) - k).astype(jnp.int8) for k in layer.kinks]
+    if layer.pieces is not None:
+        ids.append(jnp.ravel(layer.pieces(z)).astype(jnp.int32))
+    return ids
+
+
+def has_pieces(layer: Layer) -> bool:
+    """Whether ``layer`` is piecewise smooth (kinks or declared pieces)."""
+    return bool(layer.kinks) or layer.pieces is not None
 
 
 def kink_aware_numerical_grad(objective: Callable[[PyTree], tuple[Any, list]], params: PyTree,
@@ -189,30 +218,38 @@ def kink_aware_numerical_grad(objective: Callable[[PyTree], tuple[Any, list]], p
                               batch_size: int | None = None) -> tuple[PyTree, KinkExclusion]:
     r"""Central differences that know where the kinks are.
 
-    ``objective(p) -> (R(p), [z_j])`` returns the pre-activations ``z_j`` of the kinked
-    layers ``probe_visits[j]`` (kinks ``probe_visits[j].layer.kinks``). Coordinate ``i`` is
-    *excluded* when, for some unit and kink ``k``, ``z - k`` changes sign (or is 0) among
-    ``θ - Δ_i e_i``, ``θ`` and ``θ + Δ_i e_i``: there the difference quotient mixes two
-    one-sided slopes. Returns ``(g, exclusion)``; ``g`` has NaN at excluded coordinates.
+    ``objective(p) -> (R(p), [z_j])`` returns the inputs ``z_j`` of the piecewise layers
+    ``probe_visits[j]`` (elementwise kinks ``layer.kinks``, or a ``layer.pieces`` function
+    such as MaxPool's arg-max). Coordinate ``i`` is *excluded* when some unit is on another
+    piece (:func:`piece_ids`: for a kink ``k``, another sign of ``z - k``, 0 counting as
+    its own) at ``θ - Δ_i e_i`` or ``θ + Δ_i e_i`` than at ``θ``: there the difference
+    quotient mixes two one-sided slopes. A unit that sits exactly on a kink but that
+    coordinate ``i`` does not move excludes nothing. Returns ``(g, exclusion)``; ``g`` has
+    NaN at excluded coordinates.
     """
     dtype = _float_dtype(params, "numerical_grad")
     step = default_eps(dtype) if eps is None else float(eps)
     theta0, unravel = ravel_pytree(params)
     n = int(theta0.size)
-    meta = []  # per entry of the concatenated crossing vector: (visit j, flat unit, kink)
+    # per entry of the concatenated crossing vector: (visit j, its shape, flat unit, kink or
+    # None for a declared piece)
+    meta: list = []
     _, z0s = objective(params)
     for j, (v, z) in enumerate(zip(probe_visits, z0s)):
         for k in v.layer.kinks:
-            meta += [(j, u, k) for u in range(int(np.size(z)))]
+            meta += [(j, np.shape(z), u, k) for u in range(int(np.size(z)))]
+        if v.layer.pieces is not None:
+            shape = jax.eval_shape(v.layer.pieces, z).shape
+            meta += [(j, shape, u, None) for u in range(math.prod(shape))]
     if n == 0:
         return params, KinkExclusion(0, 0, ())
 
     def crossings(za, zb, z0):
         parts = []
         for v, a, b, c in zip(probe_visits, za, zb, z0):
-            for k in v.layer.kinks:
-                a_, b_, c_ = (jnp.ravel(t) - k for t in (a, b, c))
-                parts.append((a_ * c_ <= 0) | (b_ * c_ <= 0))
+            for ia, ib, ic in zip(piece_ids(v.layer, a), piece_ids(v.layer, b),
+                                  piece_ids(v.layer, c)):
+                parts.append((ia != ic) | (ib != ic))
         return jnp.concatenate(parts) if parts else jnp.zeros((1,), bool)
 
     @jax.jit
@@ -236,14 +273,15 @@ def kink_aware_numerical_grad(objective: Callable[[PyTree], tuple[Any, list]], p
     flat_names = [jax.tree_util.keystr(p) for p, leaf in
                   jax.tree_util.tree_flatten_with_path(params)[0] for _ in range(np.size(leaf))]
     for i in np.flatnonzero(crossed)[:3]:
-        j, u, k = meta[int(first[i])]
-        shape = np.shape(z0s[j])
-        idx = np.unravel_index(u, shape) if shape else ()
+        j, shape, u, k = meta[int(first[i])]
+        idx = tuple(int(d) for d in np.unravel_index(u, shape)) if shape else ()
         unit = idx[1:] if len(idx) > 1 else ()
         unit = unit[0] if len(unit) == 1 else unit
-        where = f"sample {idx[0]}, unit {unit}" if len(idx) > 1 else f"entry {idx}"
+        what = "unit" if k is not None else "window"
+        where = f"sample {idx[0]}, {what} {unit}" if len(idx) > 1 else f"entry {idx}"
+        change = f"reaches or crosses {k:g}" if k is not None else "changes its piece (arg-max)"
         examples.append(f"params {flat_names[i]} #{i}: {where} of {probe_visits[j].path} "
-                        f"straddles {k:g}")
+                        f"{change}")
     g = np.where(crossed, np.nan, g)
     mask = unravel(jnp.asarray(crossed))
     return unravel(jnp.asarray(g, theta0.dtype)), KinkExclusion(int(crossed.sum()), n,
@@ -289,12 +327,15 @@ def _fit_slope(hs: np.ndarray, rs: np.ndarray, floor: float, points: int = 7) ->
 
 def taylor_slope(objective: Callable[[PyTree], Any], params: PyTree, grads: dict[str, PyTree],
                  *, probes: Callable[[PyTree], list] | None = None,
-                 kinks: Sequence[tuple[float, ...]] = (), hvp: Callable | None = None,
+                 kinks: Sequence[tuple[float, ...]] = (),
+                 pieces: Sequence[Callable[[Any], list]] = (), hvp: Callable | None = None,
                  directions: int = 3, seed: int = 0) -> Taylor:
     """The Taylor-remainder test for each gradient in ``grads`` (see :class:`Taylor`).
 
-    ``probes(p)`` returns the kinked pre-activations (with their ``kinks``) so that steps
-    which carry one across a kink are dropped; ``hvp(v) -> H v`` (pytrees like ``params``,
+    ``probes(p)`` returns the kinked pre-activations so that steps which carry one onto or
+    across a kink are dropped: each with its ``kinks``, or with a ``pieces`` function
+    ``z -> [integer arrays]`` (e.g. ``functools.partial(piece_ids, layer)``), a step being
+    dropped when any id changes; ``hvp(v) -> H v`` (pytrees like ``params``,
     e.g. ``jax.jvp`` of ``jax.grad`` on :func:`funnet.forward_twin`) switches to order 3.
     """
     theta, unravel = ravel_pytree(params)
@@ -322,10 +363,15 @@ def taylor_slope(objective: Callable[[PyTree], Any], params: PyTree, grads: dict
             t = theta + h * v
             values[j] = float(f(t))
             if zf is not None:
-                for a, b, ks in zip(z0, zf(t), kinks):
+                zt = zf(t)
+                for a, b, ks in zip(z0, zt, kinks):
                     for k in ks:
-                        if np.any((np.asarray(a) - k) * (np.asarray(b) - k) <= 0):
+                        if np.any(np.sign(np.asarray(a) - k) != np.sign(np.asarray(b) - k)):
                             usable[j] = False
+                for a, b, ids in zip(z0, zt, pieces):
+                    if any(np.any(np.asarray(p) != np.asarray(q)) for p, q in zip(ids(a),
+                                                                                 ids(b))):
+                        usable[j] = False
         for m, g in flat.items():
             r = np.abs(values - f0 - hs * float(g @ vn) - hs**2 * quad)
             slope = _fit_slope(hs[usable], r[usable], floor)

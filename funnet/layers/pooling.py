@@ -226,6 +226,25 @@ def _offsets(k: Ints) -> list[Ints]:
     return list(itertools.product(*(range(kd) for kd in k)))
 
 
+def _first_max(x, k: Ints, s: Ints, pads, out: Ints) -> tuple[Any, Any]:
+    """``(a*, xp)``: the index (in :func:`_offsets` order) of the first maximum of every
+    window, ``[batch, *out, C]``, and the padded input.
+
+    ``xp[s·i + a]`` for every output ``i`` is one strided slice per offset ``a``; stacked in
+    row-major offset order, ``argmax`` picks the first maximum. It also names the linear
+    piece MaxPool is on (``Layer.pieces``): gradient checks exclude finite-difference
+    steps that change it.
+    """
+    xp = lax.pad(x, np.array(_lowest(x.dtype), x.dtype), _dims((lo, hi, 0) for lo, hi in pads))
+    ends = [(m - 1) * sd + 1 for m, sd in zip(out, s)]  # span of the strided slice
+
+    def entry(a):  # xp[n, s·i + a, c] for every output i
+        return lax.slice(xp, (0, *a, 0), (xp.shape[0], *(ad + e for ad, e in zip(a, ends)),
+                                          xp.shape[-1]), (1, *s, 1))
+
+    return jnp.argmax(jnp.stack([entry(a) for a in _offsets(k)], axis=-2), axis=-2), xp
+
+
 def _route_to_first_max(x, dy, k: Ints, s: Ints, pads, out: Ints) -> Any:
     r"""MaxPool's ``dx``: each ``dy[i]`` added at the first maximum of window ``i``.
 
@@ -234,15 +253,9 @@ def _route_to_first_max(x, dy, k: Ints, s: Ints, pads, out: Ints) -> Any:
     transpose of each strided slice (a dilating pad) carries ``dy[i]·[a*(i) = a]`` back,
     so windows that overlap add up.
     """
-    xp = lax.pad(x, np.array(_lowest(x.dtype), x.dtype), _dims((lo, hi, 0) for lo, hi in pads))
+    first, xp = _first_max(x, k, s, pads, out)
     padded, offsets = xp.shape[1:-1], _offsets(k)
     ends = [(m - 1) * sd + 1 for m, sd in zip(out, s)]  # span of the strided slice
-
-    def entry(a):  # xp[n, s·i + a, c] for every output i
-        return lax.slice(xp, (0, *a, 0), (xp.shape[0], *(ad + e for ad, e in zip(a, ends)),
-                                          xp.shape[-1]), (1, *s, 1))
-
-    first = jnp.argmax(jnp.stack([entry(a) for a in offsets], axis=-2), axis=-2)
     zero = np.array(0, dy.dtype)
     dxp = jnp.zeros(xp.shape, dy.dtype)
     for j, a in enumerate(offsets):
@@ -257,7 +270,8 @@ def _route_to_first_max(x, dy, k: Ints, s: Ints, pads, out: Ints) -> Any:
 # --- the layers -----------------------------------------------------------------------------
 
 
-def _pool_layer(g: _Geometry, forward_fn, backward_fn, *, keep_input: bool) -> Layer:
+def _pool_layer(g: _Geometry, forward_fn, backward_fn, *, keep_input: bool,
+                pieces_fn=None) -> Layer:
     """A pooling layer on ``g``: ``forward_fn(x, *geometry) -> y`` and
     ``backward_fn(x, dy, *geometry) -> dx`` with ``geometry = (k, s, pads, out)``.
 
@@ -281,7 +295,8 @@ def _pool_layer(g: _Geometry, forward_fn, backward_fn, *, keep_input: bool) -> L
         x = res if keep_input else jax.ShapeDtypeStruct(*res)
         return (), backward_fn(x, dy, *g.resolve(x.shape)).astype(x.dtype)
 
-    return layer(init, forward, backward, apply=apply, name=g.name)
+    pieces = None if pieces_fn is None else (lambda x: pieces_fn(x, *g.resolve(shape_of(x))))
+    return layer(init, forward, backward, apply=apply, name=g.name, pieces=pieces)
 
 
 def MaxPool(window: int | Sequence[int], *, strides: int | Sequence[int] | None = None,
@@ -318,6 +333,7 @@ def MaxPool(window: int | Sequence[int], *, strides: int | Sequence[int] | None 
         lambda x, k, s, pads, out: _window_reduce(x, _lowest(x.dtype), lax.max, k, s, pads),
         lambda x, dy, k, s, pads, out: _route_to_first_max(x, dy, k, s, pads, out),
         keep_input=True,
+        pieces_fn=lambda x, k, s, pads, out: _first_max(x, k, s, pads, out)[0],
     )
 
 
