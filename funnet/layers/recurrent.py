@@ -2,9 +2,9 @@ r"""Recurrent layers ``RNN``, ``LSTM``, ``GRU`` with hand-derived BPTT (docs/mat
 
 Each maps a sequence ``x [B, T, F]`` (or ``(x, mask)``, ``(x, mask, h0)``: see
 :mod:`funnet.layers.sequence`) to ``y [B, T, H]`` (``return_sequences=True``, the
-default) or to the last state ``h_T [B, H]``. Every cell has the same shape: the input
-projections ``g^x_t = x_t W_x + b`` of all steps are one matrix product before the
-recurrence, and one ``lax.scan`` over time runs the cell on ``g^x_t`` and the state::
+default) or to the last state ``h_T [B, H]``. Every cell has the same shape: one
+``lax.scan`` over time forms the input projection ``g^x_t = x_t W_x + b`` of each step and
+runs the cell on ``g^x_t`` and the state::
 
     RNN   a_t = g^x_t + h_{t-1} W_h                  h_t = f(a_t)
     LSTM  a_t = g^x_t + h_{t-1} W_h = [a_i a_f a_g a_o]   (PyTorch's gate order i, f, g, o)
@@ -154,18 +154,23 @@ def _scan_forward(cell: _Cell, p: dict, x: jax.Array, ms: jax.Array | None, stat
     """``(ys [T, B, H] | None, final state, saved | None)``: one ``lax.scan`` over time.
 
     ``ms [T, B, 1]`` (bool) freezes the state where it is false and zeroes the output.
+    Each step forms its input projection ``g^x_t = x_t W_x + b`` from its slice ``x_t``.
+    Forming all ``T`` of them first, as one ``[T, B, G·H]`` product, made the forward pass
+    2× slower on XLA's CPU backend: each step's slice of that array was read inside the
+    cell's exp/tanh fusions, which do not vectorise around a ``dynamic-slice``, while a
+    slice of ``x`` feeds a matrix product (docs/benchmarks.md, *recurrent*).
     """
-    b_x = p[cell.biases[0]]
-    gx = jnp.einsum("btf,fg->tbg", x, p["W_x"]) + b_x.reshape(1, 1, -1)  # x_t W_x + b, all t
+    b_x = p[cell.biases[0]].reshape(1, -1)
 
     def step(state, inputs):
-        gx_t, m_t = inputs
+        x_t, m_t = inputs
+        gx_t = x_t @ p["W_x"] + b_x  # g^x_t = x_t W_x + b
         new, res = cell.step(p, gx_t, state)
         new = tuple(_where(m_t, n, s) for n, s in zip(new, state))  # padding: state frozen
         y_t = _where(m_t, new[0], jnp.zeros((), new[0].dtype)) if sequences else None
         return new, (y_t, (state[0], res) if keep else None)
 
-    final, (ys, saved) = lax.scan(step, state0, (gx, ms), unroll=unroll)
+    final, (ys, saved) = lax.scan(step, state0, (jnp.swapaxes(x, 0, 1), ms), unroll=unroll)
     return ys, final, saved
 
 
