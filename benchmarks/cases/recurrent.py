@@ -399,12 +399,12 @@ def _gradient(ctx: Ctx, fn: Any, s: Sizes, res: CaseResult) -> None:
     model = funnet_lstm(fn, s.hidden)
     params = funnet_lstm_params(fn, model, init)
 
-    def loss_of(p, x):
+    def loss_of(p, x, y):
         return half_mse(model.apply(p, x), y)
 
+    losses: dict[str, tuple[Callable, tuple]] = {G_JAX: (loss_of, (params, x, y))}
     programs: dict[str, tuple[Callable, tuple]] = {
-        G_JAX: (jax.jit(jax.value_and_grad(lambda p, x, y: half_mse(model.apply(p, x), y))),
-                (params, x, y)),
+        G_JAX: (jax.jit(jax.value_and_grad(loss_of)), (params, x, y)),
         G_HAND: (jax.jit(fn.backprop.value_and_grad(model, fn.mse)), (params, x, y)),
     }
     tx = optax.sgd(0.0)
@@ -426,6 +426,7 @@ def _gradient(ctx: Ctx, fn: Any, s: Sizes, res: CaseResult) -> None:
             def f(p, x, y, apply=apply):
                 return half_mse(apply(p, x), y)
 
+        losses[name] = (f, (pp, x, y))
         programs[name] = (jax.jit(jax.value_and_grad(f)), (pp, x, y))
     comps = {n: (lambda f=f, a=a: f(*a)) for n, (f, a) in programs.items()}
     cmp = interleaved(comps, baseline=G_JAX, rounds=ctx.pick(2, 25), warmup=1,
@@ -437,11 +438,13 @@ def _gradient(ctx: Ctx, fn: Any, s: Sizes, res: CaseResult) -> None:
         leaves = jax.tree.leaves(model.forward_with_state(p, (), x)[2])
         return [v for v in leaves if isinstance(v, jax.Array)]
 
-    def vjp_residuals(p, x):
-        return jax.vjp(lambda p: loss_of(p, x), p)[1]
+    def vjp_residuals(f):
+        return lambda p, x, y: jax.vjp(lambda p: f(p, x, y), p)[1]
 
-    kept = {G_HAND: guarded(lambda: tree_bytes(jax.eval_shape(hand_residuals, params, x))),
-            G_JAX: guarded(lambda: tree_bytes(jax.eval_shape(vjp_residuals, params, x)))}
+    kept = {G_HAND: guarded(lambda: tree_bytes(jax.eval_shape(hand_residuals, params, x)))}
+    for name, (f, args) in losses.items():
+        kept[name] = guarded(lambda f=f, a=args: tree_bytes(jax.eval_shape(vjp_residuals(f),
+                                                                           *a)))
     table = Table(
         f"recurrent: loss and gradient alone, {s.label}, one batch, jitted "
         f"({cmp.results[G_JAX].inner} calls per round, {len(cmp.orders)} rounds)",
