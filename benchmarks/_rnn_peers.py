@@ -346,12 +346,16 @@ class FunnetPlain(RnnPeer):
     """funnet's model in a plain jitted step, as the peers write theirs: ``jax.value_and_grad``
     of ``apply`` (``grad="reverse"``) or ``fn.backprop.value_and_grad`` (``"hand"``), then
     optax; no key split, no host checks. A profiling reference that separates funnet's
-    layers from ``make_step``."""
+    layers from ``make_step``. ``wiring="formula"``: the activations evaluated by their
+    plain formulas (``model.rewired("formula")``), so that ``jax.grad`` differentiates
+    ``jax.nn.sigmoid`` and ``jnp.tanh`` itself instead of using funnet's hand ``f'``."""
 
     def __init__(self, fn: ModuleType, init: Init, tx: optax.GradientTransformation, *,
-                 grad: str):
+                 grad: str, wiring: str = "vjp"):
         self.name = f"funnet layers in a plain jitted step, {grad}"
-        self.model = funnet_lstm(fn, init["W_h"].shape[0])
+        if wiring != "vjp":
+            self.name += f", activations wired as {wiring!r}"
+        self.model = funnet_lstm(fn, init["W_h"].shape[0]).rewired(wiring)
         self.params = funnet_lstm_params(fn, self.model, init)
         self.opt_state = tx.init(self.params)
         model = self.model

@@ -18,11 +18,15 @@ Three parts, timings in interleaved rounds (median of per-round ratios):
   ``make_step(grad="hand")`` (funnet's hand BPTT), all from the same weights. Target:
   funnet reverse ≤ 1.05× the fastest peer. The full mode adds haiku a second time (A/A
   check: the noise floor) and funnet's layers in the peers' plain jitted step, both
-  ways (profiling references that take ``make_step``'s own work out).
+  ways (profiling references that take ``make_step``'s own work out), and once more in
+  reverse mode with the activations wired as plain formulas (``rewired("formula")``:
+  ``jax.grad`` then differentiates ``jax.nn.sigmoid``/``jnp.tanh`` itself, as in the
+  peers, instead of using funnet's hand-derived ``f'``).
 - **gradient**: the jitted loss-and-gradient alone, on one batch, same params:
   ``jax.value_and_grad`` of funnet's ``apply`` (the baseline) against
-  ``fn.backprop.value_and_grad`` (hand BPTT), with haiku's and linen's
-  ``jax.value_and_grad`` as references (full mode). Target: hand ≤ 1.3× ``jax.grad``.
+  ``fn.backprop.value_and_grad`` (hand BPTT), with the formula-wired funnet LSTM and
+  haiku's and linen's ``jax.value_and_grad`` as references (full mode). Target: hand ≤
+  1.3× ``jax.grad``.
 - **memory**, no timing: each gradient program's ``compiled.memory_analysis()``
   (temp, argument and output bytes), and the bytes the forward pass keeps for the
   backward (funnet's ``forward_with_state`` residuals; ``jax.vjp``'s residuals of
@@ -97,7 +101,9 @@ HAND = "funnet make_step, grad='hand'"
 AA_NAME = "haiku hk.LSTM + hk.dynamic_unroll again (A/A check)"
 PLAIN_REVERSE = "funnet layers in a plain jitted step, reverse"
 PLAIN_HAND = "funnet layers in a plain jitted step, hand"
+PLAIN_FORMULA = "funnet layers in a plain jitted step, reverse, activations wired as 'formula'"
 G_JAX = "jax.value_and_grad of funnet apply"
+G_FORMULA = "jax.value_and_grad of funnet apply, activations wired as 'formula'"
 G_HAND = "fn.backprop.value_and_grad (hand BPTT)"
 G_HAIKU = "jax.value_and_grad of haiku"
 G_LINEN = "jax.value_and_grad of linen OptimizedLSTMCell"
@@ -292,6 +298,8 @@ def _train_step(ctx: Ctx, fn: Any, s: Sizes, res: CaseResult) -> None:
             (AA_NAME, "A/A check", lambda: Haiku(init, tx)),
             (PLAIN_REVERSE, "reference", lambda: FunnetPlain(fn, init, tx, grad="reverse")),
             (PLAIN_HAND, "reference", lambda: FunnetPlain(fn, init, tx, grad="hand")),
+            (PLAIN_FORMULA, "reference",
+             lambda: FunnetPlain(fn, init, tx, grad="reverse", wiring="formula")),
         ]
     peers: dict[str, Any] = {}
     kinds: dict[str, str] = {}
@@ -409,6 +417,14 @@ def _gradient(ctx: Ctx, fn: Any, s: Sizes, res: CaseResult) -> None:
     }
     tx = optax.sgd(0.0)
     notes: dict[str, str] = {}
+    if not ctx.quick:
+        formula = model.rewired("formula")
+
+        def loss_formula(p, x, y):
+            return half_mse(formula.apply(p, x), y)
+
+        losses[G_FORMULA] = (loss_formula, (params, x, y))
+        programs[G_FORMULA] = (jax.jit(jax.value_and_grad(loss_formula)), (params, x, y))
     references = () if ctx.quick else ((G_HAIKU, Haiku), (G_LINEN, LinenOptimized))
     for name, build in references:
         peer, err = guarded(lambda b=build: b(init, tx))
@@ -459,7 +475,7 @@ def _gradient(ctx: Ctx, fn: Any, s: Sizes, res: CaseResult) -> None:
             programs[n][0].lower(*programs[n][1]).compile()))
         profiles[name] = prof
         delta = None
-        if name in (G_JAX, G_HAND) and r.ok and ref is not None:
+        if name in (G_JAX, G_HAND, G_FORMULA) and r.ok and ref is not None:
             delta = _rel_diff(r.last, ref)
             if delta > GRAD_RTOL:
                 res.failures.append(f"recurrent: {name} differs from {G_JAX} by {delta:.1e} "
@@ -471,7 +487,8 @@ def _gradient(ctx: Ctx, fn: Any, s: Sizes, res: CaseResult) -> None:
         k = kept.get(name, (None, None))
         target = {G_HAND: f"time ≤ {HAND_TARGET}×, temp ≤ {MEMORY_TARGET}×"}.get(name, "")
         table.add(name, fmt(r.first_s, ".2f"), fmt(r.median_s, ".2f", scale=1e3),
-                  fmt_ratio(cmp.ratio(name)), fmt(delta, ".1e") if name == G_HAND else "",
+                  fmt_ratio(cmp.ratio(name)),
+                  fmt(delta, ".1e") if delta is not None and name != G_JAX else "",
                   _kernels_cell(prof), _mb(prof["temp_bytes"]) if prof else "—",
                   fmt_ratio(temp_ratio),
                   _mb(prof["argument_bytes"] + prof["output_bytes"]) if prof else "—",
