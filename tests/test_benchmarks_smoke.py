@@ -6,7 +6,9 @@ import itertools
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,3 +243,74 @@ def test_timing_doctests():
 
     result = doctest.testmod(T)
     assert result.attempted >= 5 and result.failed == 0
+
+
+def test_recurrent_case_quick(tmp_path):
+    """The ``recurrent`` case end to end in ``--quick`` mode (a tiny LSTM): every library
+    builds from the shared init, their first-step losses agree (the weight layouts map to
+    the same function), everything trains, the hand gradient matches ``jax.grad``, and the
+    memory and HLO profile columns are filled in."""
+    from benchmarks._common import Ctx, load_funnet
+    from benchmarks.cases import recurrent
+
+    fn, err = load_funnet()
+    assert fn is not None, err
+    # as `python -m benchmarks.run` runs it: float32 defaults, numpy broadcasting (the suite's
+    # conftest turns on x64 and rank-promotion errors, which the peers are not written for)
+    with jax.enable_x64(False), jax.numpy_rank_promotion("allow"):
+        res = recurrent.run(Ctx(quick=True, out_dir=tmp_path, fn=fn, fn_error=None))
+    assert res.failures == []
+    train, grad = res.tables
+    assert [row[0] for row in train.rows] == [*recurrent.PEERS, recurrent.REVERSE,
+                                              recurrent.HAND]
+    agree = res.data["train_step"]["agreement"]
+    assert set(agree["first_loss"]) == {row[0] for row in train.rows}
+    assert max(agree["max_rel_epoch"].values()) <= recurrent.EPOCH_LOSS_RTOL
+    assert [row[0] for row in grad.rows] == [recurrent.G_JAX, recurrent.G_HAND]
+    profiles = res.data["gradient"]["profiles"]
+    for name in (recurrent.G_JAX, recurrent.G_HAND):
+        assert profiles[name]["temp_bytes"] > 0 and profiles[name]["loops"] >= 2
+        assert res.data["gradient"]["residual_bytes"][name] > 0
+    assert res.data["gradient"]["max_rel_delta"][recurrent.G_HAND] <= recurrent.GRAD_RTOL
+
+
+def test_recurrent_agreement_flags_a_wrong_layout():
+    """A library whose outputs or losses differ (here: haiku's forget bias not corrected,
+    which shifts every forget gate by 1) is reported as a failure; equal ones are not."""
+    from benchmarks._common import CaseResult
+    from benchmarks._rnn_peers import lstm_init, lstm_layouts
+    from benchmarks.cases.recurrent import agreement
+
+    init = lstm_init(3, 4)
+    layouts = lstm_layouts(init)
+    b = init["b"]
+    hk_b = layouts["haiku"]["b"]  # blocks i, g, f, o; f is ours minus 1
+    assert np.allclose(hk_b[8:12], b[4:8] - 1.0) and np.allclose(hk_b[4:8], b[8:12])
+    assert np.array_equal(layouts["flax"]["hf"]["bias"], b[4:8])
+    assert np.array_equal(layouts["equinox"]["weight_hh"], init["W_h"].T)
+    ok = {"a": np.array([[1.0], [2.0]]), "b": np.array([[1.0], [2.0 + 1e-7]])}
+    losses = {"a": np.array([0.5, 0.4]), "b": np.array([0.5, 0.4 + 1e-6])}
+    res = CaseResult()
+    agreement(ok, losses, "a", res)
+    assert res.failures == []
+    bad = {**ok, "c": np.array([[1.0], [2.1]])}
+    res = CaseResult()
+    out = agreement(bad, {**losses, "c": np.array([0.51, 0.4])}, "a", res)
+    assert out["max_rel_output"]["c"] == pytest.approx(0.05)
+    assert len(res.failures) == 3 and all(" c" in f for f in res.failures)  # out, 1st, epoch
+
+
+def test_loop_profile_counts_slow_fusions():
+    """The HLO profile finds a transcendental fused with a dynamic-slice in a loop body."""
+    from jax import lax
+
+    from benchmarks.cases.recurrent import loop_profile
+
+    def scan_exp(xs):  # exp of each xs[t] inside the body: slice and exp fuse
+        return lax.scan(lambda c, x_t: (c + jnp.exp(x_t), None), jnp.zeros(8), xs)[0]
+
+    text = jax.jit(scan_exp).lower(jnp.ones((5, 8))).compile().as_text()
+    got = loop_profile(text)
+    assert got["loops"] == 1 and got["loop_kernels"] >= 1 and got["slow_fusions"] == 1
+    plain = jax.jit(lambda x: jnp.exp(x)).lower(jnp.ones(8)).compile().as_text()
+    assert loop_profile(plain) == {"loops": 0, "loop_kernels": 0, "slow_fusions": 0}

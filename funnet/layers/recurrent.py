@@ -2,9 +2,9 @@ r"""Recurrent layers ``RNN``, ``LSTM``, ``GRU`` with hand-derived BPTT (docs/mat
 
 Each maps a sequence ``x [B, T, F]`` (or ``(x, mask)``, ``(x, mask, h0)``: see
 :mod:`funnet.layers.sequence`) to ``y [B, T, H]`` (``return_sequences=True``, the
-default) or to the last state ``h_T [B, H]``. Every cell has the same shape: the input
-projections ``g^x_t = x_t W_x + b`` of all steps are one matrix product before the
-recurrence, and one ``lax.scan`` over time runs the cell on ``g^x_t`` and the state::
+default) or to the last state ``h_T [B, H]``. Every cell has the same shape: one
+``lax.scan`` over time forms the input projection ``g^x_t = x_t W_x + b`` of each step and
+runs the cell on ``g^x_t`` and the state::
 
     RNN   a_t = g^x_t + h_{t-1} W_h                  h_t = f(a_t)
     LSTM  a_t = g^x_t + h_{t-1} W_h = [a_i a_f a_g a_o]   (PyTorch's gate order i, f, g, o)
@@ -59,6 +59,11 @@ def _value_slope(f: act.Activation, x: jax.Array) -> tuple[jax.Array, jax.Array]
     return y, f.df(x, y, **h)
 
 
+def _slope(f: act.Activation, x: jax.Array, y: jax.Array) -> jax.Array:
+    """``f'(x)`` by the activation's hand-derived derivative, given ``y = f(x)``."""
+    return f.df(x, y, **dict(f._hyper({})))
+
+
 def _split(a: jax.Array, n: int) -> list[jax.Array]:
     return jnp.split(a, n, axis=-1)
 
@@ -96,22 +101,37 @@ def _rnn_cell(f: act.Activation) -> _Cell:
 
 
 def _lstm_cell(sigma: act.Activation, tanh: act.Activation) -> _Cell:
+    """The LSTM cell. The forward step keeps the six local derivatives BPTT multiplies by
+    (``6 H`` numbers per row and step, as many as the pre-activations and both cell states
+    it would otherwise keep)::
+
+        k_i = g σ'(a_i),  k_f = c_{t-1} σ'(a_f),  k_g = i tanh'(a_g)   (∂c_t/∂a_·)
+        k_o = tanh(c_t) σ'(a_o),  k_c = o tanh'(c_t)                   (∂h_t/∂a_o, ∂h_t/∂c_t)
+        f = ∂c_t/∂c_{t-1}
+
+    so the reverse scan is products only. Evaluating σ, tanh and their derivatives there
+    instead, on per-step slices of the kept arrays, made the hand backward 1.25–1.4× slower
+    on XLA's CPU backend (docs/benchmarks.md, *recurrent*).
+    """
+
     def step(p, gx, state):
         h, c = state
         a = gx + h @ p["W_h"]
         a_i, a_f, a_g, a_o = _split(a, 4)
-        c_new = sigma(a_f) * c + sigma(a_i) * tanh(a_g)  # c_t = f ⊙ c_{t-1} + i ⊙ g
-        return (sigma(a_o) * tanh(c_new), c_new), (a, c, c_new)  # h_t = o ⊙ tanh(c_t)
+        i, f, g, o = sigma(a_i), sigma(a_f), tanh(a_g), sigma(a_o)
+        c_new = f * c + i * g  # c_t = f ⊙ c_{t-1} + i ⊙ g
+        tc = tanh(c_new)
+        k = (g * _slope(sigma, a_i, i), c * _slope(sigma, a_f, f), i * _slope(tanh, a_g, g),
+             tc * _slope(sigma, a_o, o), o * _slope(tanh, c_new, tc), f)
+        return (o * tc, c_new), k  # h_t = o ⊙ tanh(c_t)
 
-    def back(p, res, h_prev, g):
-        a, c_prev, c_new = res
+    def back(p, k, h_prev, g):
+        k_i, k_f, k_g, k_o, k_c, f = k
         dh, dc = g
-        (i, si), (f, sf), (gg, sg), (o, so) = (_value_slope(fn, v) for fn, v in zip(
-            (sigma, sigma, tanh, sigma), _split(a, 4)))
-        tc, stc = _value_slope(tanh, c_new)
-        do = dh * tc  # do = dh ⊙ tanh(c_t)
-        dc = dc + dh * o * stc  # dc = dc_carry + dh ⊙ o ⊙ tanh'(c_t)
-        da = jnp.concatenate([dc * gg * si, dc * c_prev * sf, dc * i * sg, do * so], axis=-1)
+        dc = dc + dh * k_c  # dc = dc_carry + dh ⊙ o ⊙ tanh'(c_t)
+        # da = [dc ⊙ g ⊙ σ'(a_i), dc ⊙ c_{t-1} ⊙ σ'(a_f), dc ⊙ i ⊙ tanh'(a_g),
+        #       do ⊙ σ'(a_o)] with do = dh ⊙ tanh(c_t)
+        da = jnp.concatenate([dc * k_i, dc * k_f, dc * k_g, dh * k_o], axis=-1)
         return (da @ p["W_h"].T, dc * f), da, None  # dh_{t-1} = da W_hᵀ, dc_{t-1} = dc ⊙ f
 
     return _Cell(4, ("b",), 2, step, back)
@@ -154,18 +174,23 @@ def _scan_forward(cell: _Cell, p: dict, x: jax.Array, ms: jax.Array | None, stat
     """``(ys [T, B, H] | None, final state, saved | None)``: one ``lax.scan`` over time.
 
     ``ms [T, B, 1]`` (bool) freezes the state where it is false and zeroes the output.
+    Each step forms its input projection ``g^x_t = x_t W_x + b`` from its slice ``x_t``.
+    Forming all ``T`` of them first, as one ``[T, B, G·H]`` product, made the forward pass
+    2× slower on XLA's CPU backend: each step's slice of that array was read inside the
+    cell's exp/tanh fusions, which do not vectorise around a ``dynamic-slice``, while a
+    slice of ``x`` feeds a matrix product (docs/benchmarks.md, *recurrent*).
     """
-    b_x = p[cell.biases[0]]
-    gx = jnp.einsum("btf,fg->tbg", x, p["W_x"]) + b_x.reshape(1, 1, -1)  # x_t W_x + b, all t
+    b_x = p[cell.biases[0]].reshape(1, -1)
 
     def step(state, inputs):
-        gx_t, m_t = inputs
+        x_t, m_t = inputs
+        gx_t = x_t @ p["W_x"] + b_x  # g^x_t = x_t W_x + b
         new, res = cell.step(p, gx_t, state)
         new = tuple(_where(m_t, n, s) for n, s in zip(new, state))  # padding: state frozen
         y_t = _where(m_t, new[0], jnp.zeros((), new[0].dtype)) if sequences else None
         return new, (y_t, (state[0], res) if keep else None)
 
-    final, (ys, saved) = lax.scan(step, state0, (gx, ms), unroll=unroll)
+    final, (ys, saved) = lax.scan(step, state0, (jnp.swapaxes(x, 0, 1), ms), unroll=unroll)
     return ys, final, saved
 
 
