@@ -54,6 +54,7 @@ from ._validate import LayerError, ParamsError
 
 __all__ = [
     "WIRINGS",
+    "InnerDeltas",
     "Layer",
     "LayerError",
     "NoBackwardRuleError",
@@ -122,6 +123,36 @@ def _check_wiring(wiring: str) -> str:
     return wiring
 
 
+@dataclasses.dataclass(frozen=True)
+class InnerDeltas:
+    r"""The error terms a layer's backward computes inside it, for ``return_deltas``.
+
+    :func:`funnet.backprop.value_and_grad` with ``return_deltas=True`` gives every top-level
+    layer of a ``serial`` the gradient reaching its output; a layer with ``inner_deltas``
+    gives more: what its own backward pass computes at points inside it (a recurrent layer:
+    ``∂L/∂h_t`` at every step, :class:`funnet.backprop.TimeDeltas`), from the same pass.
+
+    Attributes:
+      backward: ``(params, residuals, dy) -> (dparams, dx, deltas)``: the layer's hand
+        backward (the same ``dparams``, ``dx``) that also returns ``deltas``, a NamedTuple
+        whose ``output`` field is ``dy`` and whose other fields are the gradients of the
+        loss at the points inside the layer.
+      probed: ``(params, x, probes) -> y``: the layer's forward pass with ``probes`` (a
+        NamedTuple like ``deltas``, ``output`` ignored) added at those points, so that
+        ``∂L/∂probes`` at zero probes is what ``backward`` must return; the δ-trace of
+        :func:`funnet.check_model` checks it by reverse mode through the formula wiring.
+      extends: the layer's plain ``backward`` that ``backward`` extends. The inner deltas
+        are used only while the layer's :attr:`Layer.backward` is that function: a copy
+        whose backward was replaced (``dataclasses.replace(layer, backward=...)``, as
+        gradient-check tests do) runs its own backward, and its entry is the output's
+        gradient alone.
+    """
+
+    backward: Callable[..., tuple[PyTree, Any, Any]]
+    probed: Callable[..., Any]
+    extends: Callable[..., tuple[PyTree, Any]]
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Layer:
     r"""A layer: stateful ``init``/``apply``, a hand ``backward``, and what tools need to know.
@@ -149,6 +180,8 @@ class Layer:
       configure: ``**options -> Layer`` for configurable layers (``Elu(alpha=0.5)``).
       kinks: for an elementwise layer, the input values where its derivative jumps
         (``Relu``: ``(0.0,)``); gradient checks keep finite differences away from them.
+      inner_deltas: how the layer's backward exposes the error terms inside it
+        (:class:`InnerDeltas`; recurrent layers: ``∂L/∂h_t`` through time), else ``None``.
     """
 
     init_with_state: Callable[..., tuple[Any, PyTree, PyTree]]
@@ -163,6 +196,7 @@ class Layer:
     rewire: Callable[[str], Layer] | None = None
     configure: Callable[..., Layer] | None = None
     kinks: tuple[float, ...] = ()
+    inner_deltas: InnerDeltas | None = None
 
     # -- the stateless (stax) view ------------------------------------------------------
 
@@ -232,6 +266,12 @@ class Layer:
 
     def __repr__(self) -> str:
         return self.name
+
+    @property
+    def inner_rule(self) -> InnerDeltas | None:
+        """:attr:`inner_deltas` while they belong to :attr:`backward`, else ``None``."""
+        d = self.inner_deltas
+        return d if d is not None and d.extends is self.backward else None
 
     # -- what tools ask of a layer -------------------------------------------------------
 
@@ -310,6 +350,7 @@ def layer(
     rewire: Callable[[str], Layer] | None = None,
     configure: Callable[..., Layer] | None = None,
     kinks: Sequence[float] = (),
+    inner_deltas: InnerDeltas | None = None,
 ) -> Layer:
     r"""A :class:`Layer` from its ``init``, ``forward`` (with residuals) and hand ``backward``.
 
@@ -345,6 +386,8 @@ def layer(
         :meth:`Layer.rewired`); without it the layer is its own forward twin.
       configure: ``**options -> Layer`` when the layer takes options.
       kinks: for an elementwise layer, the input values where its derivative jumps.
+      inner_deltas: the backward that also returns the error terms inside the layer, and
+        its probed forward (:class:`InnerDeltas`), for ``return_deltas``; optional.
 
     >>> import jax, jax.numpy as jnp, funnet
     >>> def init(key, input_shape):
@@ -363,6 +406,10 @@ def layer(
     if (forward is None) != (backward is None):
         raise TypeError(f"layer {name!r}: forward and backward come together "
                         f"(got forward={forward is not None}, backward={backward is not None})")
+    if inner_deltas is not None and (backward is None
+                                     or not isinstance(inner_deltas, InnerDeltas)):
+        raise TypeError(f"layer {name!r}: inner_deltas must be a funnet.contract.InnerDeltas "
+                        f"and comes with backward, got {inner_deltas!r}")
     if isinstance(decay, str):
         decay = (decay,)
     kw = ("key", "train", "mask")
@@ -407,7 +454,8 @@ def layer(
 
     return Layer(init_with_state, apply_with_state, forward_with_state, backward, name=name,
                  stateful=stateful, decay=_decay_by_name(name, decay), rewire=rewire,
-                 configure=configure, kinks=tuple(float(k) for k in kinks))
+                 configure=configure, kinks=tuple(float(k) for k in kinks),
+                 inner_deltas=inner_deltas)
 
 
 def as_layer(obj: Any) -> Layer:
