@@ -23,9 +23,10 @@ import jax
 
 from .contract import Layer, NoBackwardRuleError, PyTree, StatefulModelError, as_layer
 from .layers.combinators import _chain_backward
+from .layers.sequence import TimeDeltas
 from .losses import Loss, l2_penalty, l2_penalty_grad
 
-__all__ = ["backward", "value_and_grad"]
+__all__ = ["TimeDeltas", "backward", "value_and_grad"]
 
 
 def _check_loss(loss: Any) -> Loss:
@@ -96,7 +97,13 @@ def value_and_grad(
 
     With ``return_deltas=True`` (``model`` must be a ``serial``) a third element
     ``deltas`` is returned, ``deltas[l] = ∂L/∂(output of layer l)``: for a ``Dense`` layer
-    that is its error term ``δ(l) = ∂L/∂z(l)``, to inspect vanishing gradients.
+    that is its error term ``δ(l) = ∂L/∂z(l)``, to inspect vanishing gradients. For a
+    recurrent layer (``RNN``, ``LSTM``, ``GRU`` at the top level of the ``serial``) the
+    entry is a :class:`TimeDeltas` ``(output, h, c)``: ``output`` is that same gradient,
+    ``h = ∂L/∂h_t`` ``[B, T, H]`` the gradient through time at every step's state (and
+    ``c = ∂L/∂c_t`` for the LSTM), carried by the layer's own backward scan: vanishing
+    gradients through time (docs/recurrent.md, which also says what ``h`` is at padding
+    steps).
 
     >>> import jax, jax.numpy as jnp, funnet
     >>> net = funnet.serial(funnet.Dense(3), funnet.Tanh, funnet.Dense(2))
@@ -124,7 +131,8 @@ def value_and_grad(
         value = loss(out, y)
         dout = loss.grad(out, y)  # δ at the output: ∂L/∂ŷ
         if return_deltas:
-            grads, _, deltas = _chain_backward(model.children, params, residuals, dout)
+            grads, _, deltas = _chain_backward(model.children, params, residuals, dout,
+                                               inner=True)
         else:
             (grads, _), deltas = model.backward(params, residuals, dout), None
         if l2:

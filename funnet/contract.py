@@ -54,6 +54,7 @@ from ._validate import LayerError, ParamsError
 
 __all__ = [
     "WIRINGS",
+    "InnerDeltas",
     "Layer",
     "LayerError",
     "NoBackwardRuleError",
@@ -122,6 +123,36 @@ def _check_wiring(wiring: str) -> str:
     return wiring
 
 
+@dataclasses.dataclass(frozen=True)
+class InnerDeltas:
+    r"""The error terms a layer's backward computes inside it, for ``return_deltas``.
+
+    :func:`funnet.backprop.value_and_grad` with ``return_deltas=True`` gives every top-level
+    layer of a ``serial`` the gradient reaching its output; a layer with ``inner_deltas``
+    gives more: what its own backward pass computes at points inside it (a recurrent layer:
+    ``∂L/∂h_t`` at every step, :class:`funnet.backprop.TimeDeltas`), from the same pass.
+
+    Attributes:
+      backward: ``(params, residuals, dy) -> (dparams, dx, deltas)``: the layer's hand
+        backward (the same ``dparams``, ``dx``) that also returns ``deltas``, a NamedTuple
+        whose ``output`` field is ``dy`` and whose other fields are the gradients of the
+        loss at the points inside the layer.
+      probed: ``(params, x, probes) -> y``: the layer's forward pass with ``probes`` (a
+        NamedTuple like ``deltas``, ``output`` ignored) added at those points, so that
+        ``∂L/∂probes`` at zero probes is what ``backward`` must return; the δ-trace of
+        :func:`funnet.check_model` checks it by reverse mode through the formula wiring.
+      extends: the layer's plain ``backward`` that ``backward`` extends. The inner deltas
+        are used only while the layer's :attr:`Layer.backward` is that function: a copy
+        whose backward was replaced (``dataclasses.replace(layer, backward=...)``, as
+        gradient-check tests do) runs its own backward, and its entry is the output's
+        gradient alone.
+    """
+
+    backward: Callable[..., tuple[PyTree, Any, Any]]
+    probed: Callable[..., Any]
+    extends: Callable[..., tuple[PyTree, Any]]
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Layer:
     r"""A layer: stateful ``init``/``apply``, a hand ``backward``, and what tools need to know.
@@ -152,6 +183,8 @@ class Layer:
       pieces: for a piecewise-smooth layer whose pieces are not elementwise kinks,
         ``x -> integer array`` naming the smooth piece ``x`` lies on (``MaxPool``: each
         window's arg-max); gradient checks treat a change of it as they treat a kink.
+      inner_deltas: how the layer's backward exposes the error terms inside it
+        (:class:`InnerDeltas`; recurrent layers: ``∂L/∂h_t`` through time), else ``None``.
     """
 
     init_with_state: Callable[..., tuple[Any, PyTree, PyTree]]
@@ -167,6 +200,7 @@ class Layer:
     configure: Callable[..., Layer] | None = None
     kinks: tuple[float, ...] = ()
     pieces: Callable[[Any], Any] | None = None
+    inner_deltas: InnerDeltas | None = None
 
     # -- the stateless (stax) view ------------------------------------------------------
 
@@ -236,6 +270,12 @@ class Layer:
 
     def __repr__(self) -> str:
         return self.name
+
+    @property
+    def inner_rule(self) -> InnerDeltas | None:
+        """:attr:`inner_deltas` while they belong to :attr:`backward`, else ``None``."""
+        d = self.inner_deltas
+        return d if d is not None and d.extends is self.backward else None
 
     # -- what tools ask of a layer -------------------------------------------------------
 
@@ -315,6 +355,7 @@ def layer(
     configure: Callable[..., Layer] | None = None,
     kinks: Sequence[float] = (),
     pieces: Callable[[Any], Any] | None = None,
+    inner_deltas: InnerDeltas | None = None,
 ) -> Layer:
     r"""A :class:`Layer` from its ``init``, ``forward`` (with residuals) and hand ``backward``.
 
@@ -352,6 +393,8 @@ def layer(
       kinks: for an elementwise layer, the input values where its derivative jumps.
       pieces: ``x -> integer array`` naming the smooth piece of a piecewise layer
         (``MaxPool``: each window's arg-max); see :class:`Layer`.
+      inner_deltas: the backward that also returns the error terms inside the layer, and
+        its probed forward (:class:`InnerDeltas`), for ``return_deltas``; optional.
 
     >>> import jax, jax.numpy as jnp, funnet
     >>> def init(key, input_shape):
@@ -370,6 +413,10 @@ def layer(
     if (forward is None) != (backward is None):
         raise TypeError(f"layer {name!r}: forward and backward come together "
                         f"(got forward={forward is not None}, backward={backward is not None})")
+    if inner_deltas is not None and (backward is None
+                                     or not isinstance(inner_deltas, InnerDeltas)):
+        raise TypeError(f"layer {name!r}: inner_deltas must be a funnet.contract.InnerDeltas "
+                        f"and comes with backward, got {inner_deltas!r}")
     if isinstance(decay, str):
         decay = (decay,)
     kw = ("key", "train", "mask")
@@ -414,7 +461,8 @@ def layer(
 
     return Layer(init_with_state, apply_with_state, forward_with_state, backward, name=name,
                  stateful=stateful, decay=_decay_by_name(name, decay), rewire=rewire,
-                 configure=configure, kinks=tuple(float(k) for k in kinks), pieces=pieces)
+                 configure=configure, kinks=tuple(float(k) for k in kinks), pieces=pieces,
+                 inner_deltas=inner_deltas)
 
 
 def as_layer(obj: Any) -> Layer:

@@ -125,7 +125,9 @@ class CheckResult:
         if self.deltas is not None:
             rows = [[p, f"{max(row.abs_err for row in r.rows):.2e}" if r.rows else "-",
                      "ok" if r.ok else "DIVERGES"] for p, r in self.deltas.rows]
-            parts += ["δ-trace (hand δ at each layer's output vs reverse mode, output first):",
+            title = ("δ-trace (hand δ at each layer's output, and inside recurrent layers, vs "
+                     "reverse mode, output first):")
+            parts += [title,
                       table(["output of", "max abs err", "ok"], rows)]
         if self.kinks is not None:
             parts.append(str(self.kinks))
@@ -478,9 +480,13 @@ def _failure_message(result: CheckResult, model: Layer, params: PyTree) -> str:
             f"rtol={report.rtol:.1e}, atol={report.atol:.1e} ({result.dtype}); "
             f"{n_bad} (pair, leaf) row(s) out of tolerance")
     if result.deltas is not None and not result.deltas.ok:
-        parts.append(f"the hand δ first diverges at the output of "
-                     f"{result.deltas.first_divergence} (computed by the backward of the layer "
-                     "after it)")
+        where = result.deltas.first_divergence
+        if where in result.deltas.inside:
+            parts.append(f"the hand δ first diverges inside a layer, at {where} (computed by "
+                         "that layer's own backward)")
+        else:
+            parts.append(f"the hand δ first diverges at the output of {where} (computed by "
+                         "the backward of the layer after it)")
     if result.taylor is not None:
         bad = {m: s for m, s in result.taylor.slopes.items() if not result.taylor.ok(m)}
         if bad:

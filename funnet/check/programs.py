@@ -86,12 +86,15 @@ def _add_probe(v: Any, probe: Any) -> Any:
 
 @functools.lru_cache(maxsize=_CACHE)
 def delta_reference(model: Layer, loss: Callable, l2: float, train: bool) -> Callable:
-    """``(params, x, y, key) -> [∂R/∂(output of top-level layer l)]`` by reverse mode
-    through the formula wiring, with zero probes added to each top-level output."""
+    """``(params, x, y, key, inside) -> ([∂R/∂(output of top-level layer l)], {path: ∂R/∂
+    probes})`` by reverse mode through the formula wiring, with zero probes added to each
+    top-level output, and ``inside[path]`` (zero probes, a NamedTuple like that layer's
+    inner deltas) added inside the top-level layers that declare
+    :attr:`~funnet.Layer.inner_deltas`, by their ``probed`` forward."""
     formula = model.rewired("formula")
     risk_l2 = _risk(model, lambda out, y: 0.0, l2, train)
 
-    def fn(params, x, y, key):
+    def fn(params, x, y, key, inside):
         outputs: dict[str, Any] = {}
 
         def record(path, out):
@@ -103,14 +106,14 @@ def delta_reference(model: Layer, loss: Callable, l2: float, train: bool) -> Cal
         # probes on the float leaves only: an output may carry integers or a bool mask
         zeros = [jax.tree_util.tree_map(_zero_probe, outputs[p]) for p in paths]
 
-        def objective(probes):
+        def objective(probes, inner):
             table = dict(zip(paths, probes))
-            out, _ = walk(formula, params, x, key=key, train=train,
+            out, _ = walk(formula, params, x, key=key, train=train, inside=inner,
                           probe=lambda path, o: jax.tree_util.tree_map(_add_probe, o,
                                                                        table[path]))
             return loss(out, y) + risk_l2(params, x, y, key)
 
-        return jax.grad(objective)(zeros)
+        return jax.grad(objective, argnums=(0, 1))(zeros, inside)
 
     return jax.jit(fn)
 

@@ -11,7 +11,7 @@ pre-activations a finite-difference stencil must not straddle.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -40,18 +40,24 @@ def _join(prefix: str, part: str) -> str:
 
 def walk(model: Layer, params: PyTree, x: Any, *, key: jax.Array | None = None,
          train: bool = False, probe: Callable[[str, Any], Any] | None = None,
-         prefix: str = "") -> tuple[Any, list[Visit]]:
+         inside: Mapping[str, Any] | None = None, prefix: str = "") -> tuple[Any, list[Visit]]:
     """``(y, visits)``: the output of the stateless ``model`` and every leaf it ran.
 
     ``probe(path, y) -> y'`` may replace a top-level ``serial`` child's output (the
-    δ-trace adds zero probes there); ``path`` is the child's path.
+    δ-trace adds zero probes there); ``path`` is the child's path. ``inside[path]`` runs
+    that top-level child by its :attr:`~funnet.Layer.inner_deltas` ``probed`` forward with
+    those probes (the δ-trace's probes inside a recurrent layer).
     """
     visits: list[Visit] = []
     if model.kind == "serial":
         for i, (child, p, k) in enumerate(zip(model.children, params,
                                               _split_key(key, len(model.children)))):
             path = _join(prefix, f"serial[{i}]")
-            x, inner = walk(child, p, x, key=k, train=train, prefix=path)
+            if inside is not None and path in inside:
+                y = child.inner_rule.probed(p, x, inside[path])
+                x, inner = y, [Visit(_join(path, child.name), child, p, x, k, y)]
+            else:
+                x, inner = walk(child, p, x, key=k, train=train, prefix=path)
             if probe is not None:
                 x = probe(path, x)
             visits += inner

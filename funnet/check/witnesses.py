@@ -126,12 +126,16 @@ def _what_is_off(error: GradientCheckError) -> str:
 class DeltaTrace:
     """Hand ``δ`` at each top-level layer's output against reverse mode with zero probes.
 
-    ``rows``: ``(path, Report)`` from the output layer down; ``first_divergence``: the path
-    of the highest layer whose output δ disagrees (the layer above it has the first wrong
-    backward), or ``None``.
+    ``rows``: ``(path, Report)`` from the output layer down; a layer with
+    :attr:`~funnet.Layer.inner_deltas` (a recurrent layer) adds, after the row of its
+    output, one row per error term inside it (``serial[1] › LSTM(3) › h``: ``∂L/∂h_t``
+    through time), its paths listed in ``inside``. ``first_divergence``: the first row
+    that disagrees, or ``None``: an output row means the layer above has the first wrong
+    backward, an ``inside`` row that the layer itself computes it wrongly.
     """
 
     rows: tuple[tuple[str, Report], ...]
+    inside: tuple[str, ...] = ()
 
     @property
     def first_divergence(self) -> str | None:
@@ -146,19 +150,34 @@ def delta_trace(model: Layer, params: PyTree, x: Any, y: Any, loss: Callable, ha
                 Sequence[Any], *, key: jax.Array | None, train: bool, l2: float,
                 dtype: Any, rtol: float | None = None, atol: float | None = None) -> DeltaTrace:
     """Compare ``hand_deltas[l]`` (from ``return_deltas``) with ``∂R/∂probe_l`` at 0, where
-    ``probe_l`` is added to the output of top-level layer ``l`` of the formula wiring."""
-    ref = programs.delta_reference(model, loss, l2, train)(params, x, y, key)
-    rows = []
+    ``probe_l`` is added to the output of top-level layer ``l`` of the formula wiring; and
+    a layer's inner deltas (``∂L/∂h_t`` of a recurrent layer) with ``∂R/∂probes`` at 0 of
+    probes added inside it by its ``probed`` forward."""
+    inner = {i: d for i, d in enumerate(hand_deltas)
+             if d is not None and model.children[i].inner_rule is not None}
+    zeros = {f"serial[{i}]": jax.tree_util.tree_map(jnp.zeros_like, d._replace(output=None))
+             for i, d in inner.items()}
+    ref, ref_inside = programs.delta_reference(model, loss, l2, train)(params, x, y, key, zeros)
+    rows, inside = [], []
     for i in reversed(range(len(ref))):
         if hand_deltas[i] is None:
             continue
         name = f"serial[{i}] › {model.children[i].name}"
+        hand = hand_deltas[i].output if i in inner else hand_deltas[i]
         # where the hand rule sends no gradient (None: a sequence mask), neither is compared
-        pruned = jax.tree_util.tree_map(lambda h, r: None if h is None else r, hand_deltas[i],
+        pruned = jax.tree_util.tree_map(lambda h, r: None if h is None else r, hand,
                                         ref[i], is_leaf=lambda v: v is None)
-        rows.append((name, _analytic_report(pruned, hand_deltas[i], dtype,
-                                            ("reverse δ", "hand δ"), rtol, atol)))
-    return DeltaTrace(tuple(rows))
+        rows.append((name, _analytic_report(pruned, hand, dtype, ("reverse δ", "hand δ"),
+                                            rtol, atol)))
+        if i in inner:
+            for field, got in inner[i]._asdict().items():
+                if field == "output" or got is None:
+                    continue
+                want = getattr(ref_inside[f"serial[{i}]"], field)
+                rows.append((f"{name} › {field}", _analytic_report(
+                    want, got, dtype, ("reverse δ", "hand δ"), rtol, atol)))
+                inside.append(rows[-1][0])
+    return DeltaTrace(tuple(rows), tuple(inside))
 
 
 # ---------------------------------------------------------------------------------------

@@ -158,18 +158,27 @@ def serial(*layers: Any) -> Layer:
     return c.make(init_with_state, apply_with_state, forward_with_state, backward, serial)
 
 
-def _chain_backward(layers: Sequence[Layer], params: PyTree, residuals: Any, dy: Any):
+def _chain_backward(layers: Sequence[Layer], params: PyTree, residuals: Any, dy: Any, *,
+                    inner: bool = False):
     """The δ-recursion over ``serial`` layers, recording what reaches each layer's output.
 
     Returns ``(dparams, dx, deltas)``; ``deltas[l] = ∂L/∂(output of layer l)``, which for a
-    ``Dense`` layer is its error term ``δ(l) = ∂L/∂z(l)``. Internal to funnet (used by
-    :func:`funnet.backprop.value_and_grad` with ``return_deltas=True``).
+    ``Dense`` layer is its error term ``δ(l) = ∂L/∂z(l)``. With ``inner``, a layer with
+    :attr:`~funnet.Layer.inner_rule` (a recurrent layer) runs the backward that also
+    returns the error terms inside it, and its entry is what that returns (a
+    ``TimeDeltas(output, h, c)``, ``output`` being the entry above). Internal to funnet
+    (used by :func:`funnet.backprop.value_and_grad` with ``return_deltas=True``).
     """
     n = len(layers)
     grads, deltas = [None] * n, [None] * n
     for i in reversed(range(n)):
         deltas[i] = dy
-        grads[i], dy = _child_backward(layers[i], f"serial[{i}]", params[i], residuals[i], dy)
+        where, child = f"serial[{i}]", layers[i]
+        if inner and child.inner_rule is not None and dy is not None:
+            grads[i], dy, deltas[i] = _at(where, child.inner_rule.backward, params[i],
+                                          residuals[i], dy)
+        else:
+            grads[i], dy = _child_backward(child, where, params[i], residuals[i], dy)
     return tuple(grads), dy, tuple(deltas)
 
 

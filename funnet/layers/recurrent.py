@@ -31,6 +31,7 @@ them unchanged and their inputs get none.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -41,8 +42,8 @@ from jax import lax
 
 from .. import activations as act
 from .._validate import LayerError, ParamsError, check_int, expect_params, shape_of
-from ..contract import Layer, layer
-from .sequence import RecurrentOutput, join, join_dx, split_input, split_shape
+from ..contract import InnerDeltas, Layer, layer
+from .sequence import RecurrentOutput, TimeDeltas, join, join_dx, split_input, split_shape
 
 __all__ = ["GRU", "LSTM", "RNN"]
 
@@ -75,10 +76,13 @@ def _split(a: jax.Array, n: int) -> list[jax.Array]:
 class _Cell:
     """One recurrent cell. ``state`` is a tuple whose first entry is ``h``.
 
-    ``step(p, gx_t, state) -> (state_t, residual_t)`` computes the new state from the input
-    projection ``gx_t = x_t W_x + b_x``; ``back(p, residual_t, h_prev, g) -> (d_state_prev,
-    dgx_t, dgh_t)`` pulls back ``g``, the gradients reaching ``state_t``, to the previous
-    state and to the pre-activations (``dgh_t is None``: the same as ``dgx_t``).
+    ``step(p, gx_t, state, probe) -> (state_t, residual_t)`` computes the new state from the
+    input projection ``gx_t = x_t W_x + b_x``, adding ``probe`` (``None``, or one array per
+    state entry) to each state entry where it is computed (the LSTM's ``c_t`` before
+    ``h_t = o ⊙ tanh(c_t)``); ``back(p, residual_t, h_prev, g) -> (d_state_prev, dgx_t,
+    dgh_t, dc_t)`` pulls back ``g``, the gradients reaching ``state_t``, to the previous
+    state and to the pre-activations (``dgh_t is None``: the same as ``dgx_t``); ``dc_t``
+    is the LSTM's total ``∂L/∂c_t`` (``None`` for the other cells).
     """
 
     gates: int
@@ -88,14 +92,18 @@ class _Cell:
     back: Callable[..., tuple[tuple, jax.Array, jax.Array | None]]
 
 
+def _probe(v: jax.Array, probe: tuple | None, i: int) -> jax.Array:
+    return v if probe is None or probe[i] is None else v + probe[i]
+
+
 def _rnn_cell(f: act.Activation) -> _Cell:
-    def step(p, gx, state):
+    def step(p, gx, state, probe=None):
         a = gx + state[0] @ p["W_h"]  # a_t = x_t W_x + b + h_{t-1} W_h
-        return (f(a),), a  # h_t = f(a_t)
+        return (_probe(f(a), probe, 0),), a  # h_t = f(a_t)
 
     def back(p, a, h_prev, g):
         da = g[0] * _value_slope(f, a)[1]  # da_t = (dh_t + c_t) ⊙ f'(a_t)
-        return (da @ p["W_h"].T,), da, None  # c_{t-1} = da_t W_hᵀ
+        return (da @ p["W_h"].T,), da, None, None  # c_{t-1} = da_t W_hᵀ
 
     return _Cell(1, ("b",), 1, step, back)
 
@@ -114,16 +122,16 @@ def _lstm_cell(sigma: act.Activation, tanh: act.Activation) -> _Cell:
     on XLA's CPU backend (docs/benchmarks.md, *recurrent*).
     """
 
-    def step(p, gx, state):
+    def step(p, gx, state, probe=None):
         h, c = state
         a = gx + h @ p["W_h"]
         a_i, a_f, a_g, a_o = _split(a, 4)
         i, f, g, o = sigma(a_i), sigma(a_f), tanh(a_g), sigma(a_o)
-        c_new = f * c + i * g  # c_t = f ⊙ c_{t-1} + i ⊙ g
+        c_new = _probe(f * c + i * g, probe, 1)  # c_t = f ⊙ c_{t-1} + i ⊙ g
         tc = tanh(c_new)
         k = (g * _slope(sigma, a_i, i), c * _slope(sigma, a_f, f), i * _slope(tanh, a_g, g),
              tc * _slope(sigma, a_o, o), o * _slope(tanh, c_new, tc), f)
-        return (o * tc, c_new), k  # h_t = o ⊙ tanh(c_t)
+        return (_probe(o * tc, probe, 0), c_new), k  # h_t = o ⊙ tanh(c_t)
 
     def back(p, k, h_prev, g):
         k_i, k_f, k_g, k_o, k_c, f = k
@@ -132,20 +140,22 @@ def _lstm_cell(sigma: act.Activation, tanh: act.Activation) -> _Cell:
         # da = [dc ⊙ g ⊙ σ'(a_i), dc ⊙ c_{t-1} ⊙ σ'(a_f), dc ⊙ i ⊙ tanh'(a_g),
         #       do ⊙ σ'(a_o)] with do = dh ⊙ tanh(c_t)
         da = jnp.concatenate([dc * k_i, dc * k_f, dc * k_g, dh * k_o], axis=-1)
-        return (da @ p["W_h"].T, dc * f), da, None  # dh_{t-1} = da W_hᵀ, dc_{t-1} = dc ⊙ f
+        # dh_{t-1} = da W_hᵀ, dc_{t-1} = dc ⊙ f; dc is the total ∂L/∂c_t
+        return (da @ p["W_h"].T, dc * f), da, None, dc
 
     return _Cell(4, ("b",), 2, step, back)
 
 
 def _gru_cell(sigma: act.Activation, tanh: act.Activation) -> _Cell:
-    def step(p, gx, state):
+    def step(p, gx, state, probe=None):
         h = state[0]
         gh = h @ p["W_h"] + p["b_h"].reshape(1, -1)
         (x_r, x_z, x_n), (h_r, h_z, h_n) = _split(gx, 3), _split(gh, 3)
         a_r, a_z = x_r + h_r, x_z + h_z
         a_n = x_n + sigma(a_r) * h_n  # n = tanh(x W_xn + b_xn + r ⊙ (h W_hn + b_hn))
         z = sigma(a_z)
-        return ((1 - z) * tanh(a_n) + z * h,), (a_r, a_z, a_n, h_n)  # h' = (1-z) ⊙ n + z ⊙ h
+        h_new = _probe((1 - z) * tanh(a_n) + z * h, probe, 0)  # h' = (1-z) ⊙ n + z ⊙ h
+        return (h_new,), (a_r, a_z, a_n, h_n)
 
     def back(p, res, h_prev, g):
         a_r, a_z, a_n, h_n = res
@@ -157,7 +167,7 @@ def _gru_cell(sigma: act.Activation, tanh: act.Activation) -> _Cell:
         da_r = da_n * h_n * sr  # dr ⊙ σ'(a_r), dr = da_n ⊙ (h W_hn + b_hn)
         dgx = jnp.concatenate([da_r, da_z, da_n], axis=-1)
         dgh = jnp.concatenate([da_r, da_z, da_n * r], axis=-1)
-        return (dgh @ p["W_h"].T + dh * z,), dgx, dgh  # dh_{t-1} = dgh W_hᵀ + dh ⊙ z
+        return (dgh @ p["W_h"].T + dh * z,), dgx, dgh, None  # dh_{t-1} = dgh W_hᵀ + dh ⊙ z
 
     return _Cell(3, ("b_x", "b_h"), 1, step, back)
 
@@ -170,7 +180,7 @@ def _where(m: jax.Array | None, a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def _scan_forward(cell: _Cell, p: dict, x: jax.Array, ms: jax.Array | None, state0: tuple, *,
-                  sequences: bool, keep: bool, unroll: int):
+                  sequences: bool, keep: bool, unroll: int, probes: tuple | None = None):
     """``(ys [T, B, H] | None, final state, saved | None)``: one ``lax.scan`` over time.
 
     ``ms [T, B, 1]`` (bool) freezes the state where it is false and zeroes the output.
@@ -179,39 +189,52 @@ def _scan_forward(cell: _Cell, p: dict, x: jax.Array, ms: jax.Array | None, stat
     2× slower on XLA's CPU backend: each step's slice of that array was read inside the
     cell's exp/tanh fusions, which do not vectorise around a ``dynamic-slice``, while a
     slice of ``x`` feeds a matrix product (docs/benchmarks.md, *recurrent*).
+    ``probes`` (``None``, or one ``[T, B, H]`` array or ``None`` per state entry) are added
+    to the states where they are computed, at a padding step to the frozen state.
     """
     b_x = p[cell.biases[0]].reshape(1, -1)
 
     def step(state, inputs):
-        x_t, m_t = inputs
+        x_t, m_t, q_t = inputs
         gx_t = x_t @ p["W_x"] + b_x  # g^x_t = x_t W_x + b
-        new, res = cell.step(p, gx_t, state)
-        new = tuple(_where(m_t, n, s) for n, s in zip(new, state))  # padding: state frozen
+        new, res = cell.step(p, gx_t, state, q_t)
+        # padding: the state frozen (plus its probe)
+        new = tuple(_where(m_t, n, _probe(s, q_t, i))
+                    for i, (n, s) in enumerate(zip(new, state)))
         y_t = _where(m_t, new[0], jnp.zeros((), new[0].dtype)) if sequences else None
         return new, (y_t, (state[0], res) if keep else None)
 
-    final, (ys, saved) = lax.scan(step, state0, (jnp.swapaxes(x, 0, 1), ms), unroll=unroll)
+    final, (ys, saved) = lax.scan(step, state0, (jnp.swapaxes(x, 0, 1), ms, probes),
+                                  unroll=unroll)
     return ys, final, saved
 
 
 def _scan_backward(cell: _Cell, p: dict, saved: Any, ms: jax.Array | None,
-                   dys: jax.Array | None, d_final: tuple, *, unroll: int):
-    """``(d_state0, dgx [T, B, G·H], dgh | None)``: one reverse ``lax.scan`` carrying ``dh``
-    (and ``dc``) from ``t = T`` down to 1."""
+                   dys: jax.Array | None, d_final: tuple, *, unroll: int, trace: bool = False):
+    """``(d_state0, dgx [T, B, G·H], dgh | None, deltas | None)``: one reverse ``lax.scan``
+    carrying ``dh`` (and ``dc``) from ``t = T`` down to 1.
+
+    With ``trace``, ``deltas = (∂L/∂h_t, ∂L/∂c_t | None)``, each ``[T, B, H]``: the carry
+    ``dh`` once step ``t``'s output has added its gradient, and the LSTM's total ``dc``
+    (the carry at a padding step, where the frozen state passes it on).
+    """
 
     def step(g, inputs):
         dy_t, m_t, (h_prev, res) = inputs
         if dy_t is not None:  # the output y_t = m_t ⊙ h_t adds its gradient to dh_t
             g = (g[0] + _where(m_t, dy_t, jnp.zeros((), dy_t.dtype)),) + g[1:]
         zero = jnp.zeros((), g[0].dtype)
-        d_prev, dgx, dgh = cell.back(p, res, h_prev, tuple(_where(m_t, v, zero) for v in g))
+        d_prev, dgx, dgh, dc = cell.back(p, res, h_prev, tuple(_where(m_t, v, zero) for v in g))
         if m_t is not None:  # a padding step passes the gradient on unchanged
             d_prev = tuple(d + jnp.where(m_t, zero, v) for d, v in zip(d_prev, g))
-        return d_prev, (dgx, dgh)
+        deltas = None
+        if trace:  # ∂L/∂h_t = g_t + c_t; ∂L/∂c_t: the cell's total, or the carry (padding)
+            deltas = (g[0], None if dc is None else _where(m_t, dc, g[1]))
+        return d_prev, (dgx, dgh, deltas)
 
-    d_state0, (dgx, dgh) = lax.scan(step, d_final, (dys, ms, saved), reverse=True,
-                                    unroll=unroll)
-    return d_state0, dgx, dgh
+    d_state0, (dgx, dgh, deltas) = lax.scan(step, d_final, (dys, ms, saved), reverse=True,
+                                            unroll=unroll)
+    return d_state0, dgx, dgh, deltas
 
 
 # -- the layer ---------------------------------------------------------------------------------
@@ -292,15 +315,18 @@ def _recurrent(kind: str, hidden: int, acts: tuple[act.Activation, ...], opts: _
                              f"{(batch, hidden)}, got {shapes or type(h0).__name__}")
         return tuple(jnp.asarray(v).astype(dtype) for v in parts)
 
-    def run(params, inputs, keep):
+    def run(params, inputs, keep, probes=None):
         x, mask, h0, form = split_input(name, inputs, with_state=True)
         check(params, x)
         dtype = jnp.result_type(x, *(params[k] for k in keys))
         state0 = initial_state(h0, x.shape[0], dtype)
         ms = None if mask is None else jnp.swapaxes(mask, 0, 1)[:, :, None]
+        if probes is not None:  # [B, T, H] each (or None) → time-major
+            probes = tuple(None if q is None else jnp.swapaxes(q, 0, 1).astype(dtype)
+                           for q in probes)
         ys, final, saved = _scan_forward(cell, params, x.astype(dtype), ms, state0,
                                          sequences=opts.return_sequences, keep=keep,
-                                         unroll=opts.unroll)
+                                         unroll=opts.unroll, probes=probes)
         if opts.return_sequences:
             out = join(jnp.swapaxes(ys, 0, 1), None if form == 1 else inputs[1], form)
         else:
@@ -317,7 +343,10 @@ def _recurrent(kind: str, hidden: int, acts: tuple[act.Activation, ...], opts: _
     def forward(params, inputs):
         return run(params, inputs, keep=True)
 
-    def backward(params, res, dy):
+    def probed(params, inputs, probes):  # the forward with probes on h_t (and c_t)
+        return run(params, inputs, keep=False, probes=(probes.h, probes.c)[:cell.states])[0]
+
+    def backward(params, res, dy, trace=False):
         x, ms, saved, form, h0_dtypes, dtype = res
         d_seq, d_state = (dy[0], dy[1]) if opts.return_state else (dy, None)
         if opts.return_sequences and form > 1 and d_seq is not None:
@@ -333,8 +362,9 @@ def _recurrent(kind: str, hidden: int, acts: tuple[act.Activation, ...], opts: _
             dys = jnp.swapaxes(d_seq, 0, 1).astype(dtype)
         elif d_seq is not None:
             d_final[0] = d_final[0] + d_seq.astype(dtype)  # y = h_T
-        d_state0, dgx, dgh = _scan_backward(cell, params, saved, ms, dys, tuple(d_final),
-                                            unroll=opts.unroll)
+        d_state0, dgx, dgh, deltas = _scan_backward(cell, params, saved, ms, dys,
+                                                    tuple(d_final), unroll=opts.unroll,
+                                                    trace=trace)
         dgh = dgx if dgh is None else dgh
         h_prev = saved[0]
         grads = {
@@ -350,11 +380,16 @@ def _recurrent(kind: str, hidden: int, acts: tuple[act.Activation, ...], opts: _
         if h0_dtypes is not None:
             dh0 = tuple(d.astype(t) for d, t in zip(d_state0, h0_dtypes))
             dh0 = dh0[0] if cell.states == 1 else dh0
-        return grads, join_dx(dx, dh0, form)
+        if not trace:
+            return grads, join_dx(dx, dh0, form)
+        d_h, d_c = (None if d is None else jnp.swapaxes(d, 0, 1) for d in deltas)
+        return grads, join_dx(dx, dh0, form), TimeDeltas(dy, d_h, d_c)
 
+    inner = InnerDeltas(functools.partial(backward, trace=True), probed, backward)
     return layer(init, forward, backward, apply=apply, name=name, decay=("W_x", "W_h"),
                  rewire=lambda wiring: _recurrent(
-                     kind, hidden, tuple(a.rewired(wiring) for a in acts), opts, name))
+                     kind, hidden, tuple(a.rewired(wiring) for a in acts), opts, name),
+                 inner_deltas=inner)
 
 
 def _state_fits(given: Any, want: Any) -> bool:

@@ -39,7 +39,7 @@ import numpy as np
 from .._validate import LayerError, ParamsError, check_input_shape, expect_no_params, shape_of
 from ..contract import Layer, NoBackwardRuleError, StatefulModelError, as_layer, layer
 
-__all__ = ["Bidirectional", "LastStep", "RecurrentOutput", "reverse_time"]
+__all__ = ["Bidirectional", "LastStep", "RecurrentOutput", "TimeDeltas", "reverse_time"]
 
 
 class RecurrentOutput(NamedTuple):
@@ -54,6 +54,39 @@ class RecurrentOutput(NamedTuple):
 
     outputs: Any
     state: Any
+
+
+class TimeDeltas(NamedTuple):
+    r"""What ``return_deltas=True`` gives for a recurrent layer: the gradient through time.
+
+    :func:`funnet.backprop.value_and_grad` returns, for every top-level layer ``l`` of a
+    ``serial``, ``deltas[l] = ∂L/∂(output of layer l)``; for an ``RNN``, ``LSTM`` or ``GRU``
+    that entry is a ``TimeDeltas`` whose ``output`` is that same gradient and whose ``h``
+    (and ``c``) are the gradients at the layer's states, computed by its own backward scan
+    (docs/recurrent.md), from ``t = T`` down to 1. With ``m_t`` the mask, ``dy_t`` the
+    gradient reaching the output ``y_t`` and ``d_T`` that of the final state::
+
+        h_T = m_T ⊙ dy_T + d_T,    h_t = m_t ⊙ dy_t + (what step t+1 sends back to h_t)
+        RNN:  h_t = m_t ⊙ dy_t + m_{t+1} ⊙ (h_{t+1} ⊙ f'(a_{t+1})) W_hᵀ + (1 - m_{t+1}) ⊙ h_{t+1}
+
+    (a padding step sends back what reaches it: its state is the previous one).
+
+    Attributes:
+      output: ``∂L/∂(output of the layer)``, exactly the entry every other layer has: the
+        gradient reaching ``y`` (for a tuple output, in its structure).
+      h: ``∂L/∂h_t`` ``[B, T, H]`` for ``t = 1 … T``: the total gradient reaching the state
+        after step ``t``, from the output at ``t`` and through every later step (and the
+        final state). At a padding step the state is the previous one carried on, and
+        ``h`` is the gradient it carries (the same as at the next step, as the step adds
+        no output gradient); multiply by the mask for zeros there.
+      c: the LSTM's ``∂L/∂c_t`` ``[B, T, H]``, total: through ``h_t = o ⊙ tanh(c_t)`` and
+        through ``c_{t+1}`` (at a padding step: the gradient the frozen cell carries);
+        ``None`` for ``RNN`` and ``GRU``.
+    """
+
+    output: Any
+    h: Any
+    c: Any = None
 
 
 # -- the input convention ------------------------------------------------------------------
