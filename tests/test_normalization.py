@@ -367,6 +367,28 @@ def test_dtypes_of_the_gradients_follow_what_they_differentiate():
         assert dx.dtype == jnp.float32 and dp["scale"].dtype == params["scale"].dtype
 
 
+
+def test_integer_inputs_are_normalised_as_their_float_values_and_get_no_gradient():
+    # an integer x is promoted to the params' float dtype (as Conv, AvgPool): casting x̂
+    # back to int32 gave [[-1, 0, 0, 1]] for LayerNorm on [[1, 2, 3, 4]]
+    xi = jnp.asarray([[1, 2, 3, 4], [5, 3, 0, 2], [7, 7, 1, 0]], jnp.int32)
+    for lay in (funnet.BatchNorm(), funnet.LayerNorm(), funnet.GroupNorm(2)):
+        _, params, state = lay.init_with_state(KEY, (-1, 4))
+        for train in (False, True):
+            y, new = lay.apply_with_state(params, state, xi, train=train)
+            ref, ref_new = lay.apply_with_state(params, state, xi.astype(jnp.float64),
+                                                train=train)
+            assert y.dtype == params["scale"].dtype, (lay.name, y.dtype)
+            np.testing.assert_array_equal(y, ref)  # the same float computation
+            assert_trees_close(new, ref_new, rtol=0, atol=0)
+            _, _, res = lay.forward_with_state(params, state, xi, train=train)
+            dp, dx = lay.backward(params, res, jnp.ones_like(y))
+            assert dx is None  # integers have no gradient (as Embedding's ids)
+            assert dp["scale"].dtype == params["scale"].dtype
+    x = funnet.LayerNorm().apply({"scale": jnp.ones(4), "offset": jnp.zeros(4)}, xi[:1])
+    np.testing.assert_allclose(x, [[-1.3416354, -0.4472118, 0.4472118, 1.3416354]],
+                               rtol=1e-6)
+
 # --- errors -----------------------------------------------------------------------------------
 
 BN = funnet.BatchNorm()

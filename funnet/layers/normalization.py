@@ -15,6 +15,11 @@ element including masked rows, whose outputs depend on ``μ`` and ``σ²`` too):
 Without a mask ``w/n = 1/m`` (``m`` elements in ``R``) and this is the textbook
 ``dx = (g − mean_R g − x̂ ⊙ mean_R(g ⊙ x̂)) / √(σ² + ε)``. ``γ`` (``"scale"``, init 1) and
 ``β`` (``"offset"``, init 0) are not weight-decayed.
+
+Dtypes (as ``Conv``): ``y`` has the dtype ``jnp.result_type(x, γ, β)``, so an integer
+``x`` is normalised as its float value in the params' float dtype; the backward returns
+``dγ``, ``dβ`` in the params' dtypes and ``dx`` in ``x``'s dtype, or ``None`` for an
+integer ``x`` (it has no gradient, as ``Embedding``'s ids).
 """
 
 from __future__ import annotations
@@ -47,13 +52,31 @@ _KEYS = ("scale", "offset")
 # The shared formulas.
 
 
+def _dtypes(x: jax.Array, params: dict) -> tuple[Any, Any]:
+    """``(output dtype, statistics dtype)`` of a normalisation of ``x`` (module docstring).
+
+    The output has Conv's dtype, ``jnp.result_type(x, γ, β)`` (an integer ``x`` gets the
+    params' float dtype); the statistics are computed in ``x``'s float dtype (the output's
+    for an integer ``x``).
+    """
+    out = jnp.result_type(x, params["scale"], params["offset"])
+    if not jnp.issubdtype(out, jnp.inexact):
+        out = jnp.result_type(float)
+    return out, (x.dtype if jnp.issubdtype(x.dtype, jnp.inexact) else out)
+
+
+def _input_grad(dx: jax.Array, dtype: Any) -> jax.Array | None:
+    """``dx`` in the input's ``dtype``; ``None`` for an integer input (it has no gradient)."""
+    return dx.astype(dtype) if jnp.issubdtype(dtype, jnp.inexact) else None
+
+
 def _normalise(x: jax.Array, axes: tuple[int, ...], epsilon: float,
                w: jax.Array | None = None) -> tuple[jax.Array, ...]:
     r"""``(x̂, 1/√(σ²+ε), w/n, μ, σ²)`` over ``axes`` (kept as size-1 axes).
 
     ``w`` (broadcast to ``x``'s shape) weights the statistics: ``n = Σ w`` (at least 1, so an
     all-zero ``w`` gives ``μ = σ² = 0``), ``μ = Σ w x / n``, ``σ² = Σ w (x − μ)² / n``;
-    without it ``w/n = 1/m``. ``x̂`` has ``x``'s dtype.
+    without it ``w/n = 1/m``. ``x`` is float (the statistics' dtype); ``x̂`` has its dtype.
     """
     if w is None:
         mu = jnp.mean(x, axis=axes, keepdims=True)
@@ -237,6 +260,9 @@ def BatchNorm(*, momentum: float = 0.9, epsilon: float = 1e-5, axis: int = -1) -
     def forward(params, state, x, *, train=False, mask=None):
         ax = check(params, state, x, mask)
         axes = tuple(a for a in range(x.ndim) if a != ax)
+        x = jnp.asarray(x)
+        out, stats = _dtypes(x, params)
+        x_dtype, x = x.dtype, x.astype(stats)
         if static_bool(train, f"{name}: train"):
             w = None if mask is None else jnp.broadcast_to(
                 mask.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1)), x.shape)
@@ -249,18 +275,18 @@ def BatchNorm(*, momentum: float = 0.9, epsilon: float = 1e-5, axis: int = -1) -
         gamma, beta = (_along(params[k], x.ndim, ax) for k in _KEYS)
         # y = γ x̂ + β, ordered (x − μ)(γ r) + β: reverse-mode autodiff of this order reduces
         # over the batch once for dγ and dr, not twice (benchmarks/cases/cnn.py profile)
-        y = ((x - mu) * (gamma * r) + beta).astype(x.dtype)
-        return y, state, (xhat, r, c)
+        y = ((x - mu) * (gamma * r) + beta).astype(out)
+        return y, state, (xhat, r, c, x_dtype)
 
     def backward(params, res, dy):
-        xhat, r, c = res
+        xhat, r, c, x_dtype = res
         ax = axis % xhat.ndim
         g = _along(params["scale"], dy.ndim, ax) * dy
         if c is None:
             dx = r * g  # evaluation: dx = γ dy / √(var + ε)
         else:
             dx = _dx(g, xhat, r, c, tuple(a for a in range(dy.ndim) if a != ax))
-        return _affine_grads(params, dy, xhat, ax), dx.astype(xhat.dtype)
+        return _affine_grads(params, dy, xhat, ax), _input_grad(dx, x_dtype)
 
     return layer(init, forward, backward, name=name, stateful=True)
 
@@ -294,18 +320,20 @@ def _per_sample(name: str, groups: int | None, epsilon: float, min_rank: int) ->
         expect_rank(name, x, min_rank)
         c = channels(shape_of(x), "input")
         _vectors(name, "params", params, _KEYS, c, x)
-        xg = grouped(x)
+        x = jnp.asarray(x)
+        out, stats = _dtypes(x, params)
+        xg = grouped(x.astype(stats))
         xhat, r, c, _, _ = _normalise(xg, axes_of(xg), epsilon)
         xhat = xhat.reshape(x.shape)
         gamma, beta = (_along(params[k], x.ndim, x.ndim - 1) for k in _KEYS)
-        return gamma * xhat + beta, (xhat, r, c)  # y = γ x̂ + β
+        return (gamma * xhat + beta).astype(out), (xhat, r, c, x.dtype)  # y = γ x̂ + β
 
     def backward(params, res, dy):
-        xhat, r, c = res
+        xhat, r, c, x_dtype = res
         g = grouped(_along(params["scale"], dy.ndim, dy.ndim - 1) * dy)  # g = γ dy
         xg = grouped(xhat)
         dx = _dx(g, xg, r, c, axes_of(xg)).reshape(dy.shape)
-        return _affine_grads(params, dy, xhat, dy.ndim - 1), dx.astype(xhat.dtype)
+        return _affine_grads(params, dy, xhat, dy.ndim - 1), _input_grad(dx, x_dtype)
 
     return layer(init, forward, backward, name=name)
 
