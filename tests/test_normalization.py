@@ -389,6 +389,39 @@ def test_integer_inputs_are_normalised_as_their_float_values_and_get_no_gradient
     np.testing.assert_allclose(x, [[-1.3416354, -0.4472118, 0.4472118, 1.3416354]],
                                rtol=1e-6)
 
+
+def test_half_precision_statistics_are_computed_in_float32_and_the_output_dtype_rule():
+    # values ~300 from their mean: Σ(x − μ)² in float16 overflows (65504) to inf, as did the
+    # running var; the statistics are now float32 and y has Conv's dtype result_type(x, γ, β)
+    x64 = jnp.asarray(_rng(31).integers(0, 600, (8, 4)), jnp.float64)
+    for half in (jnp.float16, jnp.bfloat16):
+        x = x64.astype(half)
+        for lay in (funnet.BatchNorm(), funnet.LayerNorm(), funnet.GroupNorm(2)):
+            _, params, state = lay.init_with_state(KEY, (-1, 4))
+            for p_dtype in (jnp.float32, half):
+                p = jax.tree_util.tree_map(lambda v, d=p_dtype: v.astype(d), params)
+                s = jax.tree_util.tree_map(lambda v: v.astype(jnp.float32), state)
+                y, new = lay.apply_with_state(p, s, x, train=True)
+                ref, ref_new = lay.apply_with_state(params, state, x.astype(jnp.float64),
+                                                    train=True)
+                assert y.dtype == jnp.result_type(half, p_dtype), (lay.name, half, y.dtype)
+                # the reference normalises the same (rounded) x in float64; |y| ≤ 2, so the
+                # error is the output's rounding: half an ulp of 2, float16 1e-3, bfloat16
+                # 8e-3; a float32 output (float32 statistics) is good to ~1e-6
+                tol = {jnp.float16: 2e-3, jnp.bfloat16: 1.6e-2}.get(y.dtype.type, 1e-5)
+                np.testing.assert_allclose(np.asarray(y, np.float64), ref, atol=tol)
+                # the running statistics are float32 (mean ~ 30, var ~ 0.9 + 0.1·3e4)
+                assert_trees_close(new, ref_new, rtol=1e-5, atol=0)
+                _, _, res = lay.forward_with_state(p, s, x, train=True)
+                dp, dx = lay.backward(p, res, jnp.ones_like(y) / 8)
+                assert dx.dtype == half and bool(jnp.all(jnp.isfinite(dx)))
+                assert all(bool(jnp.all(jnp.isfinite(v))) and v.dtype == p_dtype
+                           for v in dp.values())
+    # float32 inputs keep float32 statistics; float32 params give a float32 output
+    p32 = {"scale": jnp.ones(4, jnp.float32), "offset": jnp.zeros(4, jnp.float32)}
+    y = funnet.LayerNorm().apply(p32, x64.astype(jnp.float32))
+    assert y.dtype == jnp.float32
+
 # --- errors -----------------------------------------------------------------------------------
 
 BN = funnet.BatchNorm()

@@ -16,8 +16,13 @@ Without a mask ``w/n = 1/m`` (``m`` elements in ``R``) and this is the textbook
 ``dx = (g − mean_R g − x̂ ⊙ mean_R(g ⊙ x̂)) / √(σ² + ε)``. ``γ`` (``"scale"``, init 1) and
 ``β`` (``"offset"``, init 0) are not weight-decayed.
 
-Dtypes (as ``Conv``): ``y`` has the dtype ``jnp.result_type(x, γ, β)``, so an integer
-``x`` is normalised as its float value in the params' float dtype; the backward returns
+Dtypes. ``y`` has Conv's dtype, ``jnp.result_type(x, γ, β)``: a ``float16`` ``x`` with
+``float32`` params gives ``float32`` (all three layers), ``bfloat16`` params and input give
+``bfloat16``, and an integer ``x`` is normalised as its float value, in the params' float
+dtype. The statistics (``μ``, ``σ²``, ``x̂``) and the backward's reductions are computed
+in at least ``float32`` (``x``'s float dtype promoted with ``float32``, as flax), so a
+half-precision batch whose values lie ~300 from their mean does not overflow ``σ²``;
+``float32`` and ``float64`` inputs are computed in their own dtype. The backward returns
 ``dγ``, ``dβ`` in the params' dtypes and ``dx`` in ``x``'s dtype, or ``None`` for an
 integer ``x`` (it has no gradient, as ``Embedding``'s ids).
 """
@@ -57,12 +62,19 @@ def _dtypes(x: jax.Array, params: dict) -> tuple[Any, Any]:
 
     The output has Conv's dtype, ``jnp.result_type(x, γ, β)`` (an integer ``x`` gets the
     params' float dtype); the statistics are computed in ``x``'s float dtype (the output's
-    for an integer ``x``).
+    for an integer ``x``) promoted to at least ``float32``.
     """
     out = jnp.result_type(x, params["scale"], params["offset"])
     if not jnp.issubdtype(out, jnp.inexact):
         out = jnp.result_type(float)
-    return out, (x.dtype if jnp.issubdtype(x.dtype, jnp.inexact) else out)
+    base = x.dtype if jnp.issubdtype(x.dtype, jnp.inexact) else out
+    return out, jnp.promote_types(base, jnp.float32)
+
+
+def _at_least(v: jax.Array, like: jax.Array) -> jax.Array:
+    """``v`` promoted to ``like``'s (statistics) dtype if narrower: half-precision ``dy``
+    is reduced in ``float32``; a no-op for ``float32``/``float64``."""
+    return v.astype(jnp.promote_types(v.dtype, like.dtype))
 
 
 def _input_grad(dx: jax.Array, dtype: Any) -> jax.Array | None:
@@ -102,6 +114,7 @@ def _dx(g: jax.Array, xhat: jax.Array, r: jax.Array, c: jax.Array,
 def _affine_grads(params: dict, dy: jax.Array, xhat: jax.Array, keep: int) -> dict:
     """``{"scale": Σ dy ⊙ x̂, "offset": Σ dy}`` over every axis but ``keep``, in params' dtypes."""
     axes = tuple(a for a in range(dy.ndim) if a != keep)
+    dy = _at_least(dy, xhat)
     return {"scale": jnp.sum(dy * xhat, axis=axes).astype(params["scale"].dtype),
             "offset": jnp.sum(dy, axis=axes).astype(params["offset"].dtype)}
 
@@ -269,8 +282,8 @@ def BatchNorm(*, momentum: float = 0.9, epsilon: float = 1e-5, axis: int = -1) -
             xhat, r, c, mu, var = _normalise(x, axes, epsilon, w)
             state = update(state, mu, var, mask)
         else:  # evaluation: the running statistics are constants
-            r = lax.rsqrt(_along(state["var"], x.ndim, ax) + epsilon)
-            mu = _along(state["mean"], x.ndim, ax)
+            r = lax.rsqrt(_at_least(_along(state["var"], x.ndim, ax), x) + epsilon)
+            mu = _at_least(_along(state["mean"], x.ndim, ax), x)
             xhat, c = ((x - mu) * r).astype(x.dtype), None
         gamma, beta = (_along(params[k], x.ndim, ax) for k in _KEYS)
         # y = γ x̂ + β, ordered (x − μ)(γ r) + β: reverse-mode autodiff of this order reduces
@@ -281,7 +294,7 @@ def BatchNorm(*, momentum: float = 0.9, epsilon: float = 1e-5, axis: int = -1) -
     def backward(params, res, dy):
         xhat, r, c, x_dtype = res
         ax = axis % xhat.ndim
-        g = _along(params["scale"], dy.ndim, ax) * dy
+        g = _at_least(_along(params["scale"], dy.ndim, ax) * dy, xhat)
         if c is None:
             dx = r * g  # evaluation: dx = γ dy / √(var + ε)
         else:
@@ -330,7 +343,7 @@ def _per_sample(name: str, groups: int | None, epsilon: float, min_rank: int) ->
 
     def backward(params, res, dy):
         xhat, r, c, x_dtype = res
-        g = grouped(_along(params["scale"], dy.ndim, dy.ndim - 1) * dy)  # g = γ dy
+        g = grouped(_at_least(_along(params["scale"], dy.ndim, dy.ndim - 1) * dy, xhat))
         xg = grouped(xhat)
         dx = _dx(g, xg, r, c, axes_of(xg)).reshape(dy.shape)
         return _affine_grads(params, dy, xhat, dy.ndim - 1), _input_grad(dx, x_dtype)
