@@ -499,6 +499,19 @@ def test_names():
             == "ConvTranspose(2, (2,), padding='SAME', dilation=2)")
 
 
+
+@pytest.mark.parametrize("layer", [funnet.Conv(4, 3), funnet.ConvTranspose(4, 3, strides=2)],
+                         ids=lambda v: v.name)
+def test_backward_refuses_a_dy_of_the_wrong_shape(layer):
+    # Conv returned a wrong-shaped dx for dy [2, 5, 5, 4] (not [2, 4, 4, 4]), no error
+    _, params = layer.init(KEY, (-1, 6, 6, 2))
+    y, res = layer.forward(params, jnp.ones((2, 6, 6, 2)))
+    for bad in ((*y.shape[:-1], 3), (2, 5, 5, 4), y.shape[1:]):
+        with pytest.raises(funnet.LayerError) as info:
+            layer.backward(params, res, jnp.ones(bad))
+        for fragment in (layer.name, "backward", f"dy of shape {bad}", str(y.shape)):
+            assert fragment in str(info.value), (fragment, str(info.value))
+
 # --- bad input: clear errors, before any compute --------------------------------------------
 
 CONV2 = funnet.Conv(4, (3, 3))

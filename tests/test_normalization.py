@@ -422,6 +422,19 @@ def test_half_precision_statistics_are_computed_in_float32_and_the_output_dtype_
     y = funnet.LayerNorm().apply(p32, x64.astype(jnp.float32))
     assert y.dtype == jnp.float32
 
+
+def test_backward_refuses_a_dy_of_the_wrong_shape():
+    x = _normal((2, 3, 3, 4), 32)
+    for lay in (funnet.BatchNorm(), funnet.LayerNorm(), funnet.GroupNorm(2)):
+        _, params, state = lay.init_with_state(KEY, (-1, 3, 3, 4))
+        for train in (False, True):
+            _, _, res = lay.forward_with_state(params, state, x, train=train)
+            for bad in ((2, 3, 3, 2), (3, 3, 3, 4), (3, 3, 4)):
+                with pytest.raises(funnet.LayerError) as info:
+                    lay.backward(params, res, jnp.ones(bad))
+                for fragment in (lay.name, "backward", f"dy of shape {bad}", "(2, 3, 3, 4)"):
+                    assert fragment in str(info.value), (fragment, str(info.value))
+
 # --- errors -----------------------------------------------------------------------------------
 
 BN = funnet.BatchNorm()

@@ -448,6 +448,18 @@ def test_pooling_layers_in_a_network():
 
 # --- bad input ------------------------------------------------------------------------------------
 
+
+@pytest.mark.parametrize("layer", [funnet.MaxPool(2), funnet.AvgPool(2), funnet.SumPool(2),
+                                   funnet.GlobalAvgPool], ids=lambda v: v.name)
+def test_backward_refuses_a_dy_of_the_wrong_shape(layer):
+    # these failed with raw lax/broadcast errors (or not at all) on a wrong-shaped dy
+    y, res = layer.forward((), jnp.ones((2, 6, 6, 2)))
+    for bad in ((*y.shape[:-1], 3), (3, *y.shape[1:]), y.shape[1:]):
+        with pytest.raises(funnet.LayerError) as info:
+            layer.backward((), res, jnp.ones(bad))
+        for fragment in (layer.name, "backward", f"dy of shape {bad}", str(y.shape)):
+            assert fragment in str(info.value), (fragment, str(info.value))
+
 X2D = jnp.ones((1, 4, 4, 1))
 
 BAD_CALLS = [

@@ -38,6 +38,7 @@ from .._validate import (
     ParamsError,
     check_input_shape,
     check_int,
+    expect_cotangent,
     expect_params,
     shape_of,
 )
@@ -293,6 +294,7 @@ def _conv_layer(kind: str, name: str, opts: dict, forward_fn: Callable, grads_fn
 
     def backward(params, x, dy):
         g = geometry(x.shape, "input of shape")
+        expect_cotangent(name, dy, (x.shape[0], *g.out, out_channels))
         W, b = params["W"], params["b"]
         dtype = jnp.result_type(x.dtype, W.dtype, dy.dtype)
         dy_ = dy.astype(dtype)

@@ -41,6 +41,7 @@ from .._validate import (
     ParamsError,
     check_input_shape,
     check_int,
+    expect_cotangent,
     expect_params,
     expect_rank,
     shape_of,
@@ -293,6 +294,7 @@ def BatchNorm(*, momentum: float = 0.9, epsilon: float = 1e-5, axis: int = -1) -
 
     def backward(params, res, dy):
         xhat, r, c, x_dtype = res
+        expect_cotangent(name, dy, xhat.shape)
         ax = axis % xhat.ndim
         g = _at_least(_along(params["scale"], dy.ndim, ax) * dy, xhat)
         if c is None:
@@ -343,6 +345,7 @@ def _per_sample(name: str, groups: int | None, epsilon: float, min_rank: int) ->
 
     def backward(params, res, dy):
         xhat, r, c, x_dtype = res
+        expect_cotangent(name, dy, xhat.shape)
         g = grouped(_at_least(_along(params["scale"], dy.ndim, dy.ndim - 1) * dy, xhat))
         xg = grouped(xhat)
         dx = _dx(g, xg, r, c, axes_of(xg)).reshape(dy.shape)

@@ -47,7 +47,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._validate import LayerError, check_input_shape, check_int, expect_no_params, shape_of
+from .._validate import (
+    LayerError,
+    check_input_shape,
+    check_int,
+    expect_cotangent,
+    expect_no_params,
+    shape_of,
+)
 from ..contract import Layer, layer
 
 __all__ = ["AvgPool", "GlobalAvgPool", "MaxPool", "SumPool"]
@@ -279,7 +286,9 @@ def _pool_layer(g: _Geometry, forward_fn, backward_fn, *, keep_input: bool) -> L
 
     def backward(params, res, dy):
         x = res if keep_input else jax.ShapeDtypeStruct(*res)
-        return (), backward_fn(x, dy, *g.resolve(x.shape)).astype(x.dtype)
+        geometry = g.resolve(x.shape)
+        expect_cotangent(g.name, dy, (x.shape[0], *geometry[3], x.shape[-1]))
+        return (), backward_fn(x, dy, *geometry).astype(x.dtype)
 
     return layer(init, forward, backward, apply=apply, name=g.name)
 
@@ -419,6 +428,7 @@ def _global_avg_pool() -> Layer:
 
     def backward(params, res, dy):
         shape, dtype = res
+        expect_cotangent(name, dy, (shape[0], shape[-1]))
         size = math.prod(shape[1:-1])
         per_position = (dy / size).reshape((shape[0],) + (1,) * (len(shape) - 2) + (shape[-1],))
         return (), jnp.broadcast_to(per_position, shape).astype(dtype)  # dx = dy[n, c] / |p|
