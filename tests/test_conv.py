@@ -497,6 +497,14 @@ def test_names():
     assert funnet.Conv(4, [3, 3], strides=2).name == "Conv(4, (3, 3), strides=2)"
     assert (funnet.ConvTranspose(2, (2,), padding="SAME", dilation=2).name
             == "ConvTranspose(2, (2,), padding='SAME', dilation=2)")
+    # one name per computation: all-equal per-dim entries beside a tuple kernel, lists
+    assert funnet.Conv(4, (3, 3), strides=(2, 2)).name == "Conv(4, (3, 3), strides=2)"
+    assert (funnet.Conv(4, (3, 3), padding=[[1, 1], [1, 2]]).name
+            == "Conv(4, (3, 3), padding=((1, 1), (1, 2)))")
+    assert funnet.Conv(4, (3, 3), strides=[2, 1]).name == "Conv(4, (3, 3), strides=(2, 1))"
+    # a tuple option beside an int kernel fixes the rank: another layer, another name
+    assert funnet.Conv(4, 3, strides=(2, 2)).name == "Conv(4, 3, strides=(2, 2))"
+    assert funnet.Conv(4, 3).name != funnet.Conv(4, (3, 3)).name
 
 
 

@@ -258,6 +258,13 @@ def test_names():
             == "SumPool((2, 3), strides=1, padding='SAME')")
     assert (funnet.AvgPool(3, padding=((1, 1),), count_padding=True).name
             == "AvgPool(3, padding=((1, 1),), count_padding=True)")
+    # one name per computation: strides equal to the window per axis are the default
+    assert funnet.MaxPool((2, 2), strides=2).name == "MaxPool((2, 2))"
+    assert funnet.MaxPool([2, 2], strides=[1, 1]).name == "MaxPool((2, 2), strides=1)"
+    assert funnet.MaxPool((2, 3), strides=2).name == "MaxPool((2, 3), strides=2)"
+    # tuple strides beside an int window fix the rank: another layer, another name
+    assert funnet.MaxPool(2, strides=(2, 2)).name == "MaxPool(2, strides=(2, 2))"
+    assert funnet.MaxPool(2).name != funnet.MaxPool((2, 2)).name
 
 
 # --- the AvgPool count convention ---------------------------------------------------------------

@@ -99,18 +99,34 @@ def _rank_of_options(name: str, **options: Any) -> int | None:
     return next(iter(lengths.values()), None)
 
 
-def _name(kind: str, out_channels: int, kernel: Any, defaults: dict, given: dict) -> str:
-    """``Conv(8, (3, 3), strides=2)``: the options that differ from their defaults. An option
-    spelled out at its default (``strides=(1, 1)`` beside a 2-D kernel) is left out, so that
-    two layers that compute the same have one name (and one model signature)."""
-    def is_default(k: str, v: Any) -> bool:
-        if isinstance(v, list):
-            v = tuple(v)
-        if isinstance(v, tuple) and isinstance(kernel, tuple) and len(v) == len(kernel):
-            return all(e == defaults[k] for e in v)  # per-dim, at the kernel's fixed rank
-        return v == defaults[k]
+def _spelling(value: Any) -> Any:
+    """``value`` with every list spelled as a tuple: ``[(1, 1), (1, 1)]`` is ``((1, 1), (1, 1))``."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_spelling(v) for v in value)
+    return value
 
-    extra = "".join(f", {k}={v!r}" for k, v in given.items() if not is_default(k, v))
+
+def _name(kind: str, out_channels: int, kernel: Any, defaults: dict, given: dict) -> str:
+    """``Conv(8, (3, 3), strides=2)``: the options that differ from their defaults.
+
+    Two spellings of one computation get one name (and one model signature): lists are
+    tuples (``[3, 3]`` is ``(3, 3)``); beside a tuple kernel, which fixes the spatial rank,
+    a per-dimension option whose entries are all ``v`` is ``v`` (``strides=(2, 2)`` beside
+    ``(3, 3)`` is ``strides=2``), and one at its default (``strides=(1, 1)``) is left out.
+    ``Conv(4, 3)`` and ``Conv(4, (3, 3))`` keep different names: the first takes its
+    spatial rank from the input (it is also a 1-D or 3-D convolution), the second is 2-D.
+    """
+    kernel = _spelling(kernel)
+
+    def shown(v: Any) -> Any:
+        v = _spelling(v)
+        if (isinstance(v, tuple) and isinstance(kernel, tuple) and len(v) == len(kernel)
+                and all(isinstance(e, int) for e in v) and len(set(v)) == 1):
+            return v[0]  # per-dim, all equal, at the kernel's fixed rank
+        return v
+
+    extra = "".join(f", {k}={shown(v)!r}" for k, v in given.items()
+                    if shown(v) != defaults[k])
     return f"{kind}({out_channels}, {kernel!r}{extra})"
 
 
