@@ -507,6 +507,17 @@ def test_names():
     assert funnet.Conv(4, 3).name != funnet.Conv(4, (3, 3)).name
 
 
+@pytest.mark.parametrize("kind", ["Conv", "ConvTranspose"])
+def test_padding_modes_in_any_case_as_the_pools(kind):
+    # Conv and ConvTranspose refused padding="same" while the pools took any case
+    make = getattr(funnet, kind)
+    for spelled in ("same", "Same", "valid"):
+        layer, upper = make(2, (3,), padding=spelled), make(2, (3,), padding=spelled.upper())
+        assert layer.init(KEY, (-1, 5, 2))[0] == upper.init(KEY, (-1, 5, 2))[0]
+    assert make(2, (3,), padding="same").name == f"{kind}(2, (3,), padding='SAME')"
+    assert make(2, (3,), padding="valid").name == f"{kind}(2, (3,))"
+
+
 
 @pytest.mark.parametrize("layer", [funnet.Conv(4, 3), funnet.ConvTranspose(4, 3, strides=2)],
                          ids=lambda v: v.name)
@@ -556,8 +567,12 @@ BAD = [
      lambda: funnet.ConvTranspose(2, 5, padding=((0, 0), (0, 0))).init(KEY, (-1, 2, 2, 1)),
      funnet.LayerError, ["ConvTranspose(2, 5", "(-1, 2, 2, 1)", "stride-dilated", "(2, 2)",
                          "(5, 5)"]),
-    ("unknown padding string", lambda: funnet.Conv(4, 3, padding="same"),
-     funnet.LayerError, ["Conv(4, 3, padding='same')", "padding must be", "'same'"]),
+    ("unknown padding string", lambda: funnet.Conv(4, 3, padding="full"),
+     funnet.LayerError, ["Conv(4, 3, padding='FULL')", "padding must be", "'full'"]),
+    ("transpose: W of the wrong shape", lambda: funnet.ConvTranspose(4, 3).apply(
+        {"W": jnp.ones((3, 3, 2, 4)), "b": jnp.ones(4)}, jnp.ones((1, 4, 4, 3))),
+     funnet.ParamsError, ["ConvTranspose(4, 3)", "(3, 3, 2, 4)", "(1, 4, 4, 3)",
+                          "[*kernel, C_in, C_out] = (3, 3, 3, 4)"]),
     ("negative padding", lambda: funnet.Conv(4, 3, padding=-1),
      funnet.LayerError, ["padding", "≥ 0", "-1"]),
     ("padding not pairs", lambda: funnet.Conv(4, 3, padding=((1, 2, 3),)),

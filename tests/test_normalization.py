@@ -467,6 +467,8 @@ ERRORS = [
         P3, S3, X43), funnet.LayerError, ["BatchNorm(axis=2)", "(4, 3)"]),
     ("BatchNorm rank 1", lambda: BN.init_with_state(KEY, (-1,)), funnet.LayerError,
      ["BatchNorm", "(-1,)"]),
+    ("BatchNorm rank 1 at apply", lambda: BN.apply_with_state(P3, S3, jnp.ones(3), train=True),
+     funnet.LayerError, ["BatchNorm", "(3,)", "rank 1", "at least 2 axes"]),
     ("GroupNorm groups do not divide C", lambda: funnet.GroupNorm(4).init(KEY, (-1, 2, 2, 6)),
      funnet.LayerError, ["GroupNorm(4)", "(-1, 2, 2, 6)", "6 channels", "4 groups"]),
     ("GroupNorm groups do not divide C at apply",

@@ -237,7 +237,11 @@ def BatchNorm(*, momentum: float = 0.9, epsilon: float = 1e-5, axis: int = -1) -
 
     def channel_axis(shape: tuple[int, ...], what: str) -> int:
         rank = len(shape)
-        if rank < 2 or not -rank <= axis < rank or axis % rank == 0:
+        if rank < 2:
+            raise LayerError(f"{name}: the {what} of shape {shape} has rank {rank}, but batch "
+                             "normalisation needs at least 2 axes, [batch, ..., C, ...] "
+                             "(axis 0 is the batch)")
+        if not -rank <= axis < rank or axis % rank == 0:
             raise LayerError(f"{name}: axis {axis} must be a channel axis of the {what} of "
                              f"shape {shape}, rank {rank}: one of the axes 1…{rank - 1} "
                              "(axis 0 is the batch)")
