@@ -434,6 +434,19 @@ def test_gradients_have_the_dtype_of_what_they_differentiate(kind, param_dtype, 
     assert y.dtype == jnp.result_type(param_dtype, x_dtype)
 
 
+@pytest.mark.parametrize("kind", ["Conv", "ConvTranspose"])
+def test_an_integer_input_is_computed_in_float_and_gets_no_gradient(kind):
+    # dx came back cast to int32 (a truncated gradient); integers have none: dx = None
+    layer = getattr(funnet, kind)(2, 2, strides=2)
+    _, params = layer.init(KEY, (-1, 4, 4, 2))
+    xi = jnp.asarray(np.arange(64).reshape(2, 4, 4, 2) % 5, jnp.int32)
+    y, res = layer.forward(params, xi)
+    assert y.dtype == params["W"].dtype
+    np.testing.assert_array_equal(y, layer.apply(params, xi.astype(params["W"].dtype)))
+    dparams, dx = layer.backward(params, res, jnp.ones_like(y))
+    assert dx is None and dparams["W"].dtype == params["W"].dtype
+
+
 def test_a_small_cnn_passes_check_model():
     net = funnet.serial(funnet.Conv(3, 3, strides=2, padding="SAME"), funnet.Tanh,
                         funnet.ConvTranspose(2, 2, strides=2), funnet.Tanh, funnet.Flatten,

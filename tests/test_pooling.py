@@ -467,6 +467,15 @@ def test_backward_refuses_a_dy_of_the_wrong_shape(layer):
         for fragment in (layer.name, "backward", f"dy of shape {bad}", str(y.shape)):
             assert fragment in str(info.value), (fragment, str(info.value))
 
+
+@pytest.mark.parametrize("layer", [funnet.MaxPool(2), funnet.AvgPool(2), funnet.SumPool(2),
+                                   funnet.GlobalAvgPool], ids=lambda v: v.name)
+def test_an_integer_input_gets_no_gradient(layer):
+    # dx came back cast to int32 (AvgPool's dy/4 truncated); integers have none: dx = None
+    xi = jnp.asarray(np.arange(32).reshape(2, 4, 2, 2) % 5, jnp.int32)
+    y, res = layer.forward((), xi)
+    assert layer.backward((), res, jnp.ones_like(y))[1] is None
+
 X2D = jnp.ones((1, 4, 4, 1))
 
 BAD_CALLS = [

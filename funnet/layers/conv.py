@@ -42,7 +42,7 @@ from .._validate import (
     expect_params,
     shape_of,
 )
-from ..contract import Layer, layer
+from ..contract import Layer, input_grad, layer
 
 __all__ = ["Conv", "ConvTranspose"]
 
@@ -320,10 +320,10 @@ def _conv_layer(kind: str, name: str, opts: dict, forward_fn: Callable, grads_fn
         dtype = jnp.result_type(x.dtype, W.dtype, dy.dtype)
         dy_ = dy.astype(dtype)
         dW, dx = grads_fn(x.astype(dtype), W.astype(dtype), dy_, g, groups)
-        return {  # each gradient in the dtype of what it differentiates
+        return {  # each gradient in the dtype of what it differentiates; none for int x
             "W": dW.astype(W.dtype),
             "b": dy_.sum(axis=tuple(range(g.n + 1))).astype(b.dtype),  # db = Σ_{n,i} dy
-        }, dx.astype(x.dtype)
+        }, input_grad(dx, x.dtype)
 
     return layer(init, forward, backward, apply=apply, name=name, decay=("W",))
 

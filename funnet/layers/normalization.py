@@ -47,7 +47,7 @@ from .._validate import (
     shape_of,
     static_bool,
 )
-from ..contract import Layer, layer
+from ..contract import Layer, input_grad, layer
 
 __all__ = ["BatchNorm", "GroupNorm", "LayerNorm"]
 
@@ -76,11 +76,6 @@ def _at_least(v: jax.Array, like: jax.Array) -> jax.Array:
     """``v`` promoted to ``like``'s (statistics) dtype if narrower: half-precision ``dy``
     is reduced in ``float32``; a no-op for ``float32``/``float64``."""
     return v.astype(jnp.promote_types(v.dtype, like.dtype))
-
-
-def _input_grad(dx: jax.Array, dtype: Any) -> jax.Array | None:
-    """``dx`` in the input's ``dtype``; ``None`` for an integer input (it has no gradient)."""
-    return dx.astype(dtype) if jnp.issubdtype(dtype, jnp.inexact) else None
 
 
 def _normalise(x: jax.Array, axes: tuple[int, ...], epsilon: float,
@@ -305,7 +300,7 @@ def BatchNorm(*, momentum: float = 0.9, epsilon: float = 1e-5, axis: int = -1) -
             dx = r * g  # evaluation: dx = γ dy / √(var + ε)
         else:
             dx = _dx(g, xhat, r, c, tuple(a for a in range(dy.ndim) if a != ax))
-        return _affine_grads(params, dy, xhat, ax), _input_grad(dx, x_dtype)
+        return _affine_grads(params, dy, xhat, ax), input_grad(dx, x_dtype)
 
     return layer(init, forward, backward, name=name, stateful=True)
 
@@ -353,7 +348,7 @@ def _per_sample(name: str, groups: int | None, epsilon: float, min_rank: int) ->
         g = grouped(_at_least(_along(params["scale"], dy.ndim, dy.ndim - 1) * dy, xhat))
         xg = grouped(xhat)
         dx = _dx(g, xg, r, c, axes_of(xg)).reshape(dy.shape)
-        return _affine_grads(params, dy, xhat, dy.ndim - 1), _input_grad(dx, x_dtype)
+        return _affine_grads(params, dy, xhat, dy.ndim - 1), input_grad(dx, x_dtype)
 
     return layer(init, forward, backward, name=name)
 

@@ -55,7 +55,7 @@ from .._validate import (
     expect_no_params,
     shape_of,
 )
-from ..contract import Layer, layer
+from ..contract import Layer, input_grad, layer
 
 __all__ = ["AvgPool", "GlobalAvgPool", "MaxPool", "SumPool"]
 
@@ -313,7 +313,7 @@ def _pool_layer(g: _Geometry, forward_fn, backward_fn, *, keep_input: bool) -> L
         x = res if keep_input else jax.ShapeDtypeStruct(*res)
         geometry = g.resolve(x.shape)
         expect_cotangent(g.name, dy, (x.shape[0], *geometry[3], x.shape[-1]))
-        return (), backward_fn(x, dy, *geometry).astype(x.dtype)
+        return (), input_grad(backward_fn(x, dy, *geometry), x.dtype)  # None for int x
 
     return layer(init, forward, backward, apply=apply, name=g.name)
 
@@ -456,7 +456,7 @@ def _global_avg_pool() -> Layer:
         expect_cotangent(name, dy, (shape[0], shape[-1]))
         size = math.prod(shape[1:-1])
         per_position = (dy / size).reshape((shape[0],) + (1,) * (len(shape) - 2) + (shape[-1],))
-        return (), jnp.broadcast_to(per_position, shape).astype(dtype)  # dx = dy[n, c] / |p|
+        return (), input_grad(jnp.broadcast_to(per_position, shape), dtype)  # dy[n, c] / |p|
 
     return layer(init, forward, backward, apply=apply, name=name)
 
