@@ -18,6 +18,7 @@ __all__ = [
     "ParamsError",
     "check_input_shape",
     "check_int",
+    "expect_cotangent",
     "expect_no_params",
     "expect_params",
     "expect_rank",
@@ -99,6 +100,13 @@ def expect_no_params(name: str, params: Any) -> None:
         raise ParamsError(
             f"{name} has no params (expects ()), got {jax.tree_util.tree_structure(params)}"
         )
+
+
+def expect_cotangent(name: str, dy: Any, out_shape: Sequence[int]) -> None:
+    """``dy``, handed to ``name``'s backward, must have the shape of its forward output."""
+    if shape_of(dy) != tuple(out_shape):
+        raise LayerError(f"{name}: backward got dy of shape {shape_of(dy)}, but the forward "
+                         f"output has shape {tuple(out_shape)}: dy = ∂L/∂y must have y's shape")
 
 
 def expect_rank(name: str, x: Any, min_rank: int) -> None:

@@ -22,6 +22,7 @@ check), reported on stderr without a traceback; 2 bad flags or values (usage err
     funnet train --data mnist:~/data/mnist --epochs 5 --checkpoint runs/a --resume
     funnet predict --checkpoint runs/a --data rows.npy --out labels.csv
     funnet check --hidden 8,8 --activation elu --methods hand,reverse,numerical
+    funnet check path/to/cnn.py:build --train     # build() -> (model, params, x, y, loss, state)
 """
 
 from __future__ import annotations
@@ -220,7 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "kink-aware central differences (float64), check every layer at its own "
                     "inputs, and print the report. Without TARGET: an MLP on a small batch of "
                     "the embedded digits. With TARGET = path/to/model.py:build, build() must "
-                    "return (model, params, x, y, loss). Exit codes: 0 every check passed, "
+                    "return (model, params, x, y, loss), or (model, params, x, y, loss, state) "
+                    "for a model holding state (BatchNorm's running statistics, from "
+                    "init_with_state); --train checks it in training mode (batch "
+                    "statistics). Exit codes: 0 every check passed, "
                     "1 a check failed (the first wrong layer is named), 2 bad arguments or a "
                     "TARGET that cannot be loaded.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -236,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--batch-size", type=_positive_int, default=16,
                        help="digits rows in the batch")
     check.add_argument("--seed", type=_seed, default=0)
+    check.add_argument("--train", action="store_true",
+                       help="check the model in training mode (train=True: batch statistics "
+                            "in BatchNorm); default: evaluation mode")
     check.set_defaults(run=_check)
     return parser
 
@@ -655,7 +662,9 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _load_target(target: str) -> tuple:
-    """``(model, params, x, y, loss)`` from ``path/to/model.py:build``; ValueError if not."""
+    """``(model, params, x, y, loss, state)`` from ``path/to/model.py:build``, whose
+    ``build()`` returns those five or six items (``state`` ``()`` when it returns five);
+    ValueError if not."""
     import importlib.util
 
     path, _, name = target.rpartition(":")
@@ -678,10 +687,12 @@ def _load_target(target: str) -> tuple:
         built = build()
     except Exception as e:  # noqa: BLE001 - reported as a bad target, not a traceback
         raise ValueError(f"TARGET {target!r}: {name}() raised {type(e).__name__}: {e}") from None
-    if not isinstance(built, tuple) or len(built) != 5:
-        raise ValueError(f"TARGET {target!r}: {name}() must return (model, params, x, y, loss), "
-                         f"got {type(built).__name__}")
-    return built
+    if not isinstance(built, tuple) or len(built) not in (5, 6):
+        got = f"a tuple of {len(built)}" if isinstance(built, tuple) else type(built).__name__
+        raise ValueError(f"TARGET {target!r}: {name}() must return (model, params, x, y, loss) "
+                         f"or, for a model holding state, (model, params, x, y, loss, state), "
+                         f"got {got}")
+    return built if len(built) == 6 else (*built, ())
 
 
 def _run_check(args: argparse.Namespace) -> int:
@@ -691,15 +702,18 @@ def _run_check(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
 
     from . import check, data, losses
+    from .contract import StatefulModelError
 
+    state = ()
     if args.target is not None:
         try:
-            model, params, x, y, loss = _load_target(args.target)
+            model, params, x, y, loss, state = _load_target(args.target)
         except ValueError as e:
             print(f"funnet check: {e}", file=sys.stderr)
             return 2
-        print(f"model: {getattr(model, 'name', model)} from {args.target}; methods "
-              f"{', '.join(args.methods)}")
+        mode = "training" if args.train else "evaluation"
+        print(f"model: {getattr(model, 'name', model)} from {args.target}; {mode} mode; "
+              f"methods {', '.join(args.methods)}")
     else:
         digits = data.split(data.load_digits(), seed=args.seed).train
         x = jnp.asarray(digits.x[: args.batch_size], jnp.float64)
@@ -712,8 +726,13 @@ def _run_check(args: argparse.Namespace) -> int:
     methods = args.methods if isinstance(loss, losses.Loss) else tuple(
         m for m in args.methods if m != "hand")
     try:
-        result = check.check_model(model, params, x, y, loss, methods=methods)
+        result = check.check_model(model, params, x, y, loss, methods=methods, state=state,
+                                   train=args.train)
         code = 0
+    except StatefulModelError as e:
+        print(f"funnet check: {e}; build() returns it as a 6th item, (model, params, x, y, "
+              "loss, state)", file=sys.stderr)
+        return 2
     except check.GradientCheckError as e:
         result, code = e.result, 1
         print(result)

@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from ._validate import LayerError, ParamsError
 
@@ -72,6 +73,12 @@ PyTree = Any
 #: derivatives: ``jax.jvp``/``jacfwd`` work too), ``"formula"`` (no custom rule: JAX
 #: differentiates the forward formulas themselves, a witness independent of every hand rule).
 WIRINGS: tuple[str, ...] = ("vjp", "jvp", "formula")
+
+
+def input_grad(dx: Any, dtype: Any) -> Any:
+    """A backward's ``dx`` in the input's ``dtype``, or ``None`` for an integer (or bool)
+    input, which has no gradient (as ``Embedding``'s ids)."""
+    return dx.astype(dtype) if jnp.issubdtype(dtype, jnp.inexact) else None
 
 
 class NoBackwardRuleError(TypeError):

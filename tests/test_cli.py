@@ -247,6 +247,46 @@ def test_check_a_users_model_from_a_file(tmp_path, capsys):
     assert "build() raised RuntimeError: user bug" in capsys.readouterr().err
 
 
+BN_MODEL_FILE = """
+import jax, jax.numpy as jnp, funnet
+
+def _f64(tree):
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), tree)
+
+def with_state():
+    model = funnet.serial(funnet.Conv(3, (3, 3), padding="SAME"), funnet.BatchNorm(),
+                          funnet.Tanh, funnet.MaxPool(2), funnet.Flatten, funnet.Dense(3))
+    _, params, state = model.init_with_state(jax.random.PRNGKey(0), (-1, 4, 4, 1))
+    x = jax.random.normal(jax.random.PRNGKey(1), (6, 4, 4, 1), jnp.float64)
+    return model, _f64(params), x, jnp.arange(6) % 3, funnet.softmax_cross_entropy, _f64(state)
+
+def without_state():
+    return with_state()[:5]
+"""
+
+
+def test_check_a_model_with_state_in_training_and_evaluation_mode(tmp_path, capsys):
+    import json
+
+    path = tmp_path / "bn.py"
+    path.write_text(BN_MODEL_FILE)
+    # a 5-tuple cannot carry BatchNorm's state: a usage error naming the 6-item form
+    assert cli.main(["check", f"{path}:without_state"]) == 2
+    assert "(model, params, x, y, loss, state)" in capsys.readouterr().err
+    values = {}
+    for mode, flags in (("evaluation", []), ("training", ["--train"])):
+        report = tmp_path / f"{mode}.json"
+        assert cli.main(["check", f"{path}:with_state", "--json", str(report), *flags]) == 0
+        out = capsys.readouterr().out
+        assert f"{mode} mode" in out and out.rstrip().endswith("OK")
+        values[mode] = json.loads(report.read_text())["value"]
+    # the checked loss is the model's in that mode: batch statistics only with --train
+    model, params, x, y, loss, state = cli._load_target(f"{path}:with_state")
+    for mode, train in (("evaluation", False), ("training", True)):
+        out, _ = model.apply_with_state(params, state, x, train=train)
+        np.testing.assert_allclose(values[mode], float(loss(out, y)), rtol=1e-12)
+    assert abs(values["training"] - values["evaluation"]) > 1e-3
+
 def test_predict_needs_no_flag_beyond_the_checkpoint(capsys, tmp_path):
     run = tmp_path / "run"
     code, out, err = run_cli(capsys, "train", "--epochs", "2", "--checkpoint", str(run),

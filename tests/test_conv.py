@@ -434,6 +434,19 @@ def test_gradients_have_the_dtype_of_what_they_differentiate(kind, param_dtype, 
     assert y.dtype == jnp.result_type(param_dtype, x_dtype)
 
 
+@pytest.mark.parametrize("kind", ["Conv", "ConvTranspose"])
+def test_an_integer_input_is_computed_in_float_and_gets_no_gradient(kind):
+    # dx came back cast to int32 (a truncated gradient); integers have none: dx = None
+    layer = getattr(funnet, kind)(2, 2, strides=2)
+    _, params = layer.init(KEY, (-1, 4, 4, 2))
+    xi = jnp.asarray(np.arange(64).reshape(2, 4, 4, 2) % 5, jnp.int32)
+    y, res = layer.forward(params, xi)
+    assert y.dtype == params["W"].dtype
+    np.testing.assert_array_equal(y, layer.apply(params, xi.astype(params["W"].dtype)))
+    dparams, dx = layer.backward(params, res, jnp.ones_like(y))
+    assert dx is None and dparams["W"].dtype == params["W"].dtype
+
+
 def test_a_small_cnn_passes_check_model():
     net = funnet.serial(funnet.Conv(3, 3, strides=2, padding="SAME"), funnet.Tanh,
                         funnet.ConvTranspose(2, 2, strides=2), funnet.Tanh, funnet.Flatten,
@@ -497,7 +510,39 @@ def test_names():
     assert funnet.Conv(4, [3, 3], strides=2).name == "Conv(4, (3, 3), strides=2)"
     assert (funnet.ConvTranspose(2, (2,), padding="SAME", dilation=2).name
             == "ConvTranspose(2, (2,), padding='SAME', dilation=2)")
+    # one name per computation: all-equal per-dim entries beside a tuple kernel, lists
+    assert funnet.Conv(4, (3, 3), strides=(2, 2)).name == "Conv(4, (3, 3), strides=2)"
+    assert (funnet.Conv(4, (3, 3), padding=[[1, 1], [1, 2]]).name
+            == "Conv(4, (3, 3), padding=((1, 1), (1, 2)))")
+    assert funnet.Conv(4, (3, 3), strides=[2, 1]).name == "Conv(4, (3, 3), strides=(2, 1))"
+    # a tuple option beside an int kernel fixes the rank: another layer, another name
+    assert funnet.Conv(4, 3, strides=(2, 2)).name == "Conv(4, 3, strides=(2, 2))"
+    assert funnet.Conv(4, 3).name != funnet.Conv(4, (3, 3)).name
 
+
+@pytest.mark.parametrize("kind", ["Conv", "ConvTranspose"])
+def test_padding_modes_in_any_case_as_the_pools(kind):
+    # Conv and ConvTranspose refused padding="same" while the pools took any case
+    make = getattr(funnet, kind)
+    for spelled in ("same", "Same", "valid"):
+        layer, upper = make(2, (3,), padding=spelled), make(2, (3,), padding=spelled.upper())
+        assert layer.init(KEY, (-1, 5, 2))[0] == upper.init(KEY, (-1, 5, 2))[0]
+    assert make(2, (3,), padding="same").name == f"{kind}(2, (3,), padding='SAME')"
+    assert make(2, (3,), padding="valid").name == f"{kind}(2, (3,))"
+
+
+
+@pytest.mark.parametrize("layer", [funnet.Conv(4, 3), funnet.ConvTranspose(4, 3, strides=2)],
+                         ids=lambda v: v.name)
+def test_backward_refuses_a_dy_of_the_wrong_shape(layer):
+    # Conv returned a wrong-shaped dx for dy [2, 5, 5, 4] (not [2, 4, 4, 4]), no error
+    _, params = layer.init(KEY, (-1, 6, 6, 2))
+    y, res = layer.forward(params, jnp.ones((2, 6, 6, 2)))
+    for bad in ((*y.shape[:-1], 3), (2, 5, 5, 4), y.shape[1:]):
+        with pytest.raises(funnet.LayerError) as info:
+            layer.backward(params, res, jnp.ones(bad))
+        for fragment in (layer.name, "backward", f"dy of shape {bad}", str(y.shape)):
+            assert fragment in str(info.value), (fragment, str(info.value))
 
 # --- bad input: clear errors, before any compute --------------------------------------------
 
@@ -535,8 +580,12 @@ BAD = [
      lambda: funnet.ConvTranspose(2, 5, padding=((0, 0), (0, 0))).init(KEY, (-1, 2, 2, 1)),
      funnet.LayerError, ["ConvTranspose(2, 5", "(-1, 2, 2, 1)", "stride-dilated", "(2, 2)",
                          "(5, 5)"]),
-    ("unknown padding string", lambda: funnet.Conv(4, 3, padding="same"),
-     funnet.LayerError, ["Conv(4, 3, padding='same')", "padding must be", "'same'"]),
+    ("unknown padding string", lambda: funnet.Conv(4, 3, padding="full"),
+     funnet.LayerError, ["Conv(4, 3, padding='FULL')", "padding must be", "'full'"]),
+    ("transpose: W of the wrong shape", lambda: funnet.ConvTranspose(4, 3).apply(
+        {"W": jnp.ones((3, 3, 2, 4)), "b": jnp.ones(4)}, jnp.ones((1, 4, 4, 3))),
+     funnet.ParamsError, ["ConvTranspose(4, 3)", "(3, 3, 2, 4)", "(1, 4, 4, 3)",
+                          "[*kernel, C_in, C_out] = (3, 3, 3, 4)"]),
     ("negative padding", lambda: funnet.Conv(4, 3, padding=-1),
      funnet.LayerError, ["padding", "≥ 0", "-1"]),
     ("padding not pairs", lambda: funnet.Conv(4, 3, padding=((1, 2, 3),)),

@@ -367,6 +367,74 @@ def test_dtypes_of_the_gradients_follow_what_they_differentiate():
         assert dx.dtype == jnp.float32 and dp["scale"].dtype == params["scale"].dtype
 
 
+
+def test_integer_inputs_are_normalised_as_their_float_values_and_get_no_gradient():
+    # an integer x is promoted to the params' float dtype (as Conv, AvgPool): casting x̂
+    # back to int32 gave [[-1, 0, 0, 1]] for LayerNorm on [[1, 2, 3, 4]]
+    xi = jnp.asarray([[1, 2, 3, 4], [5, 3, 0, 2], [7, 7, 1, 0]], jnp.int32)
+    for lay in (funnet.BatchNorm(), funnet.LayerNorm(), funnet.GroupNorm(2)):
+        _, params, state = lay.init_with_state(KEY, (-1, 4))
+        for train in (False, True):
+            y, new = lay.apply_with_state(params, state, xi, train=train)
+            ref, ref_new = lay.apply_with_state(params, state, xi.astype(jnp.float64),
+                                                train=train)
+            assert y.dtype == params["scale"].dtype, (lay.name, y.dtype)
+            np.testing.assert_array_equal(y, ref)  # the same float computation
+            assert_trees_close(new, ref_new, rtol=0, atol=0)
+            _, _, res = lay.forward_with_state(params, state, xi, train=train)
+            dp, dx = lay.backward(params, res, jnp.ones_like(y))
+            assert dx is None  # integers have no gradient (as Embedding's ids)
+            assert dp["scale"].dtype == params["scale"].dtype
+    x = funnet.LayerNorm().apply({"scale": jnp.ones(4), "offset": jnp.zeros(4)}, xi[:1])
+    np.testing.assert_allclose(x, [[-1.3416354, -0.4472118, 0.4472118, 1.3416354]],
+                               rtol=1e-6)
+
+
+def test_half_precision_statistics_are_computed_in_float32_and_the_output_dtype_rule():
+    # values ~300 from their mean: Σ(x − μ)² in float16 overflows (65504) to inf, as did the
+    # running var; the statistics are now float32 and y has Conv's dtype result_type(x, γ, β)
+    x64 = jnp.asarray(_rng(31).integers(0, 600, (8, 4)), jnp.float64)
+    for half in (jnp.float16, jnp.bfloat16):
+        x = x64.astype(half)
+        for lay in (funnet.BatchNorm(), funnet.LayerNorm(), funnet.GroupNorm(2)):
+            _, params, state = lay.init_with_state(KEY, (-1, 4))
+            for p_dtype in (jnp.float32, half):
+                p = jax.tree_util.tree_map(lambda v, d=p_dtype: v.astype(d), params)
+                s = jax.tree_util.tree_map(lambda v: v.astype(jnp.float32), state)
+                y, new = lay.apply_with_state(p, s, x, train=True)
+                ref, ref_new = lay.apply_with_state(params, state, x.astype(jnp.float64),
+                                                    train=True)
+                assert y.dtype == jnp.result_type(half, p_dtype), (lay.name, half, y.dtype)
+                # the reference normalises the same (rounded) x in float64; |y| ≤ 2, so the
+                # error is the output's rounding: half an ulp of 2, float16 1e-3, bfloat16
+                # 8e-3; a float32 output (float32 statistics) is good to ~1e-6
+                tol = {jnp.float16: 2e-3, jnp.bfloat16: 1.6e-2}.get(y.dtype.type, 1e-5)
+                np.testing.assert_allclose(np.asarray(y, np.float64), ref, atol=tol)
+                # the running statistics are float32 (mean ~ 30, var ~ 0.9 + 0.1·3e4)
+                assert_trees_close(new, ref_new, rtol=1e-5, atol=0)
+                _, _, res = lay.forward_with_state(p, s, x, train=True)
+                dp, dx = lay.backward(p, res, jnp.ones_like(y) / 8)
+                assert dx.dtype == half and bool(jnp.all(jnp.isfinite(dx)))
+                assert all(bool(jnp.all(jnp.isfinite(v))) and v.dtype == p_dtype
+                           for v in dp.values())
+    # float32 inputs keep float32 statistics; float32 params give a float32 output
+    p32 = {"scale": jnp.ones(4, jnp.float32), "offset": jnp.zeros(4, jnp.float32)}
+    y = funnet.LayerNorm().apply(p32, x64.astype(jnp.float32))
+    assert y.dtype == jnp.float32
+
+
+def test_backward_refuses_a_dy_of_the_wrong_shape():
+    x = _normal((2, 3, 3, 4), 32)
+    for lay in (funnet.BatchNorm(), funnet.LayerNorm(), funnet.GroupNorm(2)):
+        _, params, state = lay.init_with_state(KEY, (-1, 3, 3, 4))
+        for train in (False, True):
+            _, _, res = lay.forward_with_state(params, state, x, train=train)
+            for bad in ((2, 3, 3, 2), (3, 3, 3, 4), (3, 3, 4)):
+                with pytest.raises(funnet.LayerError) as info:
+                    lay.backward(params, res, jnp.ones(bad))
+                for fragment in (lay.name, "backward", f"dy of shape {bad}", "(2, 3, 3, 4)"):
+                    assert fragment in str(info.value), (fragment, str(info.value))
+
 # --- errors -----------------------------------------------------------------------------------
 
 BN = funnet.BatchNorm()
@@ -399,6 +467,8 @@ ERRORS = [
         P3, S3, X43), funnet.LayerError, ["BatchNorm(axis=2)", "(4, 3)"]),
     ("BatchNorm rank 1", lambda: BN.init_with_state(KEY, (-1,)), funnet.LayerError,
      ["BatchNorm", "(-1,)"]),
+    ("BatchNorm rank 1 at apply", lambda: BN.apply_with_state(P3, S3, jnp.ones(3), train=True),
+     funnet.LayerError, ["BatchNorm", "(3,)", "rank 1", "at least 2 axes"]),
     ("GroupNorm groups do not divide C", lambda: funnet.GroupNorm(4).init(KEY, (-1, 2, 2, 6)),
      funnet.LayerError, ["GroupNorm(4)", "(-1, 2, 2, 6)", "6 channels", "4 groups"]),
     ("GroupNorm groups do not divide C at apply",

@@ -258,6 +258,13 @@ def test_names():
             == "SumPool((2, 3), strides=1, padding='SAME')")
     assert (funnet.AvgPool(3, padding=((1, 1),), count_padding=True).name
             == "AvgPool(3, padding=((1, 1),), count_padding=True)")
+    # one name per computation: strides equal to the window per axis are the default
+    assert funnet.MaxPool((2, 2), strides=2).name == "MaxPool((2, 2))"
+    assert funnet.MaxPool([2, 2], strides=[1, 1]).name == "MaxPool((2, 2), strides=1)"
+    assert funnet.MaxPool((2, 3), strides=2).name == "MaxPool((2, 3), strides=2)"
+    # tuple strides beside an int window fix the rank: another layer, another name
+    assert funnet.MaxPool(2, strides=(2, 2)).name == "MaxPool(2, strides=(2, 2))"
+    assert funnet.MaxPool(2).name != funnet.MaxPool((2, 2)).name
 
 
 # --- the AvgPool count convention ---------------------------------------------------------------
@@ -447,6 +454,27 @@ def test_pooling_layers_in_a_network():
 
 
 # --- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", [funnet.MaxPool(2), funnet.AvgPool(2), funnet.SumPool(2),
+                                   funnet.GlobalAvgPool], ids=lambda v: v.name)
+def test_backward_refuses_a_dy_of_the_wrong_shape(layer):
+    # these failed with raw lax/broadcast errors (or not at all) on a wrong-shaped dy
+    y, res = layer.forward((), jnp.ones((2, 6, 6, 2)))
+    for bad in ((*y.shape[:-1], 3), (3, *y.shape[1:]), y.shape[1:]):
+        with pytest.raises(funnet.LayerError) as info:
+            layer.backward((), res, jnp.ones(bad))
+        for fragment in (layer.name, "backward", f"dy of shape {bad}", str(y.shape)):
+            assert fragment in str(info.value), (fragment, str(info.value))
+
+
+@pytest.mark.parametrize("layer", [funnet.MaxPool(2), funnet.AvgPool(2), funnet.SumPool(2),
+                                   funnet.GlobalAvgPool], ids=lambda v: v.name)
+def test_an_integer_input_gets_no_gradient(layer):
+    # dx came back cast to int32 (AvgPool's dy/4 truncated); integers have none: dx = None
+    xi = jnp.asarray(np.arange(32).reshape(2, 4, 2, 2) % 5, jnp.int32)
+    y, res = layer.forward((), xi)
+    assert layer.backward((), res, jnp.ones_like(y))[1] is None
 
 X2D = jnp.ones((1, 4, 4, 1))
 

@@ -38,10 +38,11 @@ from .._validate import (
     ParamsError,
     check_input_shape,
     check_int,
+    expect_cotangent,
     expect_params,
     shape_of,
 )
-from ..contract import Layer, layer
+from ..contract import Layer, input_grad, layer
 
 __all__ = ["Conv", "ConvTranspose"]
 
@@ -67,13 +68,14 @@ def _ints(value: Any, what: str, *, minimum: int) -> int | tuple[int, ...]:
 
 
 def _padding(value: Any, name: str) -> str | int | _Pairs:
-    """``"VALID"``, ``"SAME"``, an int ``≥ 0`` or a tuple of ``(low, high)`` pairs ``≥ 0``."""
-    how = ('"VALID", "SAME", an int ≥ 0 (both sides of every dim) or a sequence of (low, '
-           "high) int pairs ≥ 0, one per spatial dim")
+    """``"VALID"``, ``"SAME"`` (any case, as the pools), an int ``≥ 0`` or a tuple of
+    ``(low, high)`` pairs ``≥ 0``."""
+    how = ('"VALID", "SAME" (any case), an int ≥ 0 (both sides of every dim) or a sequence '
+           "of (low, high) int pairs ≥ 0, one per spatial dim")
     if isinstance(value, str):
-        if value not in ("VALID", "SAME"):
+        if value.upper() not in ("VALID", "SAME"):
             raise LayerError(f"{name}: padding must be {how}, got {value!r}")
-        return value
+        return value.upper()
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return check_int(value, f"{name}: padding", minimum=0, error=LayerError)
     try:
@@ -98,18 +100,37 @@ def _rank_of_options(name: str, **options: Any) -> int | None:
     return next(iter(lengths.values()), None)
 
 
-def _name(kind: str, out_channels: int, kernel: Any, defaults: dict, given: dict) -> str:
-    """``Conv(8, (3, 3), strides=2)``: the options that differ from their defaults. An option
-    spelled out at its default (``strides=(1, 1)`` beside a 2-D kernel) is left out, so that
-    two layers that compute the same have one name (and one model signature)."""
-    def is_default(k: str, v: Any) -> bool:
-        if isinstance(v, list):
-            v = tuple(v)
-        if isinstance(v, tuple) and isinstance(kernel, tuple) and len(v) == len(kernel):
-            return all(e == defaults[k] for e in v)  # per-dim, at the kernel's fixed rank
-        return v == defaults[k]
+def _spelling(value: Any) -> Any:
+    """``value`` with every list spelled as a tuple: ``[(1, 1), (1, 1)]`` is ``((1, 1), (1, 1))``."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_spelling(v) for v in value)
+    return value
 
-    extra = "".join(f", {k}={v!r}" for k, v in given.items() if not is_default(k, v))
+
+def _name(kind: str, out_channels: int, kernel: Any, defaults: dict, given: dict) -> str:
+    """``Conv(8, (3, 3), strides=2)``: the options that differ from their defaults.
+
+    Two spellings of one computation get one name (and one model signature): lists are
+    tuples (``[3, 3]`` is ``(3, 3)``); beside a tuple kernel, which fixes the spatial rank,
+    a per-dimension option whose entries are all ``v`` is ``v`` (``strides=(2, 2)`` beside
+    ``(3, 3)`` is ``strides=2``), and one at its default (``strides=(1, 1)``) is left out;
+    a padding mode is upper case (``"same"`` is ``'SAME'``).
+    ``Conv(4, 3)`` and ``Conv(4, (3, 3))`` keep different names: the first takes its
+    spatial rank from the input (it is also a 1-D or 3-D convolution), the second is 2-D.
+    """
+    kernel = _spelling(kernel)
+
+    def shown(v: Any) -> Any:
+        v = _spelling(v)
+        if isinstance(v, str):
+            return v.upper()  # padding="same" is "SAME"
+        if (isinstance(v, tuple) and isinstance(kernel, tuple) and len(v) == len(kernel)
+                and all(isinstance(e, int) for e in v) and len(set(v)) == 1):
+            return v[0]  # per-dim, all equal, at the kernel's fixed rank
+        return v
+
+    extra = "".join(f", {k}={shown(v)!r}" for k, v in given.items()
+                    if shown(v) != defaults[k])
     return f"{kind}({out_channels}, {kernel!r}{extra})"
 
 
@@ -242,13 +263,13 @@ def _swap_channels(W: jax.Array, n: int, groups: int) -> jax.Array:
 
 
 def _check_params(name: str, params: Any, g: _Geometry, out_channels: int, groups: int,
-                  x_shape: tuple[int, ...]) -> None:
+                  x_shape: tuple[int, ...], layout: str) -> None:
     expect_params(name, params, ("W", "b"))
     W, b = params["W"], params["b"]
     want = (*g.kernel, g.c_in // groups, out_channels)
     if shape_of(W) != want:
         raise ParamsError(f"{name}: W has shape {shape_of(W)}, but an input of shape {x_shape} "
-                          f"needs [*kernel, C_in/groups, C_out] = {want}")
+                          f"needs {layout} = {want}")
     if shape_of(b) != (out_channels,):
         raise ParamsError(f"{name}: b has shape {shape_of(b)}, expected ({out_channels},)")
 
@@ -277,7 +298,8 @@ def _conv_layer(kind: str, name: str, opts: dict, forward_fn: Callable, grads_fn
     def checked(params, x):
         x = jnp.asarray(x)
         g = geometry(x.shape, "input of shape")
-        _check_params(name, params, g, out_channels, groups, x.shape)
+        layout = "[*kernel, C_in, C_out]" if transpose else "[*kernel, C_in/groups, C_out]"
+        _check_params(name, params, g, out_channels, groups, x.shape, layout)
         return x, g
 
     def apply(params, x):
@@ -293,14 +315,15 @@ def _conv_layer(kind: str, name: str, opts: dict, forward_fn: Callable, grads_fn
 
     def backward(params, x, dy):
         g = geometry(x.shape, "input of shape")
+        expect_cotangent(name, dy, (x.shape[0], *g.out, out_channels))
         W, b = params["W"], params["b"]
         dtype = jnp.result_type(x.dtype, W.dtype, dy.dtype)
         dy_ = dy.astype(dtype)
         dW, dx = grads_fn(x.astype(dtype), W.astype(dtype), dy_, g, groups)
-        return {  # each gradient in the dtype of what it differentiates
+        return {  # each gradient in the dtype of what it differentiates; none for int x
             "W": dW.astype(W.dtype),
             "b": dy_.sum(axis=tuple(range(g.n + 1))).astype(b.dtype),  # db = Σ_{n,i} dy
-        }, dx.astype(x.dtype)
+        }, input_grad(dx, x.dtype)
 
     return layer(init, forward, backward, apply=apply, name=name, decay=("W",))
 
@@ -410,7 +433,7 @@ def Conv(
         then taken from the input) or a tuple, one entry per spatial dim.
       strides: the window step ``s``: an int or a tuple per spatial dim.
       padding: ``"VALID"`` (none), ``"SAME"`` (as lax: ``out = ⌈in / s⌉``, the odd row of
-        padding at the high end), an int (the same on both sides of every dim) or a
+        padding at the high end; either in any case), an int (the same on both sides of every dim) or a
         sequence of ``(low, high)`` pairs, one per spatial dim.
       dilation: the kernel dilation ``d`` (``rhs_dilation``): an int or a tuple.
       groups: ``feature_group_count``: input and output channels are split into ``groups``
@@ -472,8 +495,8 @@ def ConvTranspose(
       out_channels: ``C_out``.
       kernel_shape: the kernel's spatial size: an int or a tuple, one entry per spatial dim.
       strides: the input dilation ``s`` (the upsampling factor): an int or a tuple.
-      padding: ``"VALID"``, ``"SAME"``, an int or a sequence of ``(low, high)`` pairs, as
-        ``lax.conv_transpose`` (see above).
+      padding: ``"VALID"``, ``"SAME"`` (any case), an int or a sequence of ``(low, high)``
+        pairs, as ``lax.conv_transpose`` (see above).
       dilation: the kernel dilation ``d``: an int or a tuple.
       W_init: initializer for ``W`` of shape ``[*kernel, C_in, C_out]``; default Glorot
         normal (as ``stax.ConvTranspose``; flax's default is ``lecun_normal()``).

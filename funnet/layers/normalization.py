@@ -15,6 +15,16 @@ element including masked rows, whose outputs depend on ``μ`` and ``σ²`` too):
 Without a mask ``w/n = 1/m`` (``m`` elements in ``R``) and this is the textbook
 ``dx = (g − mean_R g − x̂ ⊙ mean_R(g ⊙ x̂)) / √(σ² + ε)``. ``γ`` (``"scale"``, init 1) and
 ``β`` (``"offset"``, init 0) are not weight-decayed.
+
+Dtypes. ``y`` has Conv's dtype, ``jnp.result_type(x, γ, β)``: a ``float16`` ``x`` with
+``float32`` params gives ``float32`` (all three layers), ``bfloat16`` params and input give
+``bfloat16``, and an integer ``x`` is normalised as its float value, in the params' float
+dtype. The statistics (``μ``, ``σ²``, ``x̂``) and the backward's reductions are computed
+in at least ``float32`` (``x``'s float dtype promoted with ``float32``, as flax), so a
+half-precision batch whose values lie ~300 from their mean does not overflow ``σ²``;
+``float32`` and ``float64`` inputs are computed in their own dtype. The backward returns
+``dγ``, ``dβ`` in the params' dtypes and ``dx`` in ``x``'s dtype, or ``None`` for an
+integer ``x`` (it has no gradient, as ``Embedding``'s ids).
 """
 
 from __future__ import annotations
@@ -31,12 +41,13 @@ from .._validate import (
     ParamsError,
     check_input_shape,
     check_int,
+    expect_cotangent,
     expect_params,
     expect_rank,
     shape_of,
     static_bool,
 )
-from ..contract import Layer, layer
+from ..contract import Layer, input_grad, layer
 
 __all__ = ["BatchNorm", "GroupNorm", "LayerNorm"]
 
@@ -47,13 +58,33 @@ _KEYS = ("scale", "offset")
 # The shared formulas.
 
 
+def _dtypes(x: jax.Array, params: dict) -> tuple[Any, Any]:
+    """``(output dtype, statistics dtype)`` of a normalisation of ``x`` (module docstring).
+
+    The output has Conv's dtype, ``jnp.result_type(x, γ, β)`` (an integer ``x`` gets the
+    params' float dtype); the statistics are computed in ``x``'s float dtype (the output's
+    for an integer ``x``) promoted to at least ``float32``.
+    """
+    out = jnp.result_type(x, params["scale"], params["offset"])
+    if not jnp.issubdtype(out, jnp.inexact):
+        out = jnp.result_type(float)
+    base = x.dtype if jnp.issubdtype(x.dtype, jnp.inexact) else out
+    return out, jnp.promote_types(base, jnp.float32)
+
+
+def _at_least(v: jax.Array, like: jax.Array) -> jax.Array:
+    """``v`` promoted to ``like``'s (statistics) dtype if narrower: half-precision ``dy``
+    is reduced in ``float32``; a no-op for ``float32``/``float64``."""
+    return v.astype(jnp.promote_types(v.dtype, like.dtype))
+
+
 def _normalise(x: jax.Array, axes: tuple[int, ...], epsilon: float,
                w: jax.Array | None = None) -> tuple[jax.Array, ...]:
     r"""``(x̂, 1/√(σ²+ε), w/n, μ, σ²)`` over ``axes`` (kept as size-1 axes).
 
     ``w`` (broadcast to ``x``'s shape) weights the statistics: ``n = Σ w`` (at least 1, so an
     all-zero ``w`` gives ``μ = σ² = 0``), ``μ = Σ w x / n``, ``σ² = Σ w (x − μ)² / n``;
-    without it ``w/n = 1/m``. ``x̂`` has ``x``'s dtype.
+    without it ``w/n = 1/m``. ``x`` is float (the statistics' dtype); ``x̂`` has its dtype.
     """
     if w is None:
         mu = jnp.mean(x, axis=axes, keepdims=True)
@@ -79,6 +110,7 @@ def _dx(g: jax.Array, xhat: jax.Array, r: jax.Array, c: jax.Array,
 def _affine_grads(params: dict, dy: jax.Array, xhat: jax.Array, keep: int) -> dict:
     """``{"scale": Σ dy ⊙ x̂, "offset": Σ dy}`` over every axis but ``keep``, in params' dtypes."""
     axes = tuple(a for a in range(dy.ndim) if a != keep)
+    dy = _at_least(dy, xhat)
     return {"scale": jnp.sum(dy * xhat, axis=axes).astype(params["scale"].dtype),
             "offset": jnp.sum(dy, axis=axes).astype(params["offset"].dtype)}
 
@@ -200,7 +232,11 @@ def BatchNorm(*, momentum: float = 0.9, epsilon: float = 1e-5, axis: int = -1) -
 
     def channel_axis(shape: tuple[int, ...], what: str) -> int:
         rank = len(shape)
-        if rank < 2 or not -rank <= axis < rank or axis % rank == 0:
+        if rank < 2:
+            raise LayerError(f"{name}: the {what} of shape {shape} has rank {rank}, but batch "
+                             "normalisation needs at least 2 axes, [batch, ..., C, ...] "
+                             "(axis 0 is the batch)")
+        if not -rank <= axis < rank or axis % rank == 0:
             raise LayerError(f"{name}: axis {axis} must be a channel axis of the {what} of "
                              f"shape {shape}, rank {rank}: one of the axes 1…{rank - 1} "
                              "(axis 0 is the batch)")
@@ -237,30 +273,34 @@ def BatchNorm(*, momentum: float = 0.9, epsilon: float = 1e-5, axis: int = -1) -
     def forward(params, state, x, *, train=False, mask=None):
         ax = check(params, state, x, mask)
         axes = tuple(a for a in range(x.ndim) if a != ax)
+        x = jnp.asarray(x)
+        out, stats = _dtypes(x, params)
+        x_dtype, x = x.dtype, x.astype(stats)
         if static_bool(train, f"{name}: train"):
             w = None if mask is None else jnp.broadcast_to(
                 mask.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1)), x.shape)
             xhat, r, c, mu, var = _normalise(x, axes, epsilon, w)
             state = update(state, mu, var, mask)
         else:  # evaluation: the running statistics are constants
-            r = lax.rsqrt(_along(state["var"], x.ndim, ax) + epsilon)
-            mu = _along(state["mean"], x.ndim, ax)
+            r = lax.rsqrt(_at_least(_along(state["var"], x.ndim, ax), x) + epsilon)
+            mu = _at_least(_along(state["mean"], x.ndim, ax), x)
             xhat, c = ((x - mu) * r).astype(x.dtype), None
         gamma, beta = (_along(params[k], x.ndim, ax) for k in _KEYS)
         # y = γ x̂ + β, ordered (x − μ)(γ r) + β: reverse-mode autodiff of this order reduces
         # over the batch once for dγ and dr, not twice (benchmarks/cases/cnn.py profile)
-        y = ((x - mu) * (gamma * r) + beta).astype(x.dtype)
-        return y, state, (xhat, r, c)
+        y = ((x - mu) * (gamma * r) + beta).astype(out)
+        return y, state, (xhat, r, c, x_dtype)
 
     def backward(params, res, dy):
-        xhat, r, c = res
+        xhat, r, c, x_dtype = res
+        expect_cotangent(name, dy, xhat.shape)
         ax = axis % xhat.ndim
-        g = _along(params["scale"], dy.ndim, ax) * dy
+        g = _at_least(_along(params["scale"], dy.ndim, ax) * dy, xhat)
         if c is None:
             dx = r * g  # evaluation: dx = γ dy / √(var + ε)
         else:
             dx = _dx(g, xhat, r, c, tuple(a for a in range(dy.ndim) if a != ax))
-        return _affine_grads(params, dy, xhat, ax), dx.astype(xhat.dtype)
+        return _affine_grads(params, dy, xhat, ax), input_grad(dx, x_dtype)
 
     return layer(init, forward, backward, name=name, stateful=True)
 
@@ -294,18 +334,21 @@ def _per_sample(name: str, groups: int | None, epsilon: float, min_rank: int) ->
         expect_rank(name, x, min_rank)
         c = channels(shape_of(x), "input")
         _vectors(name, "params", params, _KEYS, c, x)
-        xg = grouped(x)
+        x = jnp.asarray(x)
+        out, stats = _dtypes(x, params)
+        xg = grouped(x.astype(stats))
         xhat, r, c, _, _ = _normalise(xg, axes_of(xg), epsilon)
         xhat = xhat.reshape(x.shape)
         gamma, beta = (_along(params[k], x.ndim, x.ndim - 1) for k in _KEYS)
-        return gamma * xhat + beta, (xhat, r, c)  # y = γ x̂ + β
+        return (gamma * xhat + beta).astype(out), (xhat, r, c, x.dtype)  # y = γ x̂ + β
 
     def backward(params, res, dy):
-        xhat, r, c = res
-        g = grouped(_along(params["scale"], dy.ndim, dy.ndim - 1) * dy)  # g = γ dy
+        xhat, r, c, x_dtype = res
+        expect_cotangent(name, dy, xhat.shape)
+        g = grouped(_at_least(_along(params["scale"], dy.ndim, dy.ndim - 1) * dy, xhat))
         xg = grouped(xhat)
         dx = _dx(g, xg, r, c, axes_of(xg)).reshape(dy.shape)
-        return _affine_grads(params, dy, xhat, dy.ndim - 1), dx.astype(xhat.dtype)
+        return _affine_grads(params, dy, xhat, dy.ndim - 1), input_grad(dx, x_dtype)
 
     return layer(init, forward, backward, name=name)
 

@@ -47,8 +47,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._validate import LayerError, check_input_shape, check_int, expect_no_params, shape_of
-from ..contract import Layer, layer
+from .._validate import (
+    LayerError,
+    check_input_shape,
+    check_int,
+    expect_cotangent,
+    expect_no_params,
+    shape_of,
+)
+from ..contract import Layer, input_grad, layer
 
 __all__ = ["AvgPool", "GlobalAvgPool", "MaxPool", "SumPool"]
 
@@ -165,13 +172,38 @@ class _Geometry:
         return k, s, pads, out
 
 
+def _same_per_axis(a: int | Ints, b: int | Ints) -> bool:
+    """Whether ``a`` and ``b`` are the same per spatial axis: equal, or one a tuple of the
+    other's int at the rank of a tuple window (``strides=2`` beside ``window=(2, 2)``)."""
+    if isinstance(a, tuple) == isinstance(b, tuple):
+        return a == b
+    return isinstance(b, tuple) and all(e == a for e in b)  # a tuple a fixes the rank
+
+
+def _collapsed(v: int | Ints, window: int | Ints) -> int | Ints:
+    """``v``'s name: a tuple of one int ``e`` is ``e`` beside a tuple ``window`` of its rank."""
+    if (isinstance(v, tuple) and isinstance(window, tuple) and len(v) == len(window)
+            and len(set(v)) == 1):
+        return v[0]
+    return v
+
+
 def _geometry(kind: str, window: Any, strides: Any, padding: Any, extra: str = "") -> _Geometry:
+    """The checked geometry, named by the options that differ from their defaults.
+
+    Two spellings of one computation get one name (and one model signature): lists are
+    tuples, and strides equal to the window per axis are the default, left out
+    (``MaxPool((2, 2), strides=2)`` and ``strides=(2, 2)`` are ``MaxPool((2, 2))``);
+    beside a tuple window, strides whose entries are all ``v`` are named ``v``.
+    ``MaxPool(2)`` and ``MaxPool((2, 2))`` keep different names: the first takes its
+    spatial rank from the input, the second is 2-D.
+    """
     w = _ints(window, f"{kind}: window")
     s = w if strides is None else _ints(strides, f"{kind}: strides")
     p = _padding(padding, f"{kind}: padding")
     opts = [_show(w)]
-    if strides is not None and s != w:  # strides spelled out at the default: the same layer
-        opts.append(f"strides={_show(s)}")
+    if strides is not None and not _same_per_axis(s, w):
+        opts.append(f"strides={_show(_collapsed(s, w))}")
     if p != "VALID":
         opts.append(f"padding={_show(p)}")
     geometry = _Geometry(f"{kind}({', '.join(opts + ([extra] if extra else []))})", w, s, p)
@@ -293,7 +325,9 @@ def _pool_layer(g: _Geometry, forward_fn, backward_fn, *, keep_input: bool,
 
     def backward(params, res, dy):
         x = res if keep_input else jax.ShapeDtypeStruct(*res)
-        return (), backward_fn(x, dy, *g.resolve(x.shape)).astype(x.dtype)
+        geometry = g.resolve(x.shape)
+        expect_cotangent(g.name, dy, (x.shape[0], *geometry[3], x.shape[-1]))
+        return (), input_grad(backward_fn(x, dy, *geometry), x.dtype)  # None for int x
 
     pieces = None if pieces_fn is None else (lambda x: pieces_fn(x, *g.resolve(shape_of(x))))
     return layer(init, forward, backward, apply=apply, name=g.name, pieces=pieces)
@@ -435,9 +469,10 @@ def _global_avg_pool() -> Layer:
 
     def backward(params, res, dy):
         shape, dtype = res
+        expect_cotangent(name, dy, (shape[0], shape[-1]))
         size = math.prod(shape[1:-1])
         per_position = (dy / size).reshape((shape[0],) + (1,) * (len(shape) - 2) + (shape[-1],))
-        return (), jnp.broadcast_to(per_position, shape).astype(dtype)  # dx = dy[n, c] / |p|
+        return (), input_grad(jnp.broadcast_to(per_position, shape), dtype)  # dy[n, c] / |p|
 
     return layer(init, forward, backward, apply=apply, name=name)
 
