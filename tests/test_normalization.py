@@ -465,3 +465,28 @@ def test_check_model_on_batch_norm_of_images_and_in_evaluation():
     assert train.ok and train.batch.verdict == "coupled"
     evaluation = funnet.check_model(net, params, x, y, funnet.mse, state=state, **fast)
     assert evaluation.ok and evaluation.batch.verdict == "consistent"
+
+
+# --- gaps found by the mutation review of the conv family (issue 12) ------------------------
+
+
+def test_coupled_excuses_only_batch_statistics_in_training():
+    # "coupled" (shuffle invariant, not the mean of per-example gradients) is the verdict only
+    # where batch statistics couple the rows: a stateful model with train=True. The same
+    # BatchNorm model in evaluation (running statistics, each row alone) and a stateless model
+    # with train=True have no excuse: a loss that sums instead of averaging is "failed"
+    summed = lambda pred, target: 0.5 * jnp.sum((pred - target) ** 2)
+    fast = {"methods": ("formula", "reverse"), "batch": True, "layers": False}
+    bn_net = funnet.serial(funnet.BatchNorm(), funnet.Flatten, funnet.Dense(2))
+    _, params, state = bn_net.init_with_state(KEY, (-1, 2, 2, 3))
+    x, y = _normal((3, 2, 2, 3), 26), _normal((3, 2), 27)
+    plain = funnet.serial(funnet.Flatten, funnet.Dense(2))
+    _, plain_params = plain.init(KEY, (-1, 2, 2, 3))
+    for net, p, kw in ((bn_net, params, {"state": state}), (plain, plain_params,
+                                                             {"train": True})):
+        with pytest.raises(funnet.GradientCheckError, match="batch consistency failed") as info:
+            funnet.check_model(net, p, x, y, summed, **kw, **fast)
+        batch = info.value.result.batch
+        assert batch.verdict == "failed" and batch.shuffled.ok and not batch.per_example.ok
+    # (with funnet.mse both are "consistent", and the BatchNorm model in training "coupled":
+    # test_check_model_on_batch_norm_of_images_and_in_evaluation)
