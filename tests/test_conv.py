@@ -497,6 +497,12 @@ def test_names():
     assert funnet.Conv(4, [3, 3], strides=2).name == "Conv(4, (3, 3), strides=2)"
     assert (funnet.ConvTranspose(2, (2,), padding="SAME", dilation=2).name
             == "ConvTranspose(2, (2,), padding='SAME', dilation=2)")
+    # per-dim options spelled out at their defaults beside a tuple kernel compute the same
+    # layer: one name, so one model signature (found by the mutation review)
+    assert funnet.Conv(4, (3, 3), strides=(1, 1), dilation=[1, 1]).name == "Conv(4, (3, 3))"
+    assert (funnet.Conv(4, (3, 3), strides=(1, 2), dilation=(1, 1)).name
+            == "Conv(4, (3, 3), strides=(1, 2))")
+    assert funnet.Conv(4, 3, strides=(1, 1)).name == "Conv(4, 3, strides=(1, 1))"  # fixes rank
 
 
 # --- bad input: clear errors, before any compute --------------------------------------------

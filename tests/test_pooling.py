@@ -258,6 +258,11 @@ def test_names():
             == "SumPool((2, 3), strides=1, padding='SAME')")
     assert (funnet.AvgPool(3, padding=((1, 1),), count_padding=True).name
             == "AvgPool(3, padding=((1, 1),), count_padding=True)")
+    # strides spelled out at their default (the window) compute the same layer: one name, so
+    # one model signature (funnet.signature compares names); found by the mutation review
+    assert funnet.MaxPool(2, strides=2).name == "MaxPool(2)"
+    assert funnet.AvgPool((2, 3), strides=(2, 3)).name == "AvgPool((2, 3))"
+    assert funnet.SumPool(2, strides=(2, 2)).name == "SumPool(2, strides=(2, 2))"  # fixes rank
 
 
 # --- the AvgPool count convention ---------------------------------------------------------------
