@@ -490,3 +490,31 @@ def test_coupled_excuses_only_batch_statistics_in_training():
         assert batch.verdict == "failed" and batch.shuffled.ok and not batch.per_example.ok
     # (with funnet.mse both are "consistent", and the BatchNorm model in training "coupled":
     # test_check_model_on_batch_norm_of_images_and_in_evaluation)
+
+
+def test_check_model_holds_the_state_of_a_batch_norm_inside_parallel():
+    # the state is bound layer by layer through serial and parallel alike (a parallel rebuilt
+    # as a serial passed every test): in evaluation, R uses the given running statistics;
+    # value and gradients against the plain formula
+    net = funnet.serial(funnet.Dense(3), funnet.fanout(2),
+                        funnet.parallel(funnet.BatchNorm(), funnet.Tanh), funnet.FanInSum,
+                        funnet.Dense(2))
+    _, params, _ = net.init_with_state(KEY, (-1, 4))
+    params = jax.tree_util.tree_map(lambda v: v + 0.1 * _normal(v.shape, v.size), params)
+    running = {"mean": jnp.asarray([0.3, -0.2, 0.5]), "var": jnp.asarray([2.0, 0.5, 1.5])}
+    x, y = _normal((5, 4), 28), _normal((5, 2), 29)
+
+    def plain(p):  # R = mse(Dense(BN(h) + tanh(h)), y), h = Dense(x), BN by the running stats
+        h = x @ p[0]["W"] + p[0]["b"][None]
+        bn = p[2][0]
+        z = (bn["scale"][None] * (h - running["mean"][None])
+             / jnp.sqrt(running["var"][None] + EPS) + bn["offset"][None])
+        return funnet.mse((z + jnp.tanh(h)) @ p[4]["W"] + p[4]["b"][None], y)
+
+    state = ((), (), (running, ()), (), ())  # serial's: the BatchNorm's sits in parallel's
+    result = funnet.check_model(net, params, x, y, funnet.mse, state=state,
+                                methods=("hand", "formula"), layers=False)
+    value, grads = jax.value_and_grad(plain)(params)
+    np.testing.assert_allclose(result.value, value, rtol=1e-12)
+    assert_trees_close(result.grads["hand"], grads, **TIGHT)
+    assert_trees_close(result.grads["formula"], grads, **TIGHT)
