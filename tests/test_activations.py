@@ -16,6 +16,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import mpmath
 import numpy as np
 import pytest
 import sympy as sp
@@ -696,3 +697,77 @@ def test_forward_mode_in_one_thread_while_another_traces():
     expected = [float(funnet.softplus.derivative(0.1 * i)) for i in range(20)]
     np.testing.assert_allclose(results["fwd"], expected, rtol=1e-15)
     np.testing.assert_allclose(results["rev"], expected, rtol=1e-14)
+
+
+# --- gaps found by the mutation review of the conv family (issue 12) ------------------------
+
+
+def _mp_new_activation(name: str, x: float) -> tuple[float, float]:
+    """``(f(x), f'(x))`` written out in mpmath at 60 digits, for the tails where the registry's
+    sympy pieces cancel (``1 + erf``, ``1 + tanh``): σ(1 − σ) as ``1/((1 + e⁻ᶻ)(1 + eᶻ))``,
+    ``Φ`` as ``erfc(-x/√2)/2``, ``eˣ − 1`` as ``expm1``; every term is then relative-exact."""
+    with mpmath.workdps(60):
+        x = mpmath.mpf(x)
+
+        def sigma(z):  # (σ(z), σ(z)(1 − σ(z)))
+            return 1 / (1 + mpmath.exp(-z)), 1 / ((1 + mpmath.exp(-z)) * (1 + mpmath.exp(z)))
+
+        if name == "gelu":
+            cdf = mpmath.erfc(-x / mpmath.sqrt(2)) / 2
+            f, df = x * cdf, cdf + x * mpmath.exp(-x * x / 2) / mpmath.sqrt(2 * mpmath.pi)
+        elif name == "gelu[approximate=True]":
+            c, k = mpmath.mpf("0.044715"), mpmath.sqrt(2 / mpmath.pi)
+            s, s1 = sigma(2 * k * (x + c * x**3))  # ½(1 + tanh u) = σ(2u)
+            f, df = x * s, s + x * s1 * 2 * k * (1 + 3 * c * x**2)
+        elif name == "swish":
+            s, s1 = sigma(x)
+            f, df = x * s, s + x * s1
+        else:  # selu
+            lam = mpmath.mpf("1.0507009873554804934193349852946")
+            lam_alpha = lam * mpmath.mpf("1.6732632423543772848170429916717")
+            f, df = (lam * x, lam) if x > 0 else (lam_alpha * mpmath.expm1(x),
+                                                  lam_alpha * mpmath.exp(x))
+        return float(f), float(df)
+
+
+#: (activation, points, float64 rtol, float32 rtol). GELU's left tail is ill-conditioned: the
+#: exponent z of exp(-z) (x²/2, or 2u = O(x³)) is itself rounded to ε|z|, so f and f' carry
+#: a relative error |z|ε, ≤ 2000ε at x = -30 (< 1e-12); XLA's float32 erfc is within 100 ulp
+#: there. swish and selu stay within 2 ulp in both dtypes (4 allowed).
+TAILS = [
+    ("gelu", [-30.0, -25.0, -20.0, -15.0, -12.0, -10.0, -7.0, -5.0, -3.0, 3.0, 7.0], 1e-12,
+     512 * np.finfo(np.float32).eps),
+    ("gelu[approximate=True]", [-30.0, -25.0, -20.0, -15.0, -12.0, -10.0, -7.0, -5.0, -3.0,
+                                3.0, 7.0], 1e-12, 512 * np.finfo(np.float32).eps),
+    ("swish", [-30.0, -10.0, 5.0, 10.0, 15.0, 17.0, 20.0, 25.0, 30.0, 36.0],
+     4 * EPS64, 4 * np.finfo(np.float32).eps),
+    ("selu", [-20.0, -3e-3, -1e-8, -1e-12, 1e-12, 3.0], 4 * EPS64,
+     4 * np.finfo(np.float32).eps),
+]
+
+
+@functools.cache
+def _tails(dtype: type) -> dict:
+    def run(xs):
+        out = {}
+        for name, _, _, _ in TAILS:
+            case = ACTIVATION_CASES_BY_ID[name]
+            out[name] = (case.fn(xs[name]), case.derivative(xs[name]))
+        return out
+
+    return jax.jit(run)({name: jnp.asarray(pts, dtype) for name, pts, _, _ in TAILS})
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name, points, rtol64, rtol32", [pytest.param(*t, id=t[0])
+                                                          for t in TAILS])
+def test_new_activations_in_their_tails_match_mpmath(name, points, rtol64, rtol32, dtype):
+    # The grid stops at ±12 and the extremes jump to ±40, where f and f' are 0 or 1 to the
+    # last bit; in between, a Φ computed as ½(1 + erf) (or ½(1 + tanh u)) cancels to 0, an
+    # e/(1+e)² with e = exp(+2|u|) overflows to NaN, eˣ − 1 for expm1 loses the digits of a
+    # tiny x and σ(1 − σ) loses those of swish' for x ≫ 1: all inside the old tolerances.
+    fn, derivative = (np.asarray(v, np.float64) for v in _tails(dtype)[name])
+    exact = np.array([_mp_new_activation(name, x) for x in points]).astype(dtype)
+    tol = {"rtol": rtol64 if dtype == np.float64 else rtol32, "atol": np.finfo(dtype).tiny}
+    np.testing.assert_allclose(fn, exact[:, 0], **tol, err_msg="f")
+    np.testing.assert_allclose(derivative, exact[:, 1], **tol, err_msg="f'")

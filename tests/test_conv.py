@@ -518,6 +518,12 @@ def test_names():
     # a tuple option beside an int kernel fixes the rank: another layer, another name
     assert funnet.Conv(4, 3, strides=(2, 2)).name == "Conv(4, 3, strides=(2, 2))"
     assert funnet.Conv(4, 3).name != funnet.Conv(4, (3, 3)).name
+    # per-dim options spelled out at their defaults beside a tuple kernel compute the same
+    # layer: one name, so one model signature (found by the mutation review)
+    assert funnet.Conv(4, (3, 3), strides=(1, 1), dilation=[1, 1]).name == "Conv(4, (3, 3))"
+    assert (funnet.Conv(4, (3, 3), strides=(1, 2), dilation=(1, 1)).name
+            == "Conv(4, (3, 3), strides=(1, 2))")
+    assert funnet.Conv(4, 3, strides=(1, 1)).name == "Conv(4, 3, strides=(1, 1))"  # fixes rank
 
 
 @pytest.mark.parametrize("kind", ["Conv", "ConvTranspose"])

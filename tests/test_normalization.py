@@ -535,3 +535,56 @@ def test_check_model_on_batch_norm_of_images_and_in_evaluation():
     assert train.ok and train.batch.verdict == "coupled"
     evaluation = funnet.check_model(net, params, x, y, funnet.mse, state=state, **fast)
     assert evaluation.ok and evaluation.batch.verdict == "consistent"
+
+
+# --- gaps found by the mutation review of the conv family (issue 12) ------------------------
+
+
+def test_coupled_excuses_only_batch_statistics_in_training():
+    # "coupled" (shuffle invariant, not the mean of per-example gradients) is the verdict only
+    # where batch statistics couple the rows: a stateful model with train=True. The same
+    # BatchNorm model in evaluation (running statistics, each row alone) and a stateless model
+    # with train=True have no excuse: a loss that sums instead of averaging is "failed"
+    summed = lambda pred, target: 0.5 * jnp.sum((pred - target) ** 2)
+    fast = {"methods": ("formula", "reverse"), "batch": True, "layers": False}
+    bn_net = funnet.serial(funnet.BatchNorm(), funnet.Flatten, funnet.Dense(2))
+    _, params, state = bn_net.init_with_state(KEY, (-1, 2, 2, 3))
+    x, y = _normal((3, 2, 2, 3), 26), _normal((3, 2), 27)
+    plain = funnet.serial(funnet.Flatten, funnet.Dense(2))
+    _, plain_params = plain.init(KEY, (-1, 2, 2, 3))
+    for net, p, kw in ((bn_net, params, {"state": state}), (plain, plain_params,
+                                                             {"train": True})):
+        with pytest.raises(funnet.GradientCheckError, match="batch consistency failed") as info:
+            funnet.check_model(net, p, x, y, summed, **kw, **fast)
+        batch = info.value.result.batch
+        assert batch.verdict == "failed" and batch.shuffled.ok and not batch.per_example.ok
+    # (with funnet.mse both are "consistent", and the BatchNorm model in training "coupled":
+    # test_check_model_on_batch_norm_of_images_and_in_evaluation)
+
+
+def test_check_model_holds_the_state_of_a_batch_norm_inside_parallel():
+    # the state is bound layer by layer through serial and parallel alike (a parallel rebuilt
+    # as a serial passed every test): in evaluation, R uses the given running statistics;
+    # value and gradients against the plain formula
+    net = funnet.serial(funnet.Dense(3), funnet.fanout(2),
+                        funnet.parallel(funnet.BatchNorm(), funnet.Tanh), funnet.FanInSum,
+                        funnet.Dense(2))
+    _, params, _ = net.init_with_state(KEY, (-1, 4))
+    params = jax.tree_util.tree_map(lambda v: v + 0.1 * _normal(v.shape, v.size), params)
+    running = {"mean": jnp.asarray([0.3, -0.2, 0.5]), "var": jnp.asarray([2.0, 0.5, 1.5])}
+    x, y = _normal((5, 4), 28), _normal((5, 2), 29)
+
+    def plain(p):  # R = mse(Dense(BN(h) + tanh(h)), y), h = Dense(x), BN by the running stats
+        h = x @ p[0]["W"] + p[0]["b"][None]
+        bn = p[2][0]
+        z = (bn["scale"][None] * (h - running["mean"][None])
+             / jnp.sqrt(running["var"][None] + EPS) + bn["offset"][None])
+        return funnet.mse((z + jnp.tanh(h)) @ p[4]["W"] + p[4]["b"][None], y)
+
+    state = ((), (), (running, ()), (), ())  # serial's: the BatchNorm's sits in parallel's
+    result = funnet.check_model(net, params, x, y, funnet.mse, state=state,
+                                methods=("hand", "formula"), layers=False)
+    value, grads = jax.value_and_grad(plain)(params)
+    np.testing.assert_allclose(result.value, value, rtol=1e-12)
+    assert_trees_close(result.grads["hand"], grads, **TIGHT)
+    assert_trees_close(result.grads["formula"], grads, **TIGHT)

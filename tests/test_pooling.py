@@ -265,6 +265,11 @@ def test_names():
     # tuple strides beside an int window fix the rank: another layer, another name
     assert funnet.MaxPool(2, strides=(2, 2)).name == "MaxPool(2, strides=(2, 2))"
     assert funnet.MaxPool(2).name != funnet.MaxPool((2, 2)).name
+    # strides spelled out at their default (the window) compute the same layer: one name, so
+    # one model signature (funnet.signature compares names); found by the mutation review
+    assert funnet.MaxPool(2, strides=2).name == "MaxPool(2)"
+    assert funnet.AvgPool((2, 3), strides=(2, 3)).name == "AvgPool((2, 3))"
+    assert funnet.SumPool(2, strides=(2, 2)).name == "SumPool(2, strides=(2, 2))"  # fixes rank
 
 
 # --- the AvgPool count convention ---------------------------------------------------------------
@@ -402,6 +407,17 @@ def test_max_pool_padding_never_wins():
     assert float(y.max()) < -1  # zero padding would have given 0 at every output
     dy = jnp.ones_like(y)
     np.testing.assert_allclose(hand_dx(layer, x, dy).sum(), dy.sum(), rtol=1e-15)
+
+
+def test_max_pool_of_integers_pads_with_the_smallest_integer():
+    # integer inputs have no -inf: the padding is iinfo.min, so it never wins either (a 0
+    # would win every border window of a negative input); found by the mutation review
+    x = jnp.asarray(-1 - np.arange(12).reshape(1, 3, 4, 1) % 5, jnp.int32)  # every entry < 0
+    y = funnet.MaxPool(3, strides=1, padding="SAME").apply((), x)
+    assert y.dtype == jnp.int32
+    expected = np_pool(np.asarray(x, np.float64), "max", (3, 3), (1, 1), ((1, 1), (1, 1)))
+    np.testing.assert_array_equal(y, expected)
+    assert int(y.max()) < 0
 
 
 # --- GlobalAvgPool ------------------------------------------------------------------------------
