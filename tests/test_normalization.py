@@ -588,3 +588,26 @@ def test_check_model_holds_the_state_of_a_batch_norm_inside_parallel():
     np.testing.assert_allclose(result.value, value, rtol=1e-12)
     assert_trees_close(result.grads["hand"], grads, **TIGHT)
     assert_trees_close(result.grads["formula"], grads, **TIGHT)
+
+
+def test_a_non_default_epsilon_is_the_one_used():
+    # every other test runs at the default ε = 1e-5: a layer that ignored its epsilon= option
+    # passed them all. ε = 0.5 moves every output by O(1)
+    eps = 0.5
+    x, p = _normal((4, 2, 3), 30), {"scale": _normal((3,), 31), "offset": _normal((3,), 32)}
+    running = {"mean": jnp.asarray([0.3, -0.2, 0.5]), "var": jnp.asarray([2.0, 0.5, 1.5])}
+    bn = funnet.BatchNorm(epsilon=eps)
+    ln, gn, bn_train, bn_eval = jax.jit(lambda p, x: (
+        funnet.LayerNorm(epsilon=eps).apply(p, x), funnet.GroupNorm(3, epsilon=eps).apply(p, x),
+        bn.apply_with_state(p, running, x, train=True)[0], bn.apply_with_state(p, running, x)[0],
+    ))(p, x)
+    xs, g, b = np.asarray(x), np.asarray(p["scale"]), np.asarray(p["offset"])
+
+    def norm(mu, var):
+        return g * (xs - mu) / np.sqrt(var + eps) + b
+
+    for got, axes in ((ln, (2,)), (gn, (1,)), (bn_train, (0, 1))):  # GroupNorm(C): per channel
+        expected = norm(xs.mean(axes, keepdims=True), xs.var(axes, keepdims=True))
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(bn_eval, norm(np.asarray(running["mean"]),
+                                             np.asarray(running["var"])), rtol=1e-12, atol=1e-12)
