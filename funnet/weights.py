@@ -575,7 +575,8 @@ def _checked_signature(model: Any, params: PyTree, state: PyTree,
         raise ValueError(f"save_params: {layer.name} cannot take input_shape "
                          f"{tuple(input_shape)}: {e}") from None
     try:  # dtypes are the user's choice (float16 for sharing, float64): compare shapes
-        expected = jax.tree.map(lambda e, g: jax.ShapeDtypeStruct(e.shape, np.result_type(g)),
+        expected = jax.tree.map(lambda e, g: jax.ShapeDtypeStruct(
+            e.shape, g.dtype if hasattr(g, "dtype") else np.result_type(g)),
                                 tuple(expected), (params, state))
     except (ValueError, TypeError):
         pass  # another structure: the difference below names where
