@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks._peers import xent
+from benchmarks._peers import LossesPeer, xent
 
 CHANNELS = (16, 32)
 CLASSES = 10
@@ -72,17 +72,8 @@ def _replace(name: str, ref: Any, built: Any) -> Any:
     return built
 
 
-class CnnPeer:
+class CnnPeer(LossesPeer):
     """Base: an epoch is a Python loop of jitted steps; losses kept on the device."""
-
-    kind = "per-step"
-    name = "?"
-
-    def step(self, x: Any, y: Any) -> Any:
-        raise NotImplementedError
-
-    def epoch(self, xb: np.ndarray, yb: np.ndarray) -> list[Any]:
-        return [self.step(xb[i], yb[i]) for i in range(len(xb))]
 
     def logits(self, x: Any) -> Any:
         raise NotImplementedError

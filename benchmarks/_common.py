@@ -279,3 +279,25 @@ def batches(x: np.ndarray, y: np.ndarray, perm: np.ndarray, batch: int
 def accuracy(logits: Any, y: np.ndarray) -> float:
     """Fraction of rows whose argmax equals ``y``."""
     return float(np.mean(np.argmax(np.asarray(logits), axis=-1) == y))
+
+
+def loss_agreement(case: str, ran: dict[str, np.ndarray], ref: str, res: CaseResult, *,
+                   first_rtol: float, epoch_rtol: float) -> tuple[dict, dict]:
+    """Each library's first-epoch losses ``ran[name]`` against ``ref``'s, from the same init
+    and batches: the relative difference of the first step's loss must stay within
+    ``first_rtol`` and of every step's within ``epoch_rtol``, else a failure in ``res``.
+    Returns ``(first_loss, max_rel_epoch)`` by name."""
+    first_loss, max_rel = {}, {}
+    r = ran[ref]
+    for name, losses in ran.items():
+        rel0 = abs(losses[0] - r[0]) / abs(r[0])
+        rel = float(np.max(np.abs(losses - r) / np.abs(r)))
+        first_loss[name], max_rel[name] = float(losses[0]), rel
+        if rel0 > first_rtol:
+            res.failures.append(f"{case}: {name} first-step loss {losses[0]:.7g} differs from "
+                                f"{ref}'s {r[0]:.7g} (relative {rel0:.1e} > {first_rtol:g}) "
+                                "from the same init and batch")
+        if rel > epoch_rtol:
+            res.failures.append(f"{case}: {name}'s first-epoch losses differ from {ref}'s "
+                                f"by {rel:.1e} relative (> {epoch_rtol:g})")
+    return first_loss, max_rel

@@ -39,6 +39,7 @@ class StepPeer:
     """Base of the per-step peers: an epoch is a Python loop of jitted steps."""
 
     kind = "per-step"
+    name = "?"
 
     def step(self, x: Any, y: Any) -> Any:
         raise NotImplementedError
@@ -48,6 +49,49 @@ class StepPeer:
         for i in range(len(xb)):
             out = self.step(xb[i], yb[i])
         return out
+
+
+class LossesPeer(StepPeer):
+    """A per-step peer whose epoch returns the list of its steps' losses (device scalars,
+    not fetched), for the benchmarks that compare loss curves."""
+
+    def epoch(self, xb: np.ndarray, yb: np.ndarray) -> list[Any]:
+        return [self.step(xb[i], yb[i]) for i in range(len(xb))]
+
+
+def optax_step(value_and_grad: Callable[[Any, Any, Any], Any],
+               tx: optax.GradientTransformation) -> Any:
+    """The jitted optax step ``(params, opt_state, x, y) -> (params, opt_state, loss)`` of
+    ``value_and_grad(params, x, y) -> (loss, grads)``, as every peer that keeps raw params
+    writes it."""
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        loss, grads = value_and_grad(params, x, y)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+
+class OptaxStep:
+    """Mixin of a peer holding ``params``, ``opt_state`` and :func:`optax_step`'s step."""
+
+    def _setup(self, params: Any, tx: optax.GradientTransformation,
+               loss_fn: Callable[[Any, Any, Any], Any] | None = None, *,
+               value_and_grad: Callable[[Any, Any, Any], Any] | None = None) -> None:
+        """Params, optimiser state and the step of ``loss_fn(params, x, y)`` (by
+        ``jax.value_and_grad``) or of a given ``value_and_grad``."""
+        self.params, self.opt_state = params, tx.init(params)
+        self._step = optax_step(value_and_grad or jax.value_and_grad(loss_fn), tx)
+
+    def step(self, x: Any, y: Any) -> Any:
+        self.params, self.opt_state, loss = self._step(self.params, self.opt_state, x, y)
+        return loss
+
+    def lowered(self, x: Any, y: Any) -> Any:
+        """The jitted step lowered for batches shaped like ``x``, ``y``."""
+        return self._step.lower(self.params, self.opt_state, x, y)
 
 
 # ---------------------------------------------------------------------------- raw jax
@@ -65,31 +109,15 @@ def raw_apply(params: Sequence[dict[str, jax.Array]], x: jax.Array,
     return x @ params[-1]["W"] + params[-1]["b"]
 
 
-class RawJax(StepPeer):
+class RawJax(OptaxStep, StepPeer):
     """jax + optax, ``@jax.jit`` on ``(params, opt_state, x, y) -> (params, opt_state, loss)``."""
 
     name = "raw jax + optax (per-step)"
 
     def __init__(self, init: Init, tx: optax.GradientTransformation, *,
                  act: Callable[[jax.Array], jax.Array] = jax.nn.relu):
-        self.params = raw_params(init)
-        self.opt_state = tx.init(self.params)
         self.act = act
-
-        def loss_fn(params, x, y):
-            return xent(raw_apply(params, x, act), y)
-
-        @jax.jit
-        def step(params, opt_state, x, y):
-            loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
-
-        self._step = step
-
-    def step(self, x, y):
-        self.params, self.opt_state, loss = self._step(self.params, self.opt_state, x, y)
-        return loss
+        self._setup(raw_params(init), tx, lambda p, x, y: xent(raw_apply(p, x, act), y))
 
     def logits(self, x):
         return raw_apply(self.params, jnp.asarray(x), self.act)
@@ -163,7 +191,7 @@ class RawScanResident:
 # ------------------------------------------------------------------------------- stax
 
 
-class Stax(StepPeer):
+class Stax(OptaxStep, StepPeer):
     """``jax.example_libraries.stax.serial`` + optax, per-step ``jax.jit``."""
 
     name = "stax + optax (per-step)"
@@ -178,20 +206,8 @@ class Stax(StepPeer):
         params: list[Any] = []
         for i, (w, b) in enumerate(init):
             params += [(jnp.asarray(w), jnp.asarray(b))] + ([()] if i < len(init) - 1 else [])
-        self.params, self.opt_state = params, tx.init(params)
         apply = self.apply
-
-        @jax.jit
-        def step(params, opt_state, x, y):
-            loss, grads = jax.value_and_grad(lambda p: xent(apply(p, x), y))(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
-
-        self._step = step
-
-    def step(self, x, y):
-        self.params, self.opt_state, loss = self._step(self.params, self.opt_state, x, y)
-        return loss
+        self._setup(params, tx, lambda p, x, y: xent(apply(p, x), y))
 
     def logits(self, x):
         return self.apply(self.params, jnp.asarray(x))
@@ -200,7 +216,7 @@ class Stax(StepPeer):
 # ----------------------------------------------------------------------------- haiku
 
 
-class Haiku(StepPeer):
+class Haiku(OptaxStep, StepPeer):
     """``hk.transform`` of ``hk.nets.MLP`` + optax, per-step ``jax.jit``."""
 
     name = "haiku + optax (per-step)"
@@ -211,22 +227,10 @@ class Haiku(StepPeer):
         sizes = hidden_sizes(init)
         self.model = hk.without_apply_rng(
             hk.transform(lambda x: hk.nets.MLP(sizes, activation=jax.nn.relu)(x)))
-        self.params = {f"mlp/~/linear_{i}": {"w": jnp.asarray(w), "b": jnp.asarray(b)}
-                       for i, (w, b) in enumerate(init)}
-        self.opt_state = tx.init(self.params)
+        params = {f"mlp/~/linear_{i}": {"w": jnp.asarray(w), "b": jnp.asarray(b)}
+                  for i, (w, b) in enumerate(init)}
         apply = self.model.apply
-
-        @jax.jit
-        def step(params, opt_state, x, y):
-            loss, grads = jax.value_and_grad(lambda p: xent(apply(p, x), y))(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
-
-        self._step = step
-
-    def step(self, x, y):
-        self.params, self.opt_state, loss = self._step(self.params, self.opt_state, x, y)
-        return loss
+        self._setup(params, tx, lambda p, x, y: xent(apply(p, x), y))
 
     def logits(self, x):
         return self.model.apply(self.params, jnp.asarray(x))

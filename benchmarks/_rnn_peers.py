@@ -49,6 +49,7 @@ import numpy as np
 import optax
 
 from benchmarks._cnn_peers import _replace, jitted_program
+from benchmarks._peers import LossesPeer, OptaxStep
 
 Init = dict[str, np.ndarray]
 
@@ -99,17 +100,8 @@ def lstm_layouts(init: Init) -> dict[str, Any]:
     return {"flax": flax_cell, "haiku": haiku, "equinox": eqx_cell}
 
 
-class RnnPeer:
+class RnnPeer(LossesPeer):
     """Base: an epoch is a Python loop of jitted steps; losses kept on the device."""
-
-    kind = "per-step"
-    name = "?"
-
-    def step(self, x: Any, y: Any) -> Any:
-        raise NotImplementedError
-
-    def epoch(self, xb: np.ndarray, yb: np.ndarray) -> list[Any]:
-        return [self.step(xb[i], yb[i]) for i in range(len(xb))]
 
     def predict(self, x: Any) -> Any:
         raise NotImplementedError
@@ -180,7 +172,7 @@ class LinenOptimized(Linen):
 # ----------------------------------------------------------------------------- haiku
 
 
-class Haiku(RnnPeer):
+class Haiku(OptaxStep, RnnPeer):
     """``hk.LSTM(H)`` unrolled over time-major input by ``hk.dynamic_unroll`` (a
     ``lax.scan``), the last output, ``hk.Linear(1)``; ``hk.transform`` + optax, per-step
     ``jax.jit``."""
@@ -203,27 +195,12 @@ class Haiku(RnnPeer):
                              jnp.zeros((1, 2, init["W_x"].shape[0])))
         params = {"lstm/linear": lstm_layouts(init)["haiku"],
                   "linear": {"w": init["dense_W"], "b": init["dense_b"]}}
-        self.params = jax.tree.map(jnp.asarray, _replace(self.name, ref, params))
-        self.opt_state = tx.init(self.params)
         apply = self.model.apply
-
-        @jax.jit
-        def step(params, opt_state, x, y):
-            loss, grads = jax.value_and_grad(lambda p: half_mse(apply(p, x), y))(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
-
-        self._step = step
-
-    def step(self, x, y):
-        self.params, self.opt_state, loss = self._step(self.params, self.opt_state, x, y)
-        return loss
+        self._setup(jax.tree.map(jnp.asarray, _replace(self.name, ref, params)), tx,
+                    lambda p, x, y: half_mse(apply(p, x), y))
 
     def predict(self, x):
         return self.model.apply(self.params, jnp.asarray(x))
-
-    def lowered(self, x, y):
-        return self._step.lower(self.params, self.opt_state, x, y)
 
 
 # --------------------------------------------------------------------------- equinox
@@ -342,7 +319,7 @@ class Funnet(RnnPeer):
         return jitted_program(self._step).lower(self.state, (x, y))
 
 
-class FunnetPlain(RnnPeer):
+class FunnetPlain(OptaxStep, RnnPeer):
     """funnet's model in a plain jitted step, as the peers write theirs: ``jax.value_and_grad``
     of ``apply`` (``grad="reverse"``) or ``fn.backprop.value_and_grad`` (``"hand"``), then
     optax; no key split, no host checks. A profiling reference that separates funnet's
@@ -356,31 +333,15 @@ class FunnetPlain(RnnPeer):
         if wiring != "vjp":
             self.name += f", activations wired as {wiring!r}"
         self.model = funnet_lstm(fn, init["W_h"].shape[0]).rewired(wiring)
-        self.params = funnet_lstm_params(fn, self.model, init)
-        self.opt_state = tx.init(self.params)
         model = self.model
         if grad == "hand":
             vg = fn.backprop.value_and_grad(model, fn.mse)
         else:
             vg = jax.value_and_grad(lambda p, x, y: half_mse(model.apply(p, x), y))
-
-        @jax.jit
-        def step(params, opt_state, x, y):
-            loss, grads = vg(params, x, y)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
-
-        self._step = step
-
-    def step(self, x, y):
-        self.params, self.opt_state, loss = self._step(self.params, self.opt_state, x, y)
-        return loss
+        self._setup(funnet_lstm_params(fn, model, init), tx, value_and_grad=vg)
 
     def predict(self, x):
         return self.model.apply(self.params, jnp.asarray(x))
-
-    def lowered(self, x, y):
-        return self._step.lower(self.params, self.opt_state, x, y)
 
 
 #: the non-funnet peers, in table order

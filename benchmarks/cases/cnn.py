@@ -66,6 +66,7 @@ from benchmarks._common import (
     fmt_ratio,
     guarded,
     load_digits_arrays,
+    loss_agreement,
     require_funnet,
 )
 from benchmarks._timing import interleaved
@@ -117,20 +118,9 @@ def _agreement(comps: dict[str, EpochCompetitor], res: CaseResult) -> dict[str, 
     if not ran:
         return {}
     ref_name = next(iter(ran))
-    ref = ran[ref_name]
-    out: dict[str, Any] = {"reference": ref_name, "first_loss": {}, "max_rel_epoch": {}}
-    for name, losses in ran.items():
-        first = abs(losses[0] - ref[0]) / abs(ref[0])
-        epoch = float(np.max(np.abs(losses - ref) / np.abs(ref)))
-        out["first_loss"][name] = float(losses[0])
-        out["max_rel_epoch"][name] = epoch
-        if first > FIRST_LOSS_RTOL:
-            res.failures.append(f"cnn: {name} first-step loss {losses[0]:.7g} differs from "
-                                f"{ref_name}'s {ref[0]:.7g} (relative {first:.1e} > "
-                                f"{FIRST_LOSS_RTOL:g}) from the same init and batch")
-        if epoch > EPOCH_LOSS_RTOL:
-            res.failures.append(f"cnn: {name}'s first-epoch losses differ from {ref_name}'s "
-                                f"by {epoch:.1e} relative (> {EPOCH_LOSS_RTOL:g})")
+    first, epoch = loss_agreement("cnn", ran, ref_name, res, first_rtol=FIRST_LOSS_RTOL,
+                                  epoch_rtol=EPOCH_LOSS_RTOL)
+    out: dict[str, Any] = {"reference": ref_name, "first_loss": first, "max_rel_epoch": epoch}
     return out
 
 

@@ -70,6 +70,7 @@ from benchmarks._common import (
     fmt,
     fmt_ratio,
     guarded,
+    loss_agreement,
     require_funnet,
 )
 from benchmarks._rnn_peers import (
@@ -266,19 +267,9 @@ def agreement(outputs: dict[str, np.ndarray], first: dict[str, np.ndarray], ref:
                                     f"from {ref}'s by {rel:.1e} relative (> {OUT_RTOL:g}): "
                                     "the weight mapping or the cell is not the same function")
     if ref in first:
-        r = first[ref]
-        for name, losses in first.items():
-            rel0 = abs(losses[0] - r[0]) / abs(r[0])
-            rel = float(np.max(np.abs(losses - r) / np.abs(r)))
-            out["first_loss"][name] = float(losses[0])
-            out["max_rel_epoch"][name] = rel
-            if rel0 > FIRST_LOSS_RTOL:
-                res.failures.append(f"recurrent: {name} first-step loss {losses[0]:.7g} "
-                                    f"differs from {ref}'s {r[0]:.7g} (relative {rel0:.1e} "
-                                    f"> {FIRST_LOSS_RTOL:g})")
-            if rel > EPOCH_LOSS_RTOL:
-                res.failures.append(f"recurrent: {name}'s first-epoch losses differ from "
-                                    f"{ref}'s by {rel:.1e} relative (> {EPOCH_LOSS_RTOL:g})")
+        out["first_loss"], out["max_rel_epoch"] = loss_agreement(
+            "recurrent", first, ref, res, first_rtol=FIRST_LOSS_RTOL,
+            epoch_rtol=EPOCH_LOSS_RTOL)
     return out
 
 
