@@ -10,8 +10,8 @@ occurs once in every sequence). A baseline shows it: the mean of the embeddings 
 
 The model is ``serial(Embedding(V, 8), GRU(32, return_sequences=False), Dense(2))``,
 trained by ``funnet.fit`` with Adam on a softmax cross-entropy (backpropagation through
-time, docs/math.md §9). ``fit`` takes ``x`` as one array, so training uses sequences of one
-length ``T``; ids stay integers (``fit`` passes integer inputs through unchanged).
+time, docs/math.md §9), on sequences of one length ``T``; ids stay integers (``fit``
+passes integer inputs through unchanged).
 
 Then variable lengths, with the same params: the model rebuilt to take ``(ids, mask)``
 (``parallel(Embedding, Identity)`` in front, see docs/recurrent.md) classifies sequences
@@ -130,8 +130,7 @@ def main(*, small: bool = False, out_dir: str = "examples/out", seed: int = 0) -
     ids, labels = first_marker(rng, len(lengths) * per_length, steps,
                                np.repeat(lengths, per_length))
     mask = (np.arange(steps)[None, :] < np.repeat(lengths, per_length)[:, None])
-    # funnet.predict takes one array: the (ids, mask) pair goes through the model's apply
-    logits = np.asarray(jax.jit(masked.apply)(mparams, (ids, mask.astype(np.int32))))
+    logits = np.asarray(funnet.predict(masked, mparams, (ids, mask)))
     hits = (logits.argmax(axis=1) == labels).reshape(len(lengths), per_length)
     by_length = hits.mean(axis=1)
     # padding changes nothing: the shortest, a middle and the longest length run alone

@@ -23,6 +23,7 @@ __all__ = [
     "Dataset",
     "Splits",
     "check_arrays",
+    "check_finite",
     "load_digits",
     "load_mnist",
     "load_mnist_idx",
@@ -210,16 +211,28 @@ def check_arrays(
             f"(shapes {x.shape} and {y.shape})"
         )
     for arr, label in ((x, f"{name}.x"), (y, f"{name}.y")):
-        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-            raise ValueError(f"{label} must be numeric, got dtype {arr.dtype}")
-        if np.issubdtype(arr.dtype, np.inexact):
-            _first_bad(label, ~np.isfinite(arr), "non-finite value", "(NaN or inf)")
+        check_finite(arr, label)
     if y.ndim == 1:
         if np.issubdtype(y.dtype, np.inexact):
             _first_bad(f"{name}.y", y != np.round(y), "non-integer label", "", values=y)
         if num_classes is not None:
             out = (y < 0) | (y >= num_classes)
             _first_bad(f"{name}.y", out, "label", f"outside [0, {num_classes})", values=y)
+
+
+def check_finite(arr: ArrayLike, label: str) -> None:
+    """Raise `ValueError` naming `label` unless `arr` is numeric (or bool) and finite.
+
+    >>> check_finite(np.array([1.0, np.inf]), "train.x[1]")
+    Traceback (most recent call last):
+    ...
+    ValueError: train.x[1]: 1 non-finite value (NaN or inf), first at index 1
+    """
+    arr = np.asarray(arr)
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise ValueError(f"{label} must be numeric, got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.inexact):
+        _first_bad(label, ~np.isfinite(arr), "non-finite value", "(NaN or inf)")
 
 
 def _first_bad(

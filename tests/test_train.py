@@ -1074,3 +1074,70 @@ def test_a_model_state_that_is_one_array_trains_and_evaluates():
     evaluate(net, params, (x, t), loss=funnet.mse, state=state)
     predict(net, params, x, state=state)
     quiet_fit(net, params, (x, t), state=state, loss=funnet.mse, batch_size=2, epochs=1)
+
+
+def _masked_sequences(n: int = 37, t: int = 6, vocab: int = 5, seed: int = 0):
+    """Ids ``[n, t]`` of random lengths, their ``[n, t]`` bool mask, the parity of each
+    sequence's last real id as the label, and the ids with every padding step changed."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, (n, t)).astype(np.int32)
+    lengths = rng.integers(1, t + 1, n)
+    mask = np.arange(t)[None] < lengths[:, None]
+    y = (ids[np.arange(n), lengths - 1] % 2).astype(np.int32)
+    garbage = np.where(mask, ids, (ids + 1 + rng.integers(0, vocab - 1, (n, t))) % vocab)
+    return ids, mask, y, garbage.astype(np.int32)
+
+
+def _sequence_model(t: int = 6, vocab: int = 5):
+    net = funnet.serial(funnet.parallel(funnet.Embedding(vocab, 4), funnet.Identity),
+                        funnet.GRU(8, return_sequences=False), funnet.Dense(2))
+    _, params = net.init(jax.random.PRNGKey(0), ((-1, t), (-1, t)))
+    return net, params
+
+
+def test_fit_takes_a_tuple_of_inputs_shuffled_and_batched_together():
+    """``x = (ids, mask)``: the rows of both arrays travel together through the shuffle and
+    the padded last batch. Changing the ids on the padding steps changes nothing (they are
+    masked), while a mask shuffled apart from its ids would expose them; hand == reverse."""
+    ids, mask, y, garbage = _masked_sequences()
+    net, params = _sequence_model()
+    kw = {"loss": CE, "optimizer": optax.adam(0.01), "epochs": 2, "batch_size": 8,
+              "key": jax.random.key(1), "progress": False}
+    runs = {(g, name): fit(net, params, ((x, mask), y), grad=g, **kw)
+            for g in ("reverse", "hand") for name, x in (("ids", ids), ("garbage", garbage))}
+    ref, ref_hist = runs["reverse", "ids"]
+    assert ref_hist[-1]["train_loss"] < ref_hist[0]["train_loss"]
+    for key, (p, hist) in runs.items():
+        assert_trees_close(p, ref, rtol=1e-10, atol=1e-12)
+        assert [r["train_loss"] for r in hist] == pytest.approx(
+            [r["train_loss"] for r in ref_hist], rel=1e-10), key
+    changed = fit(net, params, ((garbage, np.ones_like(mask)), y), **kw)[0]
+    assert max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+                                            changed, ref))) > 1e-3
+
+
+def test_evaluate_and_predict_take_a_tuple_of_inputs_in_chunks():
+    ids, mask, y, _ = _masked_sequences()
+    net, params = _sequence_model()
+    x = (jnp.asarray(ids), jnp.asarray(mask, jnp.float64))
+    whole = net.apply(params, x)
+    np.testing.assert_allclose(predict(net, params, (ids, mask), batch_size=10), whole,
+                               rtol=1e-12, atol=1e-12)
+    ref = {"loss": float(CE(whole, jnp.asarray(y))),
+           "accuracy": float(np.mean(np.argmax(whole, -1) == y))}
+    got = evaluate(net, params, ((ids, mask), y), loss=CE, batch_size=10)
+    assert got == pytest.approx(ref, rel=1e-12)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda ids, mask: (ids, mask[:-1]),
+     r"train\.x\[1\] has 36 rows but train\.x\[0\] has 37"),
+    (lambda ids, mask: (ids, np.where(mask, np.nan, 0.0)),
+     r"train\.x\[1\]: \d+ non-finite values"),
+])
+def test_a_bad_array_of_a_tuple_of_inputs_is_named_before_training(bad, message):
+    ids, mask, y, _ = _masked_sequences()
+    net, params = _sequence_model()
+    with pytest.raises(ValueError, match=message):
+        fit(net, params, (bad(ids, mask), y), loss=CE, optimizer=optax.adam(0.01),
+            epochs=1, batch_size=8, key=jax.random.key(1), progress=False)

@@ -17,7 +17,7 @@ from .._validate import check_int
 from ..contract import Layer, PyTree, as_layer
 from ..data import Dataset
 from ..losses import Loss
-from .inputs import as_targets, check_data, model_and_state, unpack
+from .inputs import as_inputs, as_targets, check_data, model_and_state, num_rows, take_rows, unpack
 from .objective import accuracy_kind, row_correct, weighted
 
 __all__ = ["evaluate", "predict"]
@@ -50,7 +50,7 @@ def eval_sums(model: Layer, loss: Callable, params: PyTree, state: PyTree, x: ja
     rows then go in chunks of exactly ``batch_size`` (a multiple of the device count), the
     last one padded and masked, so every device scores its own share of the rows.
     """
-    n = x.shape[0]
+    n = _rows(x)
     nb, b = chunks(n, batch_size) if spread is None else (-(-n // batch_size), batch_size)
     kind = None
 
@@ -74,7 +74,7 @@ def eval_sums(model: Layer, loss: Callable, params: PyTree, state: PyTree, x: ja
             i, m = batch
             if spread is not None:
                 i, m = spread(i), spread(m)
-            lv, a = score(x[i], y[i], (m, n))
+            lv, a = score(take_rows(x, i), y[i], (m, n))
             return (carry[0] + lv, carry[1] + a), None
 
         shapes = jax.eval_shape(body, (0.0, 0.0), (idx[0], mask[0]))[0]
@@ -121,11 +121,12 @@ def evaluate(
     """
     model, state = model_and_state(model, state, "evaluate")
     x, y = unpack(data, "data")
-    x, y = jnp.asarray(x), jnp.asarray(as_targets(y, "data"))
-    if len(x) != len(y):
-        raise ValueError(f"data.x has {len(x)} samples but data.y has {len(y)}")
+    x, y = jax.tree.map(jnp.asarray, as_inputs(x)), jnp.asarray(as_targets(y, "data"))
+    n = num_rows(x, "data")
+    if n != len(y):
+        raise ValueError(f"data.x has {n} samples but data.y has {len(y)}")
     # concrete data: labels out of range would be silently dropped by one_hot under jit
-    check_data(model, params, state, loss, x, y, batch=min(len(x), EVAL_CHUNK), name="data")
+    check_data(model, params, state, loss, x, y, batch=min(n, EVAL_CHUNK), name="data")
     result = _evaluate_jit(model, loss, params, state, x, y, _check_batch(batch_size))
     return {k: float(v) for k, v in jax.device_get(result).items()}
 
@@ -133,12 +134,13 @@ def evaluate(
 @functools.partial(jax.jit, static_argnames=("model", "batch_size"))
 def _predict_jit(model, params, state, x, batch_size):
     model = as_layer(model)
-    n = x.shape[0]
+    n = _rows(x)
     nb, b = chunks(n, batch_size)
     if nb == 1:
         return model.apply_with_state(params, state, x)[0]
     idx, _ = padded_index(n, nb, b)
-    out = jax.lax.map(lambda i: model.apply_with_state(params, state, x[i])[0], idx)
+    out = jax.lax.map(lambda i: model.apply_with_state(params, state, take_rows(x, i))[0],
+                      idx)
     return out.reshape((nb * b,) + out.shape[2:])[:n]
 
 
@@ -149,7 +151,7 @@ def predict(model: Layer, params: PyTree, x: Any, *, state: PyTree | None = None
     Args:
       model: the model.
       params: its params.
-      x: the inputs ``[N, ...]``.
+      x: the inputs ``[N, ...]`` (or a tuple of them, as :func:`~funnet.fit` takes).
       state: the model's state, required for a model holding state.
       batch_size: rows per chunk (bounds memory); ``None``: all rows at once.
 
@@ -159,7 +161,14 @@ def predict(model: Layer, params: PyTree, x: Any, *, state: PyTree | None = None
     [2.0, 2.0, 2.0, 2.0, 2.0]
     """
     model, state = model_and_state(model, state, "predict")
-    return _predict_jit(model, params, state, jnp.asarray(x), _check_batch(batch_size))
+    x = jax.tree.map(jnp.asarray, as_inputs(x))
+    num_rows(x, "predict")  # one row count for a tuple of inputs, or a ValueError
+    return _predict_jit(model, params, state, x, _check_batch(batch_size))
+
+
+def _rows(x: Any) -> int:
+    """The leading length of the (already checked) inputs ``x``."""
+    return jax.tree.leaves(x)[0].shape[0]
 
 
 def _check_batch(batch_size: Any) -> int | None:

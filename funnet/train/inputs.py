@@ -14,10 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..contract import Layer, PyTree, StatefulModelError, as_layer
-from ..data import check_arrays
+from ..data import check_arrays, check_finite
 from .objective import accuracy_kind
 
-__all__ = ["as_inputs", "as_targets", "check_data", "check_l2", "model_and_state", "unpack"]
+__all__ = ["as_inputs", "as_targets", "check_data", "check_l2", "input_leaves", "model_and_state",
+           "num_rows", "take_rows", "unpack"]
 
 
 def model_and_state(model: Any, state: PyTree | None, what: str) -> tuple[Layer, PyTree]:
@@ -65,13 +66,51 @@ def _strong(a: Any) -> np.ndarray | jax.Array:
     return jnp.array(a, dtype=a.dtype) if a.weak_type else a
 
 
-def as_inputs(x: Any) -> np.ndarray | jax.Array:
+def as_inputs(x: Any) -> Any:
     """``x`` as a strongly typed array: floats and integers as they are (integer ids feed an
-    ``Embedding``, which refuses floats), anything else (bool) as JAX's default float."""
+    ``Embedding``, which refuses floats), anything else (bool) as JAX's default float.
+
+    A tuple (a sequence layer's ``(x, mask)`` or ``(x, mask, h0)``, a NamedTuple) is
+    several inputs, each converted so; ``None`` entries stay. A list is one array."""
+    if isinstance(x, tuple):
+        parts = [None if a is None else as_inputs(a) for a in x]
+        return type(x)(*parts) if hasattr(x, "_fields") else tuple(parts)
     x = _strong(x)
     if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
         x = x.astype(jnp.result_type(float))
     return x
+
+
+def input_leaves(x: Any, name: str) -> list[tuple[str, Any]]:
+    """``[(label, array)]`` of the inputs ``x``: ``[("train.x", x)]`` for one array,
+    ``[("train.x[0]", ids), ("train.x[1]", mask)]`` for a tuple."""
+    if not isinstance(x, tuple):
+        return [(f"{name}.x", x)]
+    return [(f"{name}.x{jax.tree_util.keystr(path)}", a)
+            for path, a in jax.tree_util.tree_flatten_with_path(x)[0]]
+
+
+def num_rows(x: Any, name: str) -> int:
+    """The number of rows (samples) of the inputs ``x``: its leading length, which every
+    array of a tuple ``x`` shares (else a ValueError naming the arrays and shapes)."""
+    leaves = input_leaves(x, name)
+    if not leaves:
+        raise ValueError(f"{name}.x holds no arrays")
+    for label, a in leaves:
+        if np.ndim(a) == 0:
+            raise ValueError(f"{label} is a scalar (shape {np.shape(a)}): inputs are [N, ...]")
+    first_label, first = leaves[0]
+    for label, a in leaves[1:]:
+        if len(a) != len(first):
+            raise ValueError(f"{label} has {len(a)} rows but {first_label} has {len(first)} "
+                             f"(shapes {np.shape(a)} and {np.shape(first)}): every input "
+                             "array holds one row per sample")
+    return len(first)
+
+
+def take_rows(x: Any, i: Any) -> Any:
+    """The rows ``i`` of every input array of ``x`` (an array or a tuple of them)."""
+    return jax.tree.map(lambda a: a.at[i].get(mode="promise_in_bounds"), x)
 
 
 def as_targets(y: Any, name: str = "train") -> np.ndarray | jax.Array:
@@ -95,16 +134,23 @@ def check_data(model: Layer, params: PyTree, state: PyTree, loss: Any, x, y, *, 
 
     Returns the accuracy kind. Raises ValueError naming ``name.x`` / ``name.y``.
     """
-    if np.ndim(x) == 0 or len(x) == 0 or np.ndim(y) == 0 or len(y) != len(x):
-        check_arrays(x, y, name=name)  # raises, naming the array
-    x_spec = jax.ShapeDtypeStruct((batch,) + tuple(np.shape(x)[1:]), x.dtype)
+    leaves = input_leaves(x, name)
+    n = num_rows(x, name)
+    first = leaves[0][1]
+    if n == 0 or np.ndim(y) == 0 or len(y) != n:
+        check_arrays(first, y, name=name)  # raises, naming the array
+    for label, a in leaves if len(leaves) > 1 else ():  # one array: check_arrays names it
+        check_finite(np.asarray(a), label)
+    x_spec = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((batch,) + tuple(np.shape(a)[1:]), a.dtype), x)
     y_spec = jax.ShapeDtypeStruct((batch,) + tuple(np.shape(y)[1:]), y.dtype)
     try:
         out = jax.eval_shape(lambda p, s, xb: model.apply_with_state(p, s, xb)[0],
                              params, state, x_spec)
     except (ValueError, TypeError) as e:
+        shapes = jax.tree.map(np.shape, x) if len(leaves) > 1 else np.shape(x)
         raise type(e)(
-            f"{name}.x of shape {np.shape(x)} does not fit the model {model.name}: {e}"
+            f"{name}.x of shape {shapes} does not fit the model {model.name}: {e}"
         ) from None
     if not isinstance(out, jax.ShapeDtypeStruct):
         raise TypeError(f"the model {model.name} must return one array, got {out}")
@@ -112,7 +158,7 @@ def check_data(model: Layer, params: PyTree, state: PyTree, loss: Any, x, y, *, 
     labels = (jnp.issubdtype(y_spec.dtype, jnp.integer) and len(out.shape) >= 2
               and tuple(y_spec.shape) == tuple(out.shape[:-1]))  # class indices, any loss
     num_classes = out.shape[-1] if labels else None
-    check_arrays(np.asarray(x), np.asarray(y), num_classes=num_classes, name=name)
+    check_arrays(np.asarray(first), np.asarray(y), num_classes=num_classes, name=name)
     if not labels and tuple(out.shape) != tuple(y_spec.shape):
         raise ValueError(
             f"{name}.y has shape {np.shape(y)} ({y.dtype}) but the model's output for a "

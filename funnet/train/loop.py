@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optax
 
 from .._validate import check_int
@@ -33,7 +32,15 @@ from .devices import placement as make_placement
 from .early_stopping import EarlyStopping
 from .evaluation import EVAL_CHUNK
 from .history import History, ProgressBar
-from .inputs import as_inputs, as_targets, check_data, check_l2, model_and_state, unpack
+from .inputs import (
+    as_inputs,
+    as_targets,
+    check_data,
+    check_l2,
+    model_and_state,
+    num_rows,
+    unpack,
+)
 from .objective import check_grad
 from .state import TrainState, as_key, check_optimizer
 from .step import epoch_function, shapes_of, start_function
@@ -110,7 +117,10 @@ def fit(
       model: a funnet :class:`~funnet.Layer` (or stax pair).
       params: its initial params (not modified).
       train: an ``(x, y)`` pair or :class:`funnet.data.Dataset`, checked before anything
-        runs (NaN/inf, lengths, label range, shapes against the model and ``loss``).
+        runs (NaN/inf, lengths, label range, shapes against the model and ``loss``). ``x``
+        may be a tuple of arrays with one row per sample each, the input of a model that
+        takes several (a sequence layer's ``(x, mask)``): rows are shuffled and batched
+        together.
       loss: ``loss(pred, target) -> scalar``, a mean over samples (any funnet loss; a
         :class:`~funnet.Loss` declaring a classification task gets accuracies).
       optimizer: an optax transformation (``optax.inject_hyperparams`` shows the learning
@@ -176,7 +186,8 @@ def fit(
         model.decay_mask(params)  # a layer that declares no decayed params: refuse it now
     x, y = unpack(train, "train")
     x, y = as_inputs(x), as_targets(y, "train")
-    batch_size = _batch_size(batch_size, x)
+    n = num_rows(x, "train")
+    batch_size = _batch_size(batch_size, n)
     place = make_placement(devices, batch_size)
     acc_kind = check_data(model, params, model_state, loss, x, y, batch=batch_size,
                           name="train")
@@ -185,7 +196,7 @@ def fit(
         vx, vy = unpack(valid, "valid")
         vx, vy = as_inputs(vx), as_targets(vy, "valid")
         valid_kind = check_data(model, params, model_state, loss, vx, vy,
-                                batch=min(len(vx), EVAL_CHUNK), name="valid")
+                                batch=min(num_rows(vx, "valid"), EVAL_CHUNK), name="valid")
         if monitor == "valid_error" and valid_kind is None:
             stopping.value(0.0)  # raises: no accuracy to monitor
     run = checkpoints.open_checkpoints(checkpoint, resume=resume,
@@ -195,7 +206,7 @@ def fit(
         first = start_function(optimizer, place.replicated)(params, model_state,
                                                             as_key(key))
         run_state = checkpoints.RunState(first, History(), stopping)
-        config = {"n_train": len(x), "batch_size": batch_size, "grad": grad, "l2": l2,
+        config = {"n_train": n, "batch_size": batch_size, "grad": grad, "l2": l2,
                   "patience": patience, "monitor": monitor, "valid": valid is not None}
         signature = model_signature(model, params, state=model_state)
         if run is not None:
@@ -205,7 +216,7 @@ def fit(
             raise ValueError(f"checkpoint {str(checkpoint)!r} is at epoch {run_state.epoch}, "
                              f"past epochs={epochs}: resume with epochs ≥ {run_state.epoch} "
                              "(the total number of epochs, not the ones to add)")
-        options = {"l2": l2, "grad": grad, "n": len(x), "batch_size": batch_size,
+        options = {"l2": l2, "grad": grad, "n": n, "batch_size": batch_size,
                    "acc_kind": acc_kind, "valid_kind": valid_kind, "placement": place.mesh,
                    "eval_chunk": _eval_chunk(vx, place),
                    "signature": shapes_of((run_state.state, x, y, vx, vy))}
@@ -263,18 +274,19 @@ def _raise_non_finite(state, run_state, epoch: int, step: int, run) -> None:
         best_epoch=run_state.stopping.best_epoch)
 
 
-def _batch_size(batch_size: Any, x: Any) -> int:
+def _batch_size(batch_size: Any, n: int) -> int:
     batch_size = check_int(batch_size, "batch_size", minimum=1)
-    if np.ndim(x) and batch_size > len(x):  # padding every epoch up to batch_size rows
-        warnings.warn(f"batch_size {batch_size} is larger than the {len(x)} training rows; "
-                      f"using batch_size={len(x)}", stacklevel=3)
-        return len(x)
+    if batch_size > n:  # padding every epoch up to batch_size rows
+        warnings.warn(f"batch_size {batch_size} is larger than the {n} training rows; "
+                      f"using batch_size={n}", stacklevel=3)
+        return n
     return batch_size
 
 
 def _eval_chunk(vx: Any, place: Any) -> int | None:
     if vx is None:
         return None
+    n = num_rows(vx, "valid")
     if place.mesh is not None:  # data parallel: chunks that split evenly over the devices
-        return -(-min(len(vx), EVAL_CHUNK) // place.size) * place.size
-    return EVAL_CHUNK if len(vx) > EVAL_CHUNK else None
+        return -(-min(n, EVAL_CHUNK) // place.size) * place.size
+    return EVAL_CHUNK if n > EVAL_CHUNK else None

@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ..contract import Layer, PyTree, StatefulModelError, as_layer
 from ..losses import Loss
 from .evaluation import eval_sums, padded_index
-from .inputs import check_l2
+from .inputs import check_l2, take_rows
 from .objective import accuracy_kind, check_grad, loss_and_grads, row_correct
 from .permutation import shuffle
 from .state import TrainState, apply_updates, check_optimizer
@@ -223,7 +223,7 @@ def _make_epoch(objective: Callable, optimizer: optax.GradientTransformation,
         def body(carry, batch):
             state, ok, bad, i, loss_sum, correct_sum, seen = carry
             ib, mb, kb = batch
-            xb = shard(x.at[ib].get(mode="promise_in_bounds"), PartitionSpec(axis))
+            xb = jax.tree.map(lambda a: shard(a, PartitionSpec(axis)), take_rows(x, ib))
             yb = shard(y.at[ib].get(mode="promise_in_bounds"), PartitionSpec(axis))
             count = jnp.sum(mb) if masked else float(batch_size)
             data, out, model_state, grads = objective(
