@@ -125,27 +125,12 @@ def value_and_grad(
             "whose function takes (params, state, x, y) and returns ((loss, state), grads)"
         )
 
-    def run(params, state, x, y, key, train, mask):
-        out, new_state, residuals = model.forward_with_state(params, state, x, key=key,
-                                                             train=train, mask=mask)
-        value = loss(out, y)
-        dout = loss.grad(out, y)  # δ at the output: ∂L/∂ŷ
-        if return_deltas:
-            grads, _, deltas = _chain_backward(model.children, params, residuals, dout,
-                                               inner=True)
-        else:
-            (grads, _), deltas = model.backward(params, residuals, dout), None
-        if l2:
-            mask = model.decay_mask(params)
-            value = value + l2_penalty(params, l2, mask=mask)
-            grads = jax.tree_util.tree_map(lambda g, r: g + r, grads,
-                                           l2_penalty_grad(params, l2, mask=mask))
-        return value, new_state, grads, deltas
+    run = _hand_pass(model, loss, l2=l2, return_deltas=return_deltas)
 
     if has_state:
         def value_and_grad_with_state(params, state, x, y, *, key=None, train=False,
                                       mask=None):
-            value, new_state, grads, deltas = run(params, state, x, y, key, train, mask)
+            value, _, _, new_state, grads, deltas = run(params, state, x, y, key, train, mask)
             out = ((value, new_state), grads)
             return (*out, deltas) if return_deltas else out
 
@@ -153,7 +138,35 @@ def value_and_grad(
 
     def value_and_grad_fn(params: PyTree, x: Any, y: Any, *, key: jax.Array | None = None,
                           train: bool = False, mask: Any = None):
-        value, _, grads, deltas = run(params, (), x, y, key, train, mask)
+        value, _, _, _, grads, deltas = run(params, (), x, y, key, train, mask)
         return (value, grads, deltas) if return_deltas else (value, grads)
 
     return value_and_grad_fn
+
+
+def _hand_pass(model: Layer, loss: Loss, *, l2: float, return_deltas: bool) -> Callable:
+    """One forward and one hand backward pass: ``(params, state, x, y, key, train, mask) ->
+    (objective, data_loss, out, new_state, grads, deltas)``, the objective being
+    ``data_loss + ½ λ Σ ||W||²``; training (``funnet.train``) uses ``data_loss`` and ``out``
+    (for accuracy) from this same pass rather than running the model again."""
+    model, loss = _rule(model), _check_loss(loss)
+
+    def run(params, state, x, y, key, train, mask):
+        out, new_state, residuals = model.forward_with_state(params, state, x, key=key,
+                                                             train=train, mask=mask)
+        data = loss(out, y)
+        dout = loss.grad(out, y)  # δ at the output: ∂L/∂ŷ
+        if return_deltas:
+            grads, _, deltas = _chain_backward(model.children, params, residuals, dout,
+                                               inner=True)
+        else:
+            (grads, _), deltas = model.backward(params, residuals, dout), None
+        value = data
+        if l2:
+            decay = model.decay_mask(params)
+            value = data + l2_penalty(params, l2, mask=decay)
+            grads = jax.tree_util.tree_map(lambda g, r: g + r, grads,
+                                           l2_penalty_grad(params, l2, mask=decay))
+        return value, data, out, new_state, grads, deltas
+
+    return run

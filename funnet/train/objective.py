@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ..backprop import value_and_grad as hand_value_and_grad
+from ..backprop import _hand_pass as hand_pass
 from ..contract import Layer
 from ..losses import Loss, l2_penalty
 
@@ -84,19 +84,16 @@ def loss_and_grads(model: Layer, loss: Callable, *, l2: float, grad: str) -> Cal
     training mode and gets the row mask.
     """
     if grad == "hand":
-        plain = hand_value_and_grad(model, loss, l2=l2, has_state=True)
-        masked = hand_value_and_grad(model, _masked_loss(loss), l2=l2, has_state=True)
+        plain = hand_pass(model, loss, l2=l2, return_deltas=False)
+        masked = hand_pass(model, _masked_loss(loss), l2=l2, return_deltas=False)
 
         def hand(params, state, x, y, w, key):
             if w is None:
-                (_, new_state), grads = plain(params, state, x, y, key=key, train=True)
+                _, data, out, new_state, grads, _ = plain(params, state, x, y, key, True, None)
             else:
-                (_, new_state), grads = masked(params, state, x, (y, w), key=key, train=True,
-                                               mask=w[0])
-            # the same ops as the forward pass inside the rule: XLA computes them once
-            out, _ = model.apply_with_state(params, state, x, key=key, train=True,
-                                            mask=None if w is None else w[0])
-            return weighted(loss, out, y, w), out, new_state, grads
+                _, data, out, new_state, grads, _ = masked(params, state, x, (y, w), key,
+                                                           True, w[0])
+            return data, out, new_state, grads
 
         return hand
 
