@@ -51,7 +51,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._validate import LayerError, ParamsError
+from ._validate import LayerError, ParamsError, refuse_list_input
 
 __all__ = [
     "WIRINGS",
@@ -107,6 +107,17 @@ def _keywords(fn: Callable, names: Sequence[str]) -> Callable[..., Any]:
 
     def call(*args, **kwargs):
         return fn(*args, **{k: v for k, v in kwargs.items() if k in accepted})
+
+    return call
+
+
+def _array_input(fn: Callable, name: str, index: int) -> Callable:
+    """``fn`` refusing a Python list of numbers as its input ``x`` (positional ``index``):
+    jax.numpy does not take lists, and its error would name neither the layer nor ``x``."""
+
+    def call(*args, **kwargs):
+        refuse_list_input(name, args[index] if len(args) > index else None)
+        return fn(*args, **kwargs)
 
     return call
 
@@ -434,10 +445,12 @@ def layer(
         init = _returns(init, 2, name, "init", "(output_shape, params)")
         forms = ("(y, residuals)", None)
     fwd = app = None
+    x_at = 2 if stateful else 1  # forward(params, [state,] x, ...)
     if forward is not None:
         fwd = _returns(_keywords(forward, kw), 3 if stateful else 2, name, "forward", forms[0])
+        fwd = _array_input(fwd, name, x_at)
     if apply is not None:
-        app = _keywords(apply, kw)
+        app = _array_input(_keywords(apply, kw), name, x_at)
         if stateful:
             app = _returns(app, 2, name, "apply", forms[1])
 

@@ -530,3 +530,19 @@ def test_jvp_of_the_forward_twin_is_the_transpose_of_the_hand_backward(case):
     np.testing.assert_allclose(dot(jt, dy), dot(t_params, dparams) + (
                                    0.0 if case.vocab else dot(t_x, dx)),
                                rtol=1e-11, atol=1e-11)
+
+
+def _as_lists(x):
+    """The input with every array as a nested Python list (a tuple input stays a tuple)."""
+    if isinstance(x, tuple):
+        return tuple(None if a is None else np.asarray(a).tolist() for a in x)
+    return np.asarray(x).tolist()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_python_list_input_is_refused_naming_the_layer(case):
+    """jax.numpy refuses lists with an error naming neither the layer nor ``x`` (or an
+    AttributeError from ``x.dtype``); every layer says which layer and what to do."""
+    params, x = _problem(case, 2)
+    with pytest.raises(TypeError, match=r"^\S.*: the input x is a Python list.*jnp\.asarray"):
+        _apply(case, params, _as_lists(x), key=_key(case), train=_train(case))

@@ -36,7 +36,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validate import LayerError, ParamsError, check_input_shape, expect_no_params, shape_of
+from .._validate import (
+    LayerError,
+    ParamsError,
+    check_input_shape,
+    expect_no_params,
+    refuse_list_input,
+    shape_of,
+)
 from ..contract import Layer, NoBackwardRuleError, StatefulModelError, as_layer, layer
 
 __all__ = ["Bidirectional", "LastStep", "RecurrentOutput", "TimeDeltas", "reverse_time"]
@@ -308,6 +315,7 @@ def Bidirectional(layer: Any) -> Layer:
         return (y_shape, input_shape[1]) if echoed else y_shape, (p_f, p_b), ()
 
     def run(params, inputs, rule):
+        refuse_list_input(name, inputs)
         if not isinstance(params, (tuple, list)) or len(params) != 2:
             raise ParamsError(f"{name}: params must be (params_forward, params_backward), got "
                               f"{type(params).__name__}")
