@@ -324,8 +324,9 @@ def MultiHeadAttention(
     The allowed pairs ``A``: key ``j`` is a real step of its sequence (its mask is
     nonzero), query ``i`` is a real step, and with ``causal=True`` also ``j ≤ i``. A
     padding query step attends to nothing and its output is 0 (as a recurrent layer's), so
-    padding steps get no gradient; a real query without an allowed key (in
-    cross-attention: a memory without a real step) also gives ``y = 0`` there, gradients 0.
+    padding steps get no gradient. A real query without an allowed key (in
+    cross-attention: a memory without a real step) has ``O = 0`` (the core's convention),
+    so ``y = b_o`` there, and no gradient reaches the inputs through it.
 
     Args:
       heads: the number of heads ``N``.
@@ -411,17 +412,26 @@ def MultiHeadAttention(
 
     def check(params, p: _Parts):
         expect_params(name, params, _KEYS)
+        s = {k: shape_of(params[k]) for k in _KEYS}
+        width = s["W_o"][1:]
+        fits = (len(s["W_q"]) == len(s["W_k"]) == len(s["W_o"]) == 2
+                and s["W_q"][1] == s["W_k"][1] == s["W_o"][0] == dim
+                and s["W_v"] == s["W_k"] and s["b_q"] == s["b_k"] == s["b_v"] == (dim,)
+                and s["b_o"] == width and (out_dim is None or width == (out_dim,)))
+        if not fits:
+            got = ", ".join(f"{k} {s[k]}" for k in _KEYS)
+            raise ParamsError(f"{name}: params have shapes {got}; expected W_q [D_q, {dim}], "
+                              f"W_k and W_v [D_kv, {dim}], W_o [{dim}, "
+                              f"{'out_dim' if out_dim is None else out_dim}], a bias per "
+                              "matrix of its column count")
         d_q, d_kv = shape_of(p.xq)[-1], shape_of(p.xkv)[-1]
-        width = d_q if out_dim is None else out_dim
-        want = {"W_q": (d_q, dim), "b_q": (dim,), "W_k": (d_kv, dim), "b_k": (dim,),
-                "W_v": (d_kv, dim), "b_v": (dim,), "W_o": (dim, width), "b_o": (width,)}
-        bad = [k for k in _KEYS if shape_of(params[k]) != want[k]]
-        if bad:
-            got = ", ".join(f"{k} {shape_of(params[k])}" for k in bad)
-            exp = ", ".join(f"{k} {want[k]}" for k in bad)
-            raise ParamsError(f"{name}: params {got} do not fit queries of shape "
-                              f"{shape_of(p.xq)} and memory of shape {shape_of(p.xkv)} "
-                              f"(expected {exp})")
+        if s["W_q"][0] != d_q or s["W_k"][0] != d_kv:
+            raise LayerError(f"{name}: queries of shape {shape_of(p.xq)} and memory of shape "
+                             f"{shape_of(p.xkv)} do not fit W_q {s['W_q']} and W_k "
+                             f"{s['W_k']} (rows: the feature sizes {d_q}, {d_kv})")
+        if out_dim is None and width != (d_q,):
+            raise ParamsError(f"{name}: W_o has shape {s['W_o']}, but without out_dim the "
+                              f"output width is the query feature size {d_q}")
 
     def allowed(p: _Parts) -> jax.Array | None:
         """``A [B, 1, T_q, T_k]``: both steps real (and ``j ≤ i`` with ``causal``)."""
