@@ -72,6 +72,7 @@ from .layers import LeakyRelu as LeakyRelu
 from .layers import Logistic as Logistic
 from .layers import LogSoftmax as LogSoftmax
 from .layers import MaxPool as MaxPool
+from .layers import MultiHeadAttention as MultiHeadAttention
 from .layers import PRelu as PRelu
 from .layers import RecurrentOutput as RecurrentOutput
 from .layers import Relu as Relu
@@ -85,6 +86,9 @@ from .layers import Step as Step
 from .layers import SumPool as SumPool
 from .layers import Swish as Swish
 from .layers import Tanh as Tanh
+from .layers import attention_weights as attention_weights
+from .layers import dot_product_attention as dot_product_attention
+from .layers import dot_product_attention_backward as dot_product_attention_backward
 from .layers import fanout as fanout
 from .layers import parallel as parallel
 from .layers import param_count as param_count
@@ -148,6 +152,7 @@ __all__ = [
     "Logistic",
     "Loss",
     "MaxPool",
+    "MultiHeadAttention",
     "NoBackwardRuleError",
     "NonFiniteLossError",
     "PRelu",
@@ -168,6 +173,7 @@ __all__ = [
     "TrainState",
     "accuracy",
     "activations",
+    "attention_weights",
     "backprop",
     "binary_cross_entropy",
     "check",
@@ -177,6 +183,8 @@ __all__ = [
     "contract",
     "data",
     "define_activation",
+    "dot_product_attention",
+    "dot_product_attention_backward",
     "elu",
     "evaluate",
     "exp",

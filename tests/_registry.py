@@ -556,7 +556,7 @@ def _layer_cases() -> list[LayerCase]:
         ),
     ]
     cases += _conv_cases()
-    return cases + _sequence_cases()
+    return cases + _sequence_cases() + _attention_cases()
 
 
 # ---------------------------------------------------------------------------------------
@@ -632,6 +632,114 @@ def _sequence_cases() -> list[LayerCase]:
                   ({"table": (7, F)}, rec["GRU"], (), {"W": (H, 2), "b": (2,)}),
                   lambda p, x: dense_ref(p[3], recurrent_ref("GRU", p[1], p[0]["table"][x])[1]),
                   vocab=7),
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# Attention (docs/math.md §11): plain per-head formulas, written from the equations.
+
+
+def attention_ref(q, k, v, allowed=None):
+    """``O = softmax_rows(Q Kᵀ / √d) V`` on ``[B, T, N, d]``, one head at a time.
+
+    ``allowed`` (broadcasting to ``[B, N, T_q, T_k]``): masked scores become ``-1e30`` (their
+    exponential is 0 beside any allowed one); a row without an allowed key is then
+    uniform, and is multiplied by 0: funnet's convention ``O = 0`` there.
+    """
+    outs = []
+    for h in range(q.shape[2]):
+        s = jnp.einsum("bid,bjd->bij", q[:, :, h], k[:, :, h]) / np.sqrt(q.shape[-1])
+        if allowed is not None:
+            a = jnp.broadcast_to(allowed, (q.shape[0], q.shape[2]) + s.shape[1:])[:, h]
+            s = jnp.where(a, s, -1e30)
+        e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+        p = e / jnp.sum(e, axis=-1, keepdims=True)
+        if allowed is not None:
+            p = p * jnp.any(a, axis=-1, keepdims=True)
+        outs.append(jnp.einsum("bij,bjd->bid", p, v[:, :, h]))
+    return jnp.stack(outs, axis=2)
+
+
+def causal_ref(t_q, t_k):
+    """``[1, 1, T_q, T_k]``: key ``j`` allowed for query ``i`` iff ``j ≤ i``."""
+    return np.tril(np.ones((t_q, t_k), bool))[None, None]
+
+
+def mha_ref(p, heads, xq, xkv=None, *, causal=False, mq=None, mkv=None):
+    """Multi-head attention from its equations (``W_q`` … as docs/attention.md): the
+    projections, ``heads`` heads of ``attention_ref`` with key padding ``mkv``, query
+    padding ``mq`` (those steps output 0) and ``causal``, concatenated, projected."""
+    xkv = xq if xkv is None else xkv
+
+    def project(x, name):
+        return x @ p["W_" + name] + _rows(p["b_" + name], x)
+
+    def split(z):
+        return z.reshape(z.shape[:2] + (heads, -1))
+
+    b, t_q, t_k = xq.shape[0], xq.shape[1], xkv.shape[1]
+    a = np.ones((1, 1, t_q, t_k), bool)
+    if causal:
+        a = a & causal_ref(t_q, t_k)
+    if mq is not None:
+        a = a & (jnp.asarray(mq) != 0)[:, None, :, None]
+    if mkv is not None:
+        a = a & (jnp.asarray(mkv) != 0)[:, None, None, :]
+    o = attention_ref(split(project(xq, "q")), split(project(xkv, "k")),
+                      split(project(xkv, "v")), a)
+    y = project(o.reshape(b, t_q, -1), "o")
+    return y if mq is None else y * (jnp.asarray(mq) != 0)[:, :, None]
+
+
+def _attention_layer(kind: str) -> funnet.Layer:
+    """The public functions as a layer on ``x [B, T, N, d]`` (``q = k = v = x``, so
+    ``dx = dq + dk + dv``): ``kind`` "causal" through ``dot_product_attention``,
+    "masked" through ``attention_weights`` with ``ATTENTION_MASK``; the backward is
+    ``dot_product_attention_backward`` either way."""
+    options = {"causal": True} if kind == "causal" else {"mask": ATTENTION_MASK}
+
+    def init(key, input_shape):
+        return input_shape, ()
+
+    def forward(params, x):
+        if kind == "causal":
+            y = funnet.dot_product_attention(x, x, x, **options)
+        else:
+            y = jnp.einsum("bnts,bsnd->btnd", funnet.attention_weights(x, x, **options), x)
+        return y, x
+
+    def backward(params, x, dy):
+        return (), sum(funnet.dot_product_attention_backward(x, x, x, dy, **options))
+
+    name = ("dot_product_attention(x, x, x, causal=True)" if kind == "causal" else
+            "attention_weights(x, x, mask) V")
+    return funnet.layer(init, forward, backward, name=name)
+
+
+#: A fixed mask ``[1, 1, T_q, T_k]`` (T = 3) with a fully masked query row (row 1).
+ATTENTION_MASK = np.array([[True, False, True], [False, False, False],
+                           [False, True, True]])[None, None]
+
+
+def _attention_cases() -> list[LayerCase]:
+    T, D, N = 3, 4, 2
+    mha = {"W_q": (D, 4), "b_q": (4,), "W_k": (D, 4), "b_k": (4,), "W_v": (D, 4),
+           "b_v": (4,), "W_o": (4, D), "b_o": (D,)}
+    return [
+        LayerCase("MultiHeadAttention(2, 4)", funnet.MultiHeadAttention(N, 4), (-1, T, D),
+                  (-1, T, D), mha, lambda p, x: mha_ref(p, N, x)),
+        LayerCase("MultiHeadAttention(2, 4, out_dim=3, causal=True)",
+                  funnet.MultiHeadAttention(N, 4, out_dim=3, causal=True), (-1, T, D),
+                  (-1, T, 3), {**mha, "W_o": (4, 3), "b_o": (3,)},
+                  lambda p, x: mha_ref(p, N, x, causal=True)),
+        LayerCase("dot_product_attention(x, x, x, causal=True)", _attention_layer("causal"),
+                  (-1, T, N, D), (-1, T, N, D), (),
+                  lambda p, x: attention_ref(x, x, x, causal_ref(T, T)),
+                  covers=("dot_product_attention", "dot_product_attention_backward")),
+        LayerCase("attention_weights(x, x, mask) V", _attention_layer("masked"),
+                  (-1, T, N, D), (-1, T, N, D), (),
+                  lambda p, x: attention_ref(x, x, x, ATTENTION_MASK),
+                  covers=("attention_weights", "dot_product_attention_backward")),
     ]
 
 

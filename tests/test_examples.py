@@ -354,3 +354,22 @@ def test_adding_problem(tmp_path):
     _, params = model.init(jax.random.PRNGKey(0), (-1, 100, 2))
     norms = np.asarray(example.gradient_norms(model)(params, x, y))
     assert norms[0] < 1e-2 * norms[-1]
+
+
+def test_attention_sort(tmp_path):
+    r = run("attention_sort", tmp_path)
+    assert r["steps"] == 6
+    # per-token accuracy over 2000 test sequences (12 000 tokens) trained with hand gradients
+    # (measured at the small size: sort 99.3 %, reverse 100 %)
+    assert r["sort"]["test_accuracy"] > 0.95 and r["reverse"]["test_accuracy"] > 0.95
+    # reversing: the best head's weight on the mirrored step T − 1 − t (measured 0.91;
+    # uniform attention would put 1/T ≈ 0.17 there)
+    assert r["reverse"]["on_mirror"] > 0.8
+    # sorting: more weight on the steps holding the target digit than uniform attention
+    # (measured 0.57 against 0.25)
+    assert r["sort"]["focus"] > 1.5 * r["sort"]["uniform_focus"]
+    for task in ("sort", "reverse"):
+        maps = r[task]["maps"]  # [test, heads, T, T]: rows are softmaxes
+        assert maps.shape[1:] == (2, 6, 6)
+        np.testing.assert_allclose(maps.sum(-1), 1.0, rtol=1e-5)
+    assert_pngs(tmp_path, "attention_sort.png")

@@ -4,8 +4,9 @@ One module per concept: ``dense``, ``elementwise`` (activations, PReLU, softmax)
 ``reshape`` (Identity, Flatten, Reshape), ``dropout``, ``normalization`` (BatchNorm,
 LayerNorm, GroupNorm), ``conv`` (Conv, ConvTranspose), ``pooling`` (MaxPool, AvgPool,
 SumPool, GlobalAvgPool), ``combinators`` (serial, parallel, fanout, fan-ins),
-``inspection`` (param_count, summary), ``embedding``, ``recurrent`` (RNN, LSTM, GRU)
-and ``sequence`` (the sequence input convention, LastStep, Bidirectional). A new
+``inspection`` (param_count, summary), ``embedding``, ``recurrent`` (RNN, LSTM, GRU),
+``sequence`` (the sequence input convention, LastStep, Bidirectional) and
+``attention`` (dot_product_attention, MultiHeadAttention). A new
 layer family joins as one module here, one re-export line below and in
 ``funnet/__init__.py``, and one entry in the test registry (``tests/_registry.py``).
 
@@ -18,6 +19,10 @@ layer family joins as one module here, one re-export line below and in
 Shapes use ``-1`` (or any int) for the batch axis.
 """
 
+from .attention import MultiHeadAttention as MultiHeadAttention
+from .attention import attention_weights as attention_weights
+from .attention import dot_product_attention as dot_product_attention
+from .attention import dot_product_attention_backward as dot_product_attention_backward
 from .combinators import FanInConcat as FanInConcat
 from .combinators import FanInSum as FanInSum
 from .combinators import fanout as fanout
@@ -97,6 +102,7 @@ __all__ = [
     "LogSoftmax",
     "Logistic",
     "MaxPool",
+    "MultiHeadAttention",
     "PRelu",
     "RecurrentOutput",
     "Relu",
@@ -110,6 +116,9 @@ __all__ = [
     "SumPool",
     "Swish",
     "Tanh",
+    "attention_weights",
+    "dot_product_attention",
+    "dot_product_attention_backward",
     "fanout",
     "parallel",
     "param_count",
