@@ -280,3 +280,14 @@ def test_mkdocs_build_strict(tmp_path):
         html = (tmp_path / "site" / "api" / page / "index.html").read_text(encoding="utf-8")
         assert f'id="{anchor}"' in html, f"the API page {page} has no entry {anchor}"
     assert (tmp_path / "site" / "img" / "activations" / "relu.png").is_file()
+
+
+def test_no_command_writes_over_the_docs_images():
+    """Commands in the docs write figures to a scratch folder, not into docs/img/."""
+    offenders = [f"docs/{p.relative_to(DOCS)}:{n + 1}: {line.strip()}"
+                 for p in ALL_PAGES
+                 for n, line in enumerate(p.read_text(encoding="utf-8").splitlines())
+                 if re.search(r"--out[ =]+(\./)?docs/", line)]
+    offenders += [f"examples/{p.name}" for p in sorted((REPO / "examples").glob("*.py"))
+                  if re.search(r"--out[ =]+(\./)?docs/", p.read_text(encoding="utf-8"))]
+    assert not offenders, "commands writing into docs/:\n" + "\n".join(offenders)
