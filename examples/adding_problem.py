@@ -17,7 +17,7 @@ training, ``funnet.backprop.value_and_grad(model, mse, return_deltas=True)`` giv
 sequence the gradient of its own loss ``½ (ŷ - y)²``, averaged over 256 test sequences).
 
 Measured at full size (``T = 100``, 10 000 training sequences, 20 epochs of batches of 64;
-``python examples/adding_problem.py --out docs/img/gallery``, 60 s of CPU):
+``python examples/adding_problem.py --out examples/out/gallery``, 60 s of CPU):
 
 * the LSTM solves it: test MSE 0.0003 on 1000 sequences (below 0.01 from epoch 8 on);
   the tanh RNN does not: 0.149, about what always predicting 1 gets (0.167);

@@ -313,10 +313,11 @@ def _dlogistic(x, y):
     return _sech2_from_exp(jnp.exp(-jnp.abs(x)))
 
 
-logistic = Activation("logistic", _logistic, _dlogistic, doc="""
-Logistic sigmoid ``σ(x) = 1 / (1 + exp(-x))``; ``σ'(x) = σ(x)(1 - σ(x)) ≤ 0.25``.
+logistic = Activation("logistic", _logistic, _dlogistic, doc=r"""
+Logistic sigmoid :math:`\sigma(x) = 1 / (1 + e^{-x})`;
+:math:`\sigma'(x) = \sigma(x)(1 - \sigma(x)) \le 0.25`.
 
-Smooth, no kink. ``σ'`` is evaluated as ``e/(1+e)²``, ``e = exp(-|x|)``.
+Smooth, no kink. :math:`\sigma'` is evaluated as :math:`e/(1+e)^2`, :math:`e = \exp(-|x|)`.
 
 >>> float(logistic(0.0)), float(logistic.derivative(0.0))
 (0.5, 0.25)
@@ -333,10 +334,10 @@ def _dtanh(x, y):
     return 4 * _sech2_from_exp(jnp.exp(-2 * jnp.abs(x)))
 
 
-tanh = Activation("tanh", _tanh, _dtanh, doc="""
-Hyperbolic tangent ``tanh(x) = 2σ(2x) - 1``; ``tanh'(x) = 1 - tanh(x)²``.
+tanh = Activation("tanh", _tanh, _dtanh, doc=r"""
+Hyperbolic tangent :math:`\tanh(x) = 2\sigma(2x) - 1`; :math:`\tanh'(x) = 1 - \tanh^2(x)`.
 
-Smooth, no kink. ``tanh'`` is evaluated as ``4e/(1+e)²``, ``e = exp(-2|x|)``.
+Smooth, no kink. :math:`\tanh'` is evaluated as :math:`4e/(1+e)^2`, :math:`e = \exp(-2|x|)`.
 
 >>> float(tanh.derivative(0.0))
 1.0
@@ -359,10 +360,10 @@ def _dhard_logistic(x, y):
     return _piecewise((x > -2) & (x < 2), 0.25, 0, x)  # 0.25 on (-2, 2), else 0
 
 
-hard_logistic = Activation("hard_logistic", _hard_logistic, _dhard_logistic, kinks=(-2.0, 2.0), doc="""
-Hard logistic ``max(min(0.25x + 0.5, 1), 0)`` (σ's first-order Taylor at 0, clipped).
+hard_logistic = Activation("hard_logistic", _hard_logistic, _dhard_logistic, kinks=(-2.0, 2.0), doc=r"""
+Hard logistic :math:`\max(\min(0.25x + 0.5, 1), 0)` (σ's first-order Taylor at 0, clipped).
 
-``f'(x) = 0.25`` on ``(-2, 2)``, else ``0``; kink convention: ``f'(±2) = 0``.
+:math:`f'(x) = 0.25` on :math:`(-2, 2)`, else :math:`0`; kink convention: :math:`f'(\pm 2) = 0`.
 Not ``jax.nn.hard_sigmoid`` (slope 1/6).
 
 >>> hard_logistic.derivative(jnp.array([-2.0, 0.0, 2.0])).tolist()
@@ -378,10 +379,10 @@ def _dhard_tanh(x, y):
     return _piecewise((x > -1) & (x < 1), 1, 0, x)  # 1 on (-1, 1), else 0
 
 
-hard_tanh = Activation("hard_tanh", _hard_tanh, _dhard_tanh, kinks=(-1.0, 1.0), doc="""
-Hard tanh ``max(min(x, 1), -1)`` (tanh's first-order Taylor at 0, clipped).
+hard_tanh = Activation("hard_tanh", _hard_tanh, _dhard_tanh, kinks=(-1.0, 1.0), doc=r"""
+Hard tanh :math:`\max(\min(x, 1), -1)` (tanh's first-order Taylor at 0, clipped).
 
-``f'(x) = 1`` on ``(-1, 1)``, else ``0``; kink convention: ``f'(±1) = 0``.
+:math:`f'(x) = 1` on :math:`(-1, 1)`, else :math:`0`; kink convention: :math:`f'(\pm 1) = 0`.
 
 >>> hard_tanh.derivative(jnp.array([-1.0, 0.5, 1.0])).tolist()
 [0.0, 1.0, 0.0]
@@ -397,8 +398,9 @@ def _drelu(x, y):
     return _piecewise(x > 0, 1, 0, x)  # 1 if x > 0 else 0
 
 
-relu = Activation("relu", _relu, _drelu, kinks=(0.0,), doc="""
-Rectified linear unit ``max(0, x)``; ``f'(x) = 1 if x > 0 else 0``; ``relu'(0) = 0``.
+relu = Activation("relu", _relu, _drelu, kinks=(0.0,), doc=r"""
+Rectified linear unit :math:`\max(0, x)`; :math:`f'(x) = 1` if :math:`x > 0`, else :math:`0`;
+:math:`f'(0) = 0`.
 
 >>> relu.derivative(jnp.array([-1.0, 0.0, 2.0])).tolist()
 [0.0, 0.0, 1.0]
@@ -414,10 +416,10 @@ def _dleaky_relu(x, y, slope):
     return _piecewise(x > 0, 1, slope, x)  # 1 if x > 0 else γ
 
 
-leaky_relu = Activation("leaky_relu", _leaky_relu, _dleaky_relu, {"slope": 0.01}, kinks=(0.0,), doc="""
-Leaky ReLU ``x if x > 0 else γx`` (``slope=γ``, default 0.01).
+leaky_relu = Activation("leaky_relu", _leaky_relu, _dleaky_relu, {"slope": 0.01}, kinks=(0.0,), doc=r"""
+Leaky ReLU :math:`x` if :math:`x > 0`, else :math:`\gamma x` (``slope=γ``, default 0.01).
 
-``f'(x) = 1 if x > 0 else γ``; kink convention: ``f'(0) = γ``.
+:math:`f'(x) = 1` if :math:`x > 0`, else :math:`\gamma`; kink convention: :math:`f'(0) = \gamma`.
 
 >>> leaky_relu.derivative(jnp.array([-1.0, 0.0, 2.0]), slope=0.5).tolist()
 [0.5, 0.5, 1.0]
@@ -436,10 +438,12 @@ def _delu(x, y, alpha):
     return _keep_nan(x, jnp.where(x > 0, jnp.ones_like(x), alpha * jnp.exp(jnp.minimum(x, 0))))
 
 
-elu = Activation("elu", _elu, _delu, {"alpha": 1.0}, kinks=(0.0,), doc="""
-Exponential linear unit ``x if x > 0 else α(exp(x) - 1)`` (``alpha=α``, default 1).
+elu = Activation("elu", _elu, _delu, {"alpha": 1.0}, kinks=(0.0,), doc=r"""
+Exponential linear unit :math:`x` if :math:`x > 0`, else :math:`\alpha(e^x - 1)` (``alpha=α``,
+default 1).
 
-``f'(x) = 1 if x > 0 else α exp(x)`` (``= ELU(x) + α``); kink convention: ``f'(0) = α``.
+:math:`f'(x) = 1` if :math:`x > 0`, else :math:`\alpha e^x` (:math:`= f(x) + \alpha`); kink
+convention: :math:`f'(0) = \alpha`.
 
 >>> float(elu.derivative(0.0, alpha=0.5))
 0.5
@@ -454,8 +458,8 @@ def _dsoftplus(x, y):
     return jax.nn.sigmoid(x)  # softplus'(x) = σ(x)
 
 
-softplus = Activation("softplus", _softplus, _dsoftplus, doc="""
-Softplus ``log(1 + exp(x))``, a smooth ReLU; ``f'(x) = σ(x)``.
+softplus = Activation("softplus", _softplus, _dsoftplus, doc=r"""
+Softplus :math:`\log(1 + e^x)`, a smooth ReLU; :math:`f'(x) = \sigma(x)`.
 
 >>> float(softplus.derivative(0.0))
 0.5
@@ -470,10 +474,10 @@ def _dstep(x, y):
     return _keep_nan(x, jnp.zeros_like(x))  # 0 everywhere (no gradient to descend)
 
 
-step = Activation("step", _step, _dstep, kinks=(0.0,), doc="""
-Heaviside step (the MP neuron): ``1 if x > 0 else 0``; ``step(0) = 0``.
+step = Activation("step", _step, _dstep, kinks=(0.0,), doc=r"""
+Heaviside step (the MP neuron): :math:`1` if :math:`x > 0`, else :math:`0`; ``step(0) = 0``.
 
-``f'(x) = 0`` everywhere (at 0 by convention): gradient descent cannot train it.
+:math:`f'(x) = 0` everywhere (at 0 by convention): gradient descent cannot train it.
 
 >>> step(jnp.array([-1.0, 0.0, 2.0])).tolist()
 [0.0, 0.0, 1.0]
@@ -527,11 +531,13 @@ def _dgelu(x, y, approximate):
     return _gelu_cdf(x, approximate) + t * bump
 
 
-gelu = Activation("gelu", _gelu, _dgelu, {"approximate": False}, doc="""
-Gaussian error linear unit ``x Φ(x)``, ``Φ(x) = ½(1 + erf(x/√2))`` the normal CDF.
+gelu = Activation("gelu", _gelu, _dgelu, {"approximate": False}, doc=r"""
+Gaussian error linear unit :math:`x\,\Phi(x)`, with the normal CDF
+:math:`\Phi(x) = \tfrac12(1 + \mathrm{erf}(x/\sqrt2))`.
 
-``f'(x) = Φ(x) + x φ(x)``, ``φ(x) = exp(-x²/2)/√(2π)``. Smooth, no kink. ``Φ`` is evaluated
-as ``½ erfc(-x/√2)``: exact in the left tail, where ``1 + erf`` cancels.
+:math:`f'(x) = \Phi(x) + x\,\varphi(x)`, :math:`\varphi(x) = e^{-x^2/2}/\sqrt{2\pi}`. Smooth, no
+kink. :math:`\Phi` is evaluated as :math:`\tfrac12 \mathrm{erfc}(-x/\sqrt2)`: exact in the left
+tail, where :math:`1 + \mathrm{erf}` cancels.
 
 ``approximate=True``: the tanh form ``½x(1 + tanh u)``, ``u = √(2/π)(x + 0.044715x³)``,
 evaluated as ``x σ(2u)``; ``f'(x) = σ(2u) + 2x σ(2u)(1 - σ(2u)) u'(x)``.
@@ -560,11 +566,13 @@ def _dselu(x, y):
     return _keep_nan(x, jnp.where(x > 0, jnp.full_like(x, _SELU_SCALE), neg))
 
 
-selu = Activation("selu", _selu, _dselu, kinks=(0.0,), doc="""
-Scaled ELU ``λx if x > 0 else λα(exp(x) - 1)``, with the fixed constants of jax.nn.selu
-``λ = 1.0507009873554804934193349852946``, ``α = 1.6732632423543772848170429916717``.
+selu = Activation("selu", _selu, _dselu, kinks=(0.0,), doc=r"""
+Scaled ELU :math:`\lambda x` if :math:`x > 0`, else :math:`\lambda\alpha(e^x - 1)`, with the fixed
+constants of jax.nn.selu :math:`\lambda = 1.0507009873554804934193349852946`,
+:math:`\alpha = 1.6732632423543772848170429916717`.
 
-``f'(x) = λ if x > 0 else λα exp(x)``; kink convention: ``f'(0) = λα ≈ 1.7581`` (the ``else``
+:math:`f'(x) = \lambda` if :math:`x > 0`, else :math:`\lambda\alpha e^x`; kink convention:
+:math:`f'(0) = \lambda\alpha \approx 1.7581` (the ``else``
 branch, as ``elu'(0) = α``; jax.nn.selu gives the same).
 
 >>> round(float(selu.derivative(0.0)), 6), round(float(selu(-jnp.inf)), 6)
@@ -584,11 +592,12 @@ def _dswish(x, y):
     return jax.nn.sigmoid(x) + t * _sech2_from_exp(jnp.exp(-jnp.abs(t)))
 
 
-swish = Activation("swish", _swish, _dswish, doc="""
-Swish (SiLU) ``x σ(x)``; ``f'(x) = σ(x) + x σ(x)(1 - σ(x)) = σ(x)(1 + x(1 - σ(x)))``.
+swish = Activation("swish", _swish, _dswish, doc=r"""
+Swish (SiLU) :math:`x\,\sigma(x)`;
+:math:`f'(x) = \sigma(x) + x\,\sigma(x)(1 - \sigma(x)) = \sigma(x)(1 + x(1 - \sigma(x)))`.
 
-Smooth, no kink; ``silu`` is the same activation. ``σ(1 - σ)`` is evaluated as
-``e/(1+e)²``, ``e = exp(-|x|)``.
+Smooth, no kink; ``silu`` is the same activation. :math:`\sigma(1 - \sigma)` is evaluated as
+:math:`e/(1+e)^2`, :math:`e = \exp(-|x|)`.
 
 >>> round(float(swish(1.0)), 6), round(float(swish.derivative(1.0)), 6)
 (0.731059, 0.927671)
@@ -604,8 +613,8 @@ def _dexp(x, y):
     return y  # exp'(x) = e^x = y, the forward value
 
 
-exp = Activation("exp", _exp, _dexp, doc="""
-Exponential ``exp(x)``; ``f'(x) = exp(x)`` (the forward value, reused).
+exp = Activation("exp", _exp, _dexp, doc=r"""
+Exponential :math:`e^x`; :math:`f'(x) = e^x` (the forward value, reused).
 
 Unbounded: like ``jnp.exp`` it overflows to ``inf`` (value and derivative) beyond the
 dtype's largest number, ``x > 709.78`` in float64, ``x > 88.72`` in float32.
@@ -695,9 +704,12 @@ _PRELU_WIRINGS = {"vjp": _prelu_vjp, "jvp": _prelu_jvp, "formula": _prelu_f}
 
 
 class _PRelu(_Twins):
-    """PReLU ``f(x) = x if x > 0 else γ_i x`` with a learnable slope per neuron.
+    r"""PReLU :math:`f(x) = x` if :math:`x > 0`, else :math:`\gamma_i x`, one learnable slope per
+    neuron.
 
-    ``∂f/∂x = 1 if x > 0 else γ_i`` (``prelu.derivative``), ``∂f/∂γ_i = 0 if x > 0 else x``
+    :math:`\partial f / \partial x = 1` if :math:`x > 0`, else :math:`\gamma_i`
+    (``prelu.derivative``);
+    :math:`\partial f / \partial \gamma_i = 0` if :math:`x > 0`, else :math:`x`
     (``prelu.slope_derivative``). ``slope`` broadcasts against ``x`` (shape ``[features]``).
     Twins as for every activation: ``prelu.jvp_twin`` (custom_jvp), ``prelu.formula``.
 

@@ -60,6 +60,15 @@ def backward(model: Layer, params: PyTree, x: Any, dy: Any, *, key: jax.Array | 
     ``dx`` is ``None`` for an input without a gradient. ``key``, ``train`` and ``state``
     are passed to the forward pass as in ``apply_with_state``.
 
+    Args:
+        model: the :class:`funnet.Layer` whose hand backward rules are applied.
+        params: its params.
+        x: the input the forward pass is run at.
+        dy: the gradient of the loss at the model's output, shaped like the output.
+        key: the PRNG key of the forward pass (``Dropout`` with ``train=True``).
+        train: the forward pass's training mode.
+        state: the model's state (``BatchNorm``), ``()`` for a model without.
+
     >>> import jax, jax.numpy as jnp, funnet
     >>> net = funnet.Dense(1)
     >>> _, p = net.init(jax.random.PRNGKey(0), (-1, 2))
@@ -104,6 +113,13 @@ def value_and_grad(
     ``c = ∂L/∂c_t`` for the LSTM), carried by the layer's own backward scan: vanishing
     gradients through time (docs/recurrent.md, which also says what ``h`` is at padding
     steps).
+
+    Args:
+        model: the :class:`funnet.Layer` (every layer in it has a backward rule).
+        loss: the :class:`funnet.Loss`; its hand gradient seeds the recursion.
+        l2: the weight-decay factor λ of the objective (``0``: none).
+        return_deltas: also return each layer's output gradient (``model`` a ``serial``).
+        has_state: the returned function takes and returns the model's state.
 
     >>> import jax, jax.numpy as jnp, funnet
     >>> net = funnet.serial(funnet.Dense(3), funnet.Tanh, funnet.Dense(2))

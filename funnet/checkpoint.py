@@ -246,13 +246,24 @@ def save_step(directory: str | os.PathLike, step: int, tree: PyTree, *,
     ``directory``, keeping the newest ``keep`` steps; returns the step's directory.
 
     The directory is locked while saving (:class:`CheckpointRun`).
+
+    Args:
+        directory: the run's checkpoint directory (created if missing).
+        step: the step number, an int ``>= 0`` that the directory does not hold yet.
+        tree: the pytree of arrays to save (params, optimiser state, ...).
+        metadata: JSON-serialisable data saved beside the arrays (``load_step`` returns it).
+        keep: how many of the newest steps to keep; older ones are deleted.
     """
     with CheckpointRun(directory, keep=keep) as run:
         return run.save(step, tree, metadata)
 
 
 def latest_step(directory: str | os.PathLike) -> int | None:
-    """The newest complete step in ``directory``, or ``None`` (no directory, no steps)."""
+    """The newest complete step in ``directory``, or ``None`` (no directory, no steps).
+
+    Args:
+        directory: the run's checkpoint directory.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return None
@@ -270,6 +281,12 @@ def load_step(directory: str | os.PathLike, step: int | None = None, *,
     With ``like`` (a pytree of arrays or ``jax.ShapeDtypeStruct``) the tree comes back with
     ``like``'s structure, shapes, dtypes and shardings; without it, as stored (dicts and
     lists of arrays).
+
+    Args:
+        directory: the run's checkpoint directory.
+        step: the step to load; ``None``, the default, loads the newest.
+        like: a pytree of arrays or ``jax.ShapeDtypeStruct`` giving the structure, shapes,
+            dtypes and shardings to restore to; ``None`` restores as stored.
     """
     directory = Path(directory)
     if not directory.is_dir():

@@ -140,12 +140,34 @@ def _methods(text: str) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------- parser
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, as a value (``16,32``, not ``(16, 32)``).
+
+    Flags (``--resume``) show none; an option whose default is ``None`` says in its own
+    help what leaving it out means, so no ``(default: None)`` is printed.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or default in (None, argparse.SUPPRESS) or action.nargs == 0
+                or action.required or isinstance(action, argparse._VersionAction)):
+            return text
+        if isinstance(default, (tuple, list)):
+            default = ",".join(str(d) for d in default)
+        shown = str(default).replace("%", "%%")
+        return f"{text} (default: {shown})" if text else f"(default: {shown})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``funnet`` (subcommands ``train`` and ``check``)."""
     parser = argparse.ArgumentParser(
         prog="funnet",
         description="Functional neural networks on JAX with hand-derived, cross-checked "
                     "gradients.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"funnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     activations = _activation_names()
 
@@ -154,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train an MLP (Dense → activation → … → Dense) or a CNN (per --hidden "
                     "entry Conv 3x3 → BatchNorm → activation → MaxPool 2x2, then Flatten → "
                     "Dense) with funnet.train.fit; print the history and the test accuracy.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     train.add_argument("--data", type=_data_spec, default="digits", metavar="SPEC",
                        help="'digits' (embedded 8x8 digits, split 70/15/15 by --seed) or "
                             "'mnist:PATH' (IDX directory or .npz)")
@@ -167,35 +189,43 @@ def build_parser() -> argparse.ArgumentParser:
                             "entry (default 16,32)")
     train.add_argument("--activation", choices=activations, default="relu", metavar="NAME",
                        help=f"hidden activation: {', '.join(activations)}")
-    train.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
+    train.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
+                       help="the optax optimizer")
     train.add_argument("--lr", type=_positive_float, default=None,
                        help="learning rate (default per optimizer: "
                             + ", ".join(f"{k} {v[2]:g}" for k, v in OPTIMIZERS.items()) + ")")
     train.add_argument("--schedule", choices=SCHEDULES, default="cosine",
                        help="learning-rate schedule: constant, step (halve every quarter of "
                             "the epochs) or cosine (decay to 0 over the run)")
-    train.add_argument("--epochs", type=_positive_int, default=40)
-    train.add_argument("--batch-size", type=_positive_int, default=32)
+    train.add_argument("--epochs", type=_positive_int, default=40, help="passes over the data")
+    train.add_argument("--batch-size", type=_positive_int, default=32,
+                       help="rows per training step")
     train.add_argument("--l2", type=_nonnegative_float, default=1e-4,
                        help="L2 penalty λ on the weights (½ λ Σ ||W||²)")
     train.add_argument("--patience", type=_nonnegative_int, default=0,
                        help="early stopping: stop after this many epochs without a lower "
                             "validation loss and keep the best epoch's params (0: off; with "
                             "the cosine schedule the last epochs are usually the best)")
-    train.add_argument("--seed", type=_seed, default=0)
+    train.add_argument("--seed", type=_seed, default=0,
+                       help="seeds the split, the initial params and the batch order")
     train.add_argument("--grad", choices=GRADS, default="reverse",
                        help="gradients by jax.grad or by the hand-derived backprop")
     train.add_argument("--checkpoint", type=_path, default=None, metavar="DIR",
                        help="save a checkpoint in DIR after every epoch (orbax), the flags "
                             "in DIR/train-args.json and the trained params in "
-                            "DIR/params.safetensors (for funnet predict)")
+                            "DIR/params.safetensors (for funnet predict); default: no "
+                            "checkpoint")
     train.add_argument("--resume", action="store_true",
                        help="continue from the latest checkpoint in --checkpoint DIR")
     train.add_argument("--devices", type=_positive_int, default=None, metavar="N",
-                       help="data-parallel over the first N devices")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+                       help="data-parallel over the first N devices (jax.devices()); "
+                            "default: one device, no sharding. On a CPU, emulate N devices "
+                            "with XLA_FLAGS=--xla_force_host_platform_device_count=N")
+    train.add_argument("--no-progress", action="store_true",
+                       help="no progress bar (one is shown on stderr when it is a terminal)")
     train.add_argument("--plot", type=_path, default=None, metavar="PATH",
-                       help="save the learning curves as an image (needs matplotlib)")
+                       help="save the learning curves as an image (needs matplotlib); "
+                            "default: no image")
     train.set_defaults(run=_train)
 
     predict = sub.add_parser(
@@ -204,14 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "from DIR/train-args.json, its params from DIR/params.safetensors), "
                     "predict the class of every row of --data and print the accuracy when "
                     "the data has labels.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     predict.add_argument("--checkpoint", type=_path, required=True, metavar="DIR")
     predict.add_argument("--data", default=None, metavar="SPEC",
                          help="'digits' or 'mnist:PATH' (the test split, as funnet train "
                               "made it), or a .npy/.csv file of rows (no labels); default: "
                               "the data the model was trained on")
     predict.add_argument("--out", type=_path, default=None, metavar="PATH",
-                         help="write the predicted classes to PATH (CSV: row,class)")
+                         help="write the predicted classes to PATH (CSV: row,class); "
+                              "default: print them")
     predict.set_defaults(run=_predict)
 
     check = sub.add_parser(
@@ -227,19 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "statistics). Exit codes: 0 every check passed, "
                     "1 a check failed (the first wrong layer is named), 2 bad arguments or a "
                     "TARGET that cannot be loaded.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     check.add_argument("target", nargs="?", default=None, metavar="TARGET",
                        help="path/to/model.py:build (default: the built-in MLP)")
     check.add_argument("--json", type=_path, default=None, metavar="PATH",
-                       help="also write the report as JSON to PATH")
-    check.add_argument("--hidden", type=_hidden, default="16", metavar="N,N,...")
+                       help="also write the report as JSON to PATH; default: no JSON")
+    check.add_argument("--hidden", type=_hidden, default="16", metavar="N,N,...",
+                       help="hidden Dense widths of the built-in MLP")
     check.add_argument("--activation", choices=activations, default="tanh", metavar="NAME",
                        help=f"hidden activation: {', '.join(activations)}")
     check.add_argument("--methods", type=_methods, default=METHODS, metavar="M,M,...",
                        help=f"two or more of {', '.join(METHODS)}")
     check.add_argument("--batch-size", type=_positive_int, default=16,
                        help="digits rows in the batch")
-    check.add_argument("--seed", type=_seed, default=0)
+    check.add_argument("--seed", type=_seed, default=0,
+                       help="seeds the params and the batch of the built-in MLP")
     check.add_argument("--train", action="store_true",
                        help="check the model in training mode (train=True: batch statistics "
                             "in BatchNorm); default: evaluation mode")
@@ -294,8 +327,12 @@ def _check_train_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
 
         available = len(jax.devices())
         if args.devices > available:
+            platform = jax.devices()[0].platform
+            hint = (f"; to emulate {args.devices} devices on the CPU, run with "
+                    f"XLA_FLAGS=--xla_force_host_platform_device_count={args.devices}"
+                    if platform == "cpu" else "")
             parser.error(f"--devices {args.devices}: only {available} device(s) available "
-                         f"({jax.devices()[0].platform})")
+                         f"({platform}){hint}")
         if args.batch_size % args.devices:
             parser.error(f"--batch-size {args.batch_size} must be divisible by "
                          f"--devices {args.devices}")
@@ -529,6 +566,7 @@ def _train(args: argparse.Namespace) -> int:
           + (f", devices {args.devices}" if args.devices is not None else ""))
     if args.checkpoint is not None:
         _record_args(args, t)
+    print("training (the first epoch includes compiling the step)…", flush=True)
     params, state, history = fit_training(args, t)
     if args.checkpoint is not None:
         from .weights import save_params
@@ -536,14 +574,18 @@ def _train(args: argparse.Namespace) -> int:
         save_params(args.checkpoint / PARAMS_FILE, params, model=t.model, state=state,
                     input_shape=(-1, *t.input_shape), overwrite=True)
     print(history.table())
+    # fit returns the best epoch's params with --patience, else the last epoch's
+    last = history[-1]["epoch"] if history else None
+    used = history.best_epoch if args.patience and history.best_epoch else last
+    if history.best_epoch is not None:
+        print(f"* lowest validation loss; the test score uses the params of epoch {used}"
+              + (" (--patience: the best)" if args.patience else " (the last)"))
     if args.plot is not None:
         print(f"learning curves: {history.plot(args.plot)}")
     scores = train.evaluate(t.model, params, t.splits.test, state=state,
                             loss=losses.softmax_cross_entropy)
-    best = f" (params of epoch {history.best_epoch})" if args.patience and history.best_epoch \
-        else ""
-    print(f"test accuracy: {scores['accuracy']:.4f}, test loss: {scores['loss']:.4f}{best}; "
-          f"{time.perf_counter() - started:.1f} s")
+    print(f"test accuracy: {scores['accuracy']:.4f}, test loss: {scores['loss']:.4f} "
+          f"(params of epoch {used}); {time.perf_counter() - started:.1f} s")
     return 0
 
 

@@ -530,6 +530,9 @@ def forward_twin(model: Any) -> Layer:
     pulled back (``jax.grad``). It is a new pure value: nothing global changes, jit caches
     of the original model and of the user's functions stay valid, threads do not interact.
 
+    Args:
+        model: a :class:`funnet.Layer`, or a stax ``(init, apply)`` pair.
+
     >>> import jax, jax.numpy as jnp, funnet
     >>> net = funnet.serial(funnet.Dense(2), funnet.Tanh)
     >>> _, params = net.init(jax.random.PRNGKey(0), (-1, 2))

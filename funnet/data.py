@@ -139,6 +139,10 @@ def load_mnist(path: str | PathLike[str], *, split: str = "train") -> Dataset:
     Returns `x` float32 `[N, rows*cols]` (integer pixels divided by 255; float pixels kept
     as they are) and `y` int32 `[N]`. For an explicit pair of IDX files use `load_mnist_idx`.
 
+    Args:
+        path: the directory of IDX files or the ``.npz`` file, as above.
+        split: ``"train"`` or ``"test"``.
+
     >>> load_mnist("no/such/dir")
     Traceback (most recent call last):
     ...

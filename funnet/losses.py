@@ -246,6 +246,13 @@ def l2_penalty(params: PyTree, lam: float, *, model: Any = None, mask: PyTree = 
     ``mask`` pytree like ``params``. A stax layer with params declares nothing: asking for
     its mask raises ``TypeError`` naming it.
 
+    Args:
+        params: the model's params.
+        lam: the factor λ.
+        model: the :class:`funnet.Layer` the params belong to (its layers declare the decayed
+            leaves); give it or ``mask``.
+        mask: a bool pytree like ``params``, ``True`` where a leaf is decayed.
+
     >>> import jax.numpy as jnp, funnet
     >>> params = {"W": jnp.ones((2, 2)), "b": jnp.ones(2)}
     >>> float(l2_penalty(params, 0.5, model=funnet.Dense(2)))
@@ -266,6 +273,12 @@ def l2_penalty_grad(params: PyTree, lam: float, *, model: Any = None,
                     mask: PyTree = None) -> PyTree:
     r"""Hand gradient of :func:`l2_penalty`: ``λ W`` for decayed leaves, ``0`` elsewhere.
 
+    Args:
+        params: the model's params.
+        lam: the factor λ.
+        model: the :class:`funnet.Layer` the params belong to; give it or ``mask``.
+        mask: a bool pytree like ``params``, ``True`` where a leaf is decayed.
+
     >>> import jax.numpy as jnp, funnet
     >>> params = {"W": jnp.ones((1, 2)), "b": jnp.ones(2)}
     >>> l2_penalty_grad(params, 0.5, model=funnet.Dense(2))["b"].tolist()
@@ -279,6 +292,10 @@ def l2_penalty_grad(params: PyTree, lam: float, *, model: Any = None,
 
 def accuracy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
     """Fraction of rows whose arg-max matches the integer (or one-hot) label.
+
+    Args:
+        logits: the scores ``[N, C]`` (or probabilities: only the arg-max counts).
+        labels: the integer labels ``[N]`` or one-hot rows ``[N, C]``.
 
     >>> import jax.numpy as jnp
     >>> float(accuracy(jnp.array([[2.0, 1.0], [0.0, 3.0]]), jnp.array([0, 0])))

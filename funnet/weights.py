@@ -681,6 +681,9 @@ def load_metadata(path: str | os.PathLike) -> dict[str, str]:
     Only the header is read (the tensors are not, and the checksum is not verified: use
     :func:`load_params` for that).
 
+    Args:
+        path: the ``.safetensors`` file written by :func:`save_params`.
+
     >>> import pathlib, tempfile, numpy as np, funnet
     >>> folder = tempfile.TemporaryDirectory()
     >>> path = funnet.save_params(pathlib.Path(folder.name) / "w.safetensors",

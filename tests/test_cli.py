@@ -47,6 +47,9 @@ def test_train_prints_the_history_and_the_test_accuracy(capsys):
     accuracy = float(re.search(r"test accuracy: ([0-9.]+)", out).group(1))
     assert 0.7 < accuracy <= 1.0
     assert err == ""  # progress only on a terminal
+    # the * of the table is explained; the score names the epoch of the params fit returned
+    assert "* lowest validation loss; the test score uses the params of epoch 3 (the last)" in out
+    assert re.search(r"test loss: [0-9.]+ \(params of epoch 3\)", out)
 
 
 def test_train_checkpoint_resume_plot_and_hand_gradients(capsys, tmp_path):
@@ -493,3 +496,37 @@ def test_train_hands_its_flags_to_fit(monkeypatch, tmp_path):
     with pytest.raises(_Stop):
         cli.main(["train", "--no-progress"])
     assert seen["patience"] is None  # --patience 0 (the default): no early stopping
+
+
+def test_help_shows_every_default_and_no_none(capsys):
+    for command in ("train", "predict", "check"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert "(default: None)" not in text, command
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("passes over the data (default: 40)", "rows per training step (default: 32)",
+                  "(default 128,128)", "default: no checkpoint",
+                  "the optax optimizer (default: adam)"):
+        assert shown in text, shown
+    with pytest.raises(SystemExit):
+        cli.main(["check", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: hand,formula,reverse,forward,numerical)" in text
+    assert "Exit codes: 0 every check passed" in text
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"funnet {funnet.__version__}"
+
+
+def test_devices_beyond_the_cpu_says_how_to_emulate_them(capsys):
+    n = len(jax.devices()) + 1
+    err = usage_error(capsys, "train", "--devices", str(n), "--batch-size", str(8 * n))
+    if jax.devices()[0].platform == "cpu":
+        assert f"XLA_FLAGS=--xla_force_host_platform_device_count={n}" in err, err

@@ -6,8 +6,13 @@
   concurrently (one worker per CPU).
 * ``mkdocs build --strict`` succeeds (needs the ``docs`` extra; skipped, saying so, when
   mkdocs is not installed).
-* Every name in ``funnet.__all__`` appears in ``docs/api.md``: in its text, or as a member
-  of a module that it renders with a ``::: funnet.<module>`` directive.
+* The API reference is one page per module, ``docs/api/<module>.md`` (an overview in
+  ``docs/api/index.md``): every name in ``funnet.__all__`` appears in it, in the text or as
+  a member of a module rendered with a ``::: funnet.<module>`` directive.
+* No line of a fenced code block of any page is longer than 88 characters (a reader's
+  screen, and the copy button, show it whole).
+* The build warns on a link to an anchor a page lacks (``validation: anchors: warn``), so
+  ``--strict`` fails on it, and no "does not contain an anchor" line is in the log.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ import funnet
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
+API_PAGES = sorted((DOCS / "api").glob("*.md"))
+ALL_PAGES = sorted(p for p in DOCS.rglob("*.md") if "_hooks" not in p.parts)
+ANY_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n(.*?)^[ \t]*\1[ \t]*$",
+                       re.DOTALL | re.MULTILINE)
+MAX_CODE_LINE = 88
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 PAGE_TIMEOUT_S = 900
 
@@ -88,11 +98,10 @@ def page_runs(request, tmp_path_factory):
 
 
 def test_docs_have_pages_and_code():
-    names = {p.name for p in PAGES}
     for page in ("index.md", "concepts.md", "custom-layers.md", "activations.md", "backprop.md",
                  "gradient-checking.md", "training.md", "multi-device.md", "gallery.md",
-                 "benchmarks.md", "api.md"):
-        assert page in names, f"docs/{page} is missing"
+                 "benchmarks.md", "conv.md", "recurrent.md", "api/index.md"):
+        assert (DOCS / page).is_file(), f"docs/{page} is missing"
     assert len(PAGES_WITH_CODE) >= 6, [p.name for p in PAGES_WITH_CODE]
 
 
@@ -138,12 +147,40 @@ def test_activation_plots_exist_and_are_shown():
         assert f"img/activations/{name}.png" in page, f"activations.md does not show {name}"
 
 
+def long_code_lines(text: str, limit: int = MAX_CODE_LINE) -> list[tuple[int, int]]:
+    """``(line number, length)`` of each line of a fenced block longer than ``limit``."""
+    found = []
+    for m in ANY_FENCE.finditer(text):
+        first = text.count("\n", 0, m.start(2)) + 1
+        for k, line in enumerate(m.group(2).splitlines()):
+            if len(line) > limit:
+                found.append((first + k, len(line)))
+    return found
+
+
+def test_no_code_line_is_longer_than_88_characters():
+    too_long = [f"docs/{p.relative_to(DOCS)}:{n}: {width} characters"
+                for p in ALL_PAGES for n, width in long_code_lines(p.read_text("utf-8"))]
+    assert not too_long, f"code lines over {MAX_CODE_LINE} characters:\n" + "\n".join(too_long)
+
+
+def test_long_code_line_check():
+    text = "a long prose line " * 10 + "\n```text\n" + "x" * 89 + "\nok\n```\n"
+    text += "~~~~\n" + "y" * 88 + "\n~~~~\n  ```python\n  " + "z" * 90 + "\n  ```\n"
+    assert long_code_lines(text) == [(3, 89), (10, 92)]
+
+
+def _api_text() -> str:
+    assert API_PAGES, "docs/api/ has no pages"
+    return "\n".join(p.read_text(encoding="utf-8") for p in API_PAGES)
+
+
 def _rendered_modules(api_text: str) -> list[str]:
     return re.findall(r"^:::\s+(funnet(?:\.\w+)*)\s*$", api_text, re.MULTILINE)
 
 
 def test_every_public_name_is_in_the_api_reference():
-    api = (DOCS / "api.md").read_text(encoding="utf-8")
+    api = _api_text()
     exported: set[str] = set()
     for target in _rendered_modules(api):
         try:
@@ -156,15 +193,19 @@ def test_every_public_name_is_in_the_api_reference():
         if name not in exported
         and not re.search(rf"`(funnet\.)?{re.escape(name)}`", api)
     ]
-    assert not missing, f"public names without a line in docs/api.md: {missing}"
+    assert not missing, f"public names without a line in docs/api/: {missing}"
 
 
-def test_api_reference_renders_every_module():
-    api = (DOCS / "api.md").read_text(encoding="utf-8")
-    rendered = set(_rendered_modules(api))
+def test_api_reference_renders_every_module_on_its_own_page():
     for module in ("contract", "activations", "layers", "losses", "backprop", "check", "train",
-                   "data", "checkpoint"):
-        assert f"funnet.{module}" in rendered, f"docs/api.md does not render funnet.{module}"
+                   "data", "checkpoint", "weights", "signature", "hopfield"):
+        page = DOCS / "api" / f"{module}.md"
+        assert page.is_file(), f"docs/api/{module}.md is missing"
+        rendered = _rendered_modules(page.read_text(encoding="utf-8"))
+        assert f"funnet.{module}" in rendered, f"docs/api/{module}.md does not render it"
+    nav = (REPO / "mkdocs.yml").read_text(encoding="utf-8")
+    for page in API_PAGES:
+        assert f"api/{page.name}" in nav, f"docs/api/{page.name} is not in mkdocs.yml's nav"
 
 
 def test_doctest_fencing_hook():
@@ -174,6 +215,8 @@ def test_doctest_fencing_hook():
     spec.loader.exec_module(hook)
     lines = [
         "See :func:`funnet.relu` and :class:`~funnet.Layer`::",
+        "",
+        "Softplus :math:`\\log(1 + e^x)`; :math:` f'(x) = \\sigma(x) `.",
         "",
         ">>> x = [1, 2]",
         ">>> x[0]",
@@ -191,6 +234,8 @@ def test_doctest_fencing_hook():
     ]
     assert hook._convert(lines) == [
         "See `funnet.relu` and `funnet.Layer`:",
+        "",
+        "Softplus $\\log(1 + e^x)$; $f'(x) = \\sigma(x)$.",
         "",
         "```pycon",
         ">>> x = [1, 2]",
@@ -221,11 +266,28 @@ def test_mkdocs_build_strict(tmp_path):
     log = result.stdout + result.stderr
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{log[-6000:]}"
     assert "WARNING" not in log, log[-6000:]
-    html = (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
-    for anchor in ("funnet.layers.Dense", "funnet.activations.relu", "funnet.losses.mse",
-                   "funnet.backprop.value_and_grad", "funnet.checkpoint.save_step",
-                   "funnet.weights.save_params", "funnet.train.EarlyStopping",
-                   "funnet.train.objective", "funnet.layer", "funnet.forward_twin",
-                   "funnet.check.check_layer"):
-        assert f'id="{anchor}"' in html, f"the API page has no entry {anchor}"
+    assert "does not contain an anchor" not in log, log[-6000:]
+    for page, anchor in (("layers", "funnet.layers.Dense"),
+                         ("activations", "funnet.activations.relu"),
+                         ("losses", "funnet.losses.mse"),
+                         ("backprop", "funnet.backprop.value_and_grad"),
+                         ("checkpoint", "funnet.checkpoint.save_step"),
+                         ("weights", "funnet.weights.save_params"),
+                         ("train", "funnet.train.EarlyStopping"),
+                         ("train", "funnet.train.objective"), ("contract", "funnet.layer"),
+                         ("contract", "funnet.forward_twin"),
+                         ("check", "funnet.check.check_layer")):
+        html = (tmp_path / "site" / "api" / page / "index.html").read_text(encoding="utf-8")
+        assert f'id="{anchor}"' in html, f"the API page {page} has no entry {anchor}"
     assert (tmp_path / "site" / "img" / "activations" / "relu.png").is_file()
+
+
+def test_no_command_writes_over_the_docs_images():
+    """Commands in the docs write figures to a scratch folder, not into docs/img/."""
+    offenders = [f"docs/{p.relative_to(DOCS)}:{n + 1}: {line.strip()}"
+                 for p in ALL_PAGES
+                 for n, line in enumerate(p.read_text(encoding="utf-8").splitlines())
+                 if re.search(r"--out[ =]+(\./)?docs/", line)]
+    offenders += [f"examples/{p.name}" for p in sorted((REPO / "examples").glob("*.py"))
+                  if re.search(r"--out[ =]+(\./)?docs/", p.read_text(encoding="utf-8"))]
+    assert not offenders, "commands writing into docs/:\n" + "\n".join(offenders)

@@ -8,6 +8,8 @@ so this hook adds a Markdown preprocessor, to the site and to mkdocstrings' rend
 - wraps each run of doctest lines (``>>>``, ``...`` and the expected output up to the
   next blank line) in a ```` ```pycon ```` fence;
 - turns ``:func:`x```, ``:class:`x```, ``:mod:`x``` etc. into the code span ```x```;
+- turns the role ``:math:`TeX``` into ``$TeX$``, a formula that ``pymdownx.arithmatex``
+  marks and KaTeX typesets (a docstring reads as Sphinx's ``:math:`` in ``help()``);
 - turns a paragraph ending in the reST literal marker ``::`` into one ending in ``:``;
 - turns a reST simple table (rows framed by ``=====  =====`` borders) into a Markdown table.
 
@@ -24,6 +26,7 @@ from mkdocs.plugins import event_priority
 
 _FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})")
 _PROMPT = re.compile(r"^(\s*)>>>( |$)")
+_MATH = re.compile(r":math:`([^`]+)`")
 _ROLE = re.compile(r":(?:func|class|mod|meth|attr|data|obj|exc|const):`~?([^`]+)`")
 _LITERAL = re.compile(r"(\S)::$")
 _BORDER = re.compile(r"^\s*=+(?:[ \t]+=+)+\s*$")
@@ -92,6 +95,7 @@ def _convert(lines: list[str]) -> list[str]:
             md, i = table
             out += md
             continue
+        line = _MATH.sub(lambda m: f"${m.group(1).strip()}$", line)
         line = _ROLE.sub(r"`\1`", line)
         line = _LITERAL.sub(r"\1:", line)
         out.append(line)

@@ -134,6 +134,19 @@ def check_layer(
     Returns a :class:`LayerCheck`; raises :class:`GradientCheckError` naming the layer and
     the first leaf out of tolerance.
 
+    Args:
+        layer: the :class:`funnet.Layer` whose ``backward`` is checked.
+        params: its params.
+        x: the input to check at (a tuple for a layer of several inputs).
+        state: the layer's state, ``()`` for a layer without.
+        key: the PRNG key of the forward pass (``Dropout`` with ``train=True``).
+        train: the forward pass's training mode.
+        dy: the output cotangent; ``None`` draws generic entries from ``seed``.
+        rtol: the relative tolerance; ``None`` takes the dtype's default.
+        atol: the absolute tolerance; ``None`` takes the dtype's default, scaled.
+        seed: the seed of the drawn ``dy``.
+        verbose: print the report (the :class:`LayerCheck`).
+
     >>> import jax, jax.numpy as jnp, funnet
     >>> layer = funnet.serial(funnet.Dense(3), funnet.Tanh)
     >>> _, params = layer.init(jax.random.PRNGKey(0), (-1, 2))

@@ -117,6 +117,10 @@ def serial(*layers: Any) -> Layer:
     is the δ-recursion of docs/math.md §5: the layers' backward rules chained in reverse,
     each ``dy`` being the error term that reaches that layer's output.
 
+    Args:
+        *layers: the layers (:class:`funnet.Layer`, or stax ``(init, apply)`` pairs), the
+            input's first.
+
     >>> import jax, funnet
     >>> net = funnet.serial(funnet.Dense(4), funnet.Logistic, funnet.Dense(1))
     >>> _, params = net.init(jax.random.PRNGKey(0), (-1, 2))
@@ -185,6 +189,9 @@ def _chain_backward(layers: Sequence[Layer], params: PyTree, residuals: Any, dy:
 def parallel(*layers: Any) -> Layer:
     r"""Apply layer ``i`` to input ``i`` of a tuple; params are a tuple, one per layer.
 
+    Args:
+        *layers: one layer per input, in the order of the input tuple.
+
     >>> import jax, jax.numpy as jnp, funnet
     >>> net = funnet.serial(funnet.fanout(2), funnet.parallel(funnet.Dense(3), funnet.Relu),
     ...                     funnet.FanInConcat())
@@ -241,6 +248,9 @@ def parallel(*layers: Any) -> Layer:
 
 def fanout(n: int) -> Layer:
     r"""Copy the input to ``n`` branches (a repeat node); backward sums the ``n`` gradients.
+
+    Args:
+        n: the number of branches, the length of the output tuple.
 
     >>> import jax.numpy as jnp, funnet
     >>> len(funnet.fanout(3).apply((), jnp.ones(2)))
@@ -308,6 +318,10 @@ FanInSum = _fan_in_sum()
 
 def FanInConcat(axis: int = -1) -> Layer:
     r"""Concatenate a tuple of inputs along ``axis``; backward slices ``dy`` back apart.
+
+    Args:
+        axis: the axis to concatenate along (of the inputs, batch axis included); ``-1``, the
+            default, is the feature axis.
 
     >>> import jax.numpy as jnp, funnet
     >>> funnet.FanInConcat().apply((), (jnp.ones((1, 2)), jnp.ones((1, 3)))).shape

@@ -19,6 +19,9 @@ def Dropout(rate: float) -> Layer:
     then); with ``train=False`` (evaluation, the default) the layer is the identity.
     Backward: ``dx = m ⊙ dy / (1 - rate)``.
 
+    Args:
+        rate: the drop probability, in ``[0, 1)``.
+
     >>> import jax, jax.numpy as jnp, funnet
     >>> init, apply = funnet.Dropout(0.5)
     >>> apply((), jnp.ones(4)).tolist()  # evaluation: identity

@@ -51,6 +51,10 @@ def ActivationLayer(activation: act.Activation, **hyper: Any) -> Layer:
     ``Gelu(approximate=True)``. Its twins
     (:meth:`funnet.Layer.rewired`) apply ``activation.jvp_twin`` / ``activation.formula``.
 
+    Args:
+        activation: the :class:`funnet.Activation` (``funnet.relu``, one of your own).
+        **hyper: its keyword hyperparameters (``slope=0.1``), fixed for this layer.
+
     >>> import jax.numpy as jnp, funnet
     >>> init, apply = funnet.Relu
     >>> apply((), jnp.array([-1.0, 2.0])).tolist()

@@ -17,6 +17,9 @@ __all__ = ["param_count", "summary"]
 def param_count(params: PyTree) -> int:
     r"""Number of scalars in a params pytree: ``Σ_l M_{l-1} M_l + M_l`` for an MLP.
 
+    Args:
+        params: the pytree of arrays (a model's params, or any pytree of arrays).
+
     >>> import jax, funnet
     >>> _, p = funnet.serial(funnet.Dense(4), funnet.Tanh, funnet.Dense(1)).init(
     ...     jax.random.PRNGKey(0), (-1, 2))
@@ -32,6 +35,11 @@ def summary(model: Layer, input_shape: Sequence[int], *,
 
     Computed from ``init_with_state`` alone with :func:`jax.eval_shape`: nothing is
     allocated. The ``state`` column appears when the model holds state.
+
+    Args:
+        model: the :class:`funnet.Layer` to describe.
+        input_shape: the input shape, batch axis included (``(-1, 784)``: any batch).
+        print_fn: called with the table; ``None`` prints nothing (the table is returned).
 
     >>> import funnet
     >>> _ = funnet.summary(funnet.serial(funnet.Dense(4), funnet.Relu, funnet.Dense(1)), (-1, 2))

@@ -51,6 +51,9 @@ Flatten = paramless(
 def Reshape(shape: Sequence[int]) -> Layer:
     r"""Reshape every sample: ``[batch, *in] -> [batch, *shape]``; one entry may be ``-1``.
 
+    Args:
+        shape: the shape of one output sample, at most one entry ``-1`` (inferred).
+
     >>> import jax, jax.numpy as jnp, funnet
     >>> funnet.Reshape((8, 8, 1)).init(jax.random.PRNGKey(0), (-1, 64))[0]
     (-1, 8, 8, 1)
