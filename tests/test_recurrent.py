@@ -515,3 +515,94 @@ def test_bad_input_raises_a_clear_error(call, error, fragments):
         call()
     for fragment in fragments:
         assert fragment in str(info.value), (fragment, str(info.value))
+
+
+# --- non-finite values at padding steps ------------------------------------------------------
+
+_PAD_MASK = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [0, 1, 0, 1, 0]], bool)  # end, holes
+
+
+def _padded(x, value):
+    """``x`` with every padding step of ``_PAD_MASK`` set to ``value``."""
+    return jnp.where(jnp.asarray(_PAD_MASK)[:, :, None], x, value)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_padding_values_change_no_output_and_no_gradient(kind):
+    """A padding step's input is ignored: NaN, ±inf or a huge value there gives exactly the
+    outputs and gradients (hand BPTT and jax.grad of apply) of zeros there, and its input
+    gradient is 0. Witness: jax.vjp of the plain loop ``recurrent_ref`` on the zeroed x."""
+    layer = _layer(kind, return_state=True)
+    B, T = _PAD_MASK.shape
+    rng = np.random.default_rng(20)
+    params = init_params(layer, (-1, T, F), seed=20)
+    x = _padded(_normal(rng, (B, T, F)), 0.0)
+    mask = jnp.asarray(_PAD_MASK)
+    dy = (_normal(rng, (B, T, H)), _state(kind, rng, B))
+
+    def objective(p, x):
+        (y, _), state = layer.apply(p, (x, mask))
+        return _tree_dot((y, state), dy)
+
+    @jax.jit
+    def run(params, x):
+        out, res = layer.forward(params, (x, mask))
+        hand = layer.backward(params, res, funnet.RecurrentOutput((dy[0], None), dy[1]))
+        return _strip(out, 2), (hand[0], hand[1][0]), jax.grad(objective, (0, 1))(params, x)
+
+    ref_out, pull = jax.vjp(lambda p, x: recurrent_ref(kind, p, x, mask), params, x)
+    ref_grads = pull(dy)
+    zero_run = run(params, x)
+    assert_trees_close(zero_run[0], ref_out, **TIGHT)
+    assert_trees_close(zero_run[1], ref_grads, **TIGHT)
+    for value in (np.nan, np.inf, -np.inf, 1e300):
+        got = run(params, _padded(x, value))
+        assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(got))
+        jax.tree_util.tree_map(np.testing.assert_array_equal, got, zero_run)
+        np.testing.assert_array_equal(np.asarray(got[1][1])[~_PAD_MASK], 0.0)
+        np.testing.assert_array_equal(np.asarray(got[2][1])[~_PAD_MASK], 0.0)
+
+
+def test_padding_values_are_ignored_through_bidirectional_and_an_embedding_under_jit():
+    """Bidirectional(LSTM) with NaN at padding steps, and a masked GRU fed by
+    ``parallel(Embedding, Identity)`` whose padding ids are out of range (NaN rows under
+    jit): loss, hand gradients and jax.grad are finite and those of in-range padding."""
+    B, T = _PAD_MASK.shape
+    mask = jnp.asarray(_PAD_MASK)
+    rng = np.random.default_rng(21)
+    bi = funnet.Bidirectional(funnet.LSTM(H))
+    p_bi = init_params(bi, (-1, T, F), seed=21)
+    x = _padded(_normal(rng, (B, T, F)), 0.0)
+    dy = _normal(rng, (B, T, 2 * H))
+
+    @jax.jit
+    def run_bi(x):
+        (y, _), res = bi.forward(p_bi, (x, mask))
+        hand = bi.backward(p_bi, res, (dy, None))
+        auto = jax.grad(lambda p, x: jnp.vdot(bi.apply(p, (x, mask))[0], dy), (0, 1))(p_bi, x)
+        return y, (hand[0], hand[1][0]), auto
+
+    zero = run_bi(x)
+    got = run_bi(_padded(x, np.nan))
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(got))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got, zero)
+
+    V = 7
+    net = funnet.serial(funnet.parallel(funnet.Embedding(V, F), funnet.Identity),
+                        funnet.GRU(H), funnet.LastStep, funnet.Dense(2))
+    p_net = init_params(net, ((-1, T), (-1, T)), seed=22)
+    ids = jnp.asarray(rng.integers(0, V, (B, T)))
+    labels = jnp.array([0, 1, 1])
+    loss = funnet.softmax_cross_entropy
+    hand_vg = funnet.backprop.value_and_grad(net, loss)
+
+    @jax.jit
+    def run_net(ids):
+        auto = jax.value_and_grad(lambda p: loss(net.apply(p, (ids, mask)), labels))(p_net)
+        return hand_vg(p_net, (ids, mask), labels), auto
+
+    in_range = run_net(jnp.where(mask, ids, 0))
+    for pad in (-1, V):
+        got = run_net(jnp.where(mask, ids, pad))
+        assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(got))
+        jax.tree_util.tree_map(np.testing.assert_array_equal, got, in_range)

@@ -25,7 +25,9 @@ are then matrix products over all steps::
 Activation derivatives come from the activations' hand-derived ``f'``
 (:meth:`funnet.Activation.derivative`), never from autodiff. A sequence mask freezes the
 state at padding steps (``h_t = h_{t-1}``) and zeroes their output, so the gradient passes
-them unchanged and their inputs get none.
+them unchanged; their inputs are replaced by zeros before the projection (``x_t`` in
+``dW_x`` too), so a padding value, even NaN or inf, changes no output and no gradient,
+and its ``dx_t`` is 0.
 """
 
 from __future__ import annotations
@@ -321,10 +323,13 @@ def _recurrent(kind: str, hidden: int, acts: tuple[act.Activation, ...], opts: _
         dtype = jnp.result_type(x, *(params[k] for k in keys))
         state0 = initial_state(h0, x.shape[0], dtype)
         ms = None if mask is None else jnp.swapaxes(mask, 0, 1)[:, :, None]
+        x_dtype, x = x.dtype, x.astype(dtype)
+        if mask is not None:  # a padding step's input is ignored: zeros, even for NaN there
+            x = jnp.where(mask[:, :, None], x, jnp.zeros((), dtype))
         if probes is not None:  # [B, T, H] each (or None) → time-major
             probes = tuple(None if q is None else jnp.swapaxes(q, 0, 1).astype(dtype)
                            for q in probes)
-        ys, final, saved = _scan_forward(cell, params, x.astype(dtype), ms, state0,
+        ys, final, saved = _scan_forward(cell, params, x, ms, state0,
                                          sequences=opts.return_sequences, keep=keep,
                                          unroll=opts.unroll, probes=probes)
         if opts.return_sequences:
@@ -335,7 +340,7 @@ def _recurrent(kind: str, hidden: int, acts: tuple[act.Activation, ...], opts: _
             out = RecurrentOutput(out, final[0] if cell.states == 1 else final)
         h0_dtypes = None if h0 is None else tuple(jnp.result_type(v) for v in
                                                   ((h0,) if cell.states == 1 else h0))
-        return out, (x, ms, saved, form, h0_dtypes, dtype)
+        return out, (x, x_dtype, ms, saved, form, h0_dtypes, dtype)
 
     def apply(params, inputs):
         return run(params, inputs, keep=False)[0]
@@ -347,7 +352,7 @@ def _recurrent(kind: str, hidden: int, acts: tuple[act.Activation, ...], opts: _
         return run(params, inputs, keep=False, probes=(probes.h, probes.c)[:cell.states])[0]
 
     def backward(params, res, dy, trace=False):
-        x, ms, saved, form, h0_dtypes, dtype = res
+        x, x_dtype, ms, saved, form, h0_dtypes, dtype = res
         d_seq, d_state = (dy[0], dy[1]) if opts.return_state else (dy, None)
         if opts.return_sequences and form > 1 and d_seq is not None:
             d_seq = d_seq[0]  # (dy, d_mask): the mask has no gradient
@@ -368,14 +373,14 @@ def _recurrent(kind: str, hidden: int, acts: tuple[act.Activation, ...], opts: _
         dgh = dgx if dgh is None else dgh
         h_prev = saved[0]
         grads = {
-            "W_x": jnp.einsum("btf,tbg->fg", x.astype(dtype), dgx),  # Σ_t x_tᵀ dg^x_t
+            "W_x": jnp.einsum("btf,tbg->fg", x, dgx),  # Σ_t x_tᵀ dg^x_t, x_t = 0 at padding
             "W_h": jnp.einsum("tbh,tbg->hg", h_prev, dgh),  # Σ_t h_{t-1}ᵀ dg^h_t
             cell.biases[0]: jnp.sum(dgx, axis=(0, 1)),  # Σ_{t, rows} dg^x_t
         }
         if len(cell.biases) == 2:
             grads[cell.biases[1]] = jnp.sum(dgh, axis=(0, 1))  # Σ_{t, rows} dg^h_t
         grads = {k: grads[k].astype(jnp.result_type(params[k])) for k in keys}
-        dx = jnp.einsum("tbg,fg->btf", dgx, params["W_x"]).astype(x.dtype)  # dx_t = dg^x_t W_xᵀ
+        dx = jnp.einsum("tbg,fg->btf", dgx, params["W_x"]).astype(x_dtype)  # dx_t = dg^x_t W_xᵀ
         dh0 = None
         if h0_dtypes is not None:
             dh0 = tuple(d.astype(t) for d, t in zip(d_state0, h0_dtypes))
