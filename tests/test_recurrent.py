@@ -606,3 +606,29 @@ def test_padding_values_are_ignored_through_bidirectional_and_an_embedding_under
         got = run_net(jnp.where(mask, ids, pad))
         assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(got))
         jax.tree_util.tree_map(np.testing.assert_array_equal, got, in_range)
+
+
+# --- a return_state output fed to another sequence layer --------------------------------------
+
+
+@pytest.mark.parametrize("after", [funnet.GRU(2), funnet.LastStep,
+                                   funnet.Bidirectional(funnet.GRU(2))], ids=repr)
+def test_a_return_state_output_is_not_taken_for_x_and_mask(after):
+    """``RecurrentOutput(outputs, state)`` is not ``(x, mask)``: with H == T the state
+    ``[B, H]`` has the mask's shape and was silently read as one. Refused at init and at
+    apply (eager and under jit), naming the layer and the fix."""
+    T = 4
+    net = funnet.serial(funnet.GRU(T, return_state=True), after)
+    with pytest.raises(funnet.LayerError) as info:
+        net.init(KEY, (-1, T, F))
+    message = str(info.value)
+    for fragment in (f"serial[1] › {after.name}", "return_state=True", ".outputs"):
+        assert fragment in message, (fragment, message)
+    gru = funnet.GRU(T, return_state=True)
+    p_gru = init_params(gru, (-1, T, F))
+    out = gru.apply(p_gru, jnp.ones((2, T, F)))
+    p_after = init_params(after, (-1, T, T))
+    for apply in (after.apply, jax.jit(after.apply)):
+        with pytest.raises(funnet.LayerError, match=r"returns its state \(return_state=True\)"):
+            apply(p_after, out)
+    assert after.apply(p_after, out.outputs).shape[0] == 2  # its outputs are fine

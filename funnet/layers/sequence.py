@@ -96,11 +96,21 @@ def _is_shape(s: Any) -> bool:
     return isinstance(s, (tuple, list)) and all(isinstance(d, (int, np.integer)) for d in s)
 
 
+def _refuse_state(name: str, inputs: Any) -> None:
+    """A ``return_state`` layer's output (or its shape, at init) is not ``(x, mask)``."""
+    if isinstance(inputs, RecurrentOutput):
+        raise LayerError(
+            f"{name}: its input is a RecurrentOutput(outputs, state): the previous layer "
+            "returns its state (return_state=True), which is not (x, mask); pass on its "
+            "outputs (out.outputs), or build the previous layer without return_state")
+
+
 def split_shape(name: str, input_shape: Any, *, with_state: bool):
     """``(x_shape, mask_shape | None, state_shape | None, form)`` of a sequence input shape.
 
     ``form`` is 1 (``x``), 2 (``(x, mask)``) or 3 (``(x, mask, h0)``; ``with_state`` only).
     """
+    _refuse_state(name, input_shape)
     if _is_shape(input_shape):
         parts, form = (input_shape, None, None), 1
     elif isinstance(input_shape, (tuple, list)) and len(input_shape) in ((2, 3) if with_state
@@ -128,6 +138,7 @@ def split_input(name: str, inputs: Any, *, with_state: bool):
 
     ``mask`` comes back as a bool array ``[B, T]`` (``mask != 0``), so it carries no gradient.
     """
+    _refuse_state(name, inputs)
     if isinstance(inputs, (tuple, list)):
         if len(inputs) not in ((2, 3) if with_state else (2,)):
             allowed = "(x, mask) or (x, mask, h0)" if with_state else "(x, mask)"
