@@ -43,7 +43,10 @@ def Embedding(
         ``nn.Embedding``).
 
     Shapes: ``ids [...] (any integer dtype) -> y [..., D]``; params ``{"table": [V, D]}``;
-    weight decay applies to ``table`` (it is the weight matrix of that ``Dense``).
+    weight decay applies to ``table`` (it is the weight matrix of that ``Dense``). The ids
+    are one JAX or NumPy array (a Python list or int is refused: ``jnp.asarray`` it); a
+    sequence's ``(ids, mask)`` goes through ``parallel(Embedding(V, D), Identity)``, which
+    passes the mask on.
 
     Out-of-range ids: on concrete ids (eager calls) an id outside ``0 … V-1`` is a
     :class:`funnet.LayerError` naming the layer and the offending ids, raised before any
@@ -73,6 +76,16 @@ def Embedding(
         return shape + (dim,), {"table": table_init(key, (vocab_size, dim))}
 
     def check(params, ids):
+        if isinstance(ids, tuple):  # (ids, mask): structure, so also under jit
+            raise LayerError(f"{name}: ids must be one integer array, got a tuple of "
+                             f"{len(ids)} (shapes {[shape_of(a) for a in ids]}); for a "
+                             f"sequence's (ids, mask) map it over the pair: "
+                             f"parallel({name}, Identity)")
+        if not isinstance(ids, (jax.Array, np.ndarray, np.generic)):
+            given = (f"the Python {type(ids).__name__} {ids!r}" if isinstance(ids, (int, float))
+                     else f"a {type(ids).__name__}")
+            raise LayerError(f"{name}: ids must be an integer array, got {given}; pass "
+                             "jnp.asarray(ids) (e.g. [batch, time] ids)")
         expect_params(name, params, ("table",))
         if shape_of(params["table"]) != (vocab_size, dim):
             raise ParamsError(f"{name}: table has shape {shape_of(params['table'])}, expected "
