@@ -632,3 +632,28 @@ def test_a_return_state_output_is_not_taken_for_x_and_mask(after):
         with pytest.raises(funnet.LayerError, match=r"returns its state \(return_state=True\)"):
             apply(p_after, out)
     assert after.apply(p_after, out.outputs).shape[0] == 2  # its outputs are fine
+
+
+# --- Bidirectional: one key per direction ----------------------------------------------------
+
+
+def test_bidirectional_gives_each_direction_its_own_key():
+    """The key is split, ``k_f, k_b = jax.random.split(key)``: the two directions' dropout
+    masks are independent (not one mask mirrored in time), the result is deterministic for
+    a given key, and the hand forward draws the masks apply draws."""
+    drop = funnet.Dropout(0.5)
+    bi = funnet.Bidirectional(drop)
+    _, p = bi.init(KEY, (-1, 6, 4))
+    x = jnp.asarray(np.random.default_rng(30).uniform(1.0, 2.0, (2, 6, 4)))
+    key = jax.random.PRNGKey(3)
+    y = bi.apply(p, x, key=key, train=True)
+    k_f, k_b = jax.random.split(key)
+    np.testing.assert_array_equal(y[..., :4], drop.apply((), x, key=k_f, train=True))
+    back = jnp.flip(drop.apply((), jnp.flip(x, 1), key=k_b, train=True), 1)
+    np.testing.assert_array_equal(y[..., 4:], back)
+    kept_f, kept_b = np.asarray(y[..., :4] != 0), np.asarray(y[..., 4:] != 0)
+    assert (kept_f != kept_b).any() and (kept_f != kept_b[:, ::-1]).any()
+    np.testing.assert_array_equal(bi.apply(p, x, key=key, train=True), y)
+    y_hand, _ = bi.forward(p, x, key=key, train=True)
+    np.testing.assert_array_equal(y_hand, y)
+    assert (bi.apply(p, x, key=jax.random.PRNGKey(4), train=True) != y).any()

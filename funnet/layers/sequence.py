@@ -294,6 +294,10 @@ def Bidirectional(layer: Any) -> Layer:
         it must take the sequence input and return one array (or ``(y, mask)``), not its
         state, and hold no state. Params are ``(params_forward, params_backward)``.
 
+    A ``key`` (dropout inside ``layer``) is split, ``k_f, k_b = jax.random.split(key)``:
+    ``k_f`` for the forward direction, ``k_b`` for the backward one, so the two draw
+    independent masks (one key for both would drop the same steps mirrored in time).
+
     Shapes: ``x [B, T, F]`` (or ``(x, mask)``) ``-> [B, T, 2H]`` (or ``([B, T, 2H], mask)``,
     or ``[B, 2H]`` for a last-step layer). An initial state is not taken.
 
@@ -318,15 +322,16 @@ def Bidirectional(layer: Any) -> Layer:
         y_shape = (*y_shape[:-1], 2 * y_shape[-1])
         return (y_shape, input_shape[1]) if echoed else y_shape, (p_f, p_b), ()
 
-    def run(params, inputs, rule):
+    def run(params, inputs, key, rule):
         if not isinstance(params, (tuple, list)) or len(params) != 2:
             raise ParamsError(f"{name}: params must be (params_forward, params_backward), got "
                               f"{type(params).__name__}")
         x, mask, _, form = split_input(name, inputs, with_state=False)
         idx = reverse_index(mask, *x.shape[:2])
         reversed_in = join(_reverse(x, idx), None if form == 1 else inputs[1], form)
-        out_f, res_f = rule(params[0], inputs)
-        out_b, res_b = rule(params[1], reversed_in)
+        k_f, k_b = (None, None) if key is None else jax.random.split(key)  # one per direction
+        out_f, res_f = rule(params[0], inputs, k_f)
+        out_b, res_b = rule(params[1], reversed_in, k_b)
         (y_f, echoed), (y_b, _) = (_seq_part(name, o, form, "value") for o in (out_f, out_b))
         seq = y_b.ndim >= 3
         y = jnp.concatenate([y_f, _reverse(y_b, idx) if seq else y_b], axis=-1)
@@ -334,13 +339,13 @@ def Bidirectional(layer: Any) -> Layer:
         return out, (res_f, res_b, idx, seq, echoed, y_f.shape[-1], form)
 
     def forward_with_state(params, state, inputs, *, key=None, train=False, mask=None):
-        out, res = run(params, inputs, lambda p, v: _forward_rule(inner, name)(
-            p, (), v, key=key, train=train)[::2])
+        out, res = run(params, inputs, key, lambda p, v, k: _forward_rule(inner, name)(
+            p, (), v, key=k, train=train)[::2])
         return out, state, res
 
     def apply_with_state(params, state, inputs, *, key=None, train=False, mask=None):
-        out, _ = run(params, inputs, lambda p, v: (
-            inner.apply_with_state(p, (), v, key=key, train=train)[0], None))
+        out, _ = run(params, inputs, key, lambda p, v, k: (
+            inner.apply_with_state(p, (), v, key=k, train=train)[0], None))
         return out, state
 
     def backward(params, res, dy):
