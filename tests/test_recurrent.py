@@ -657,3 +657,19 @@ def test_bidirectional_gives_each_direction_its_own_key():
     y_hand, _ = bi.forward(p, x, key=key, train=True)
     np.testing.assert_array_equal(y_hand, y)
     assert (bi.apply(p, x, key=jax.random.PRNGKey(4), train=True) != y).any()
+
+
+# --- init takes what apply takes: rank 3 --------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", [funnet.RNN(3), funnet.LSTM(3), funnet.GRU(3),
+                                   funnet.LastStep, funnet.Bidirectional(funnet.GRU(3))],
+                         ids=repr)
+@pytest.mark.parametrize("shape", [(-1, 5, 2, 7), ((-1, 5, 2, 7), (-1, 5))], ids=["x", "pair"])
+def test_init_refuses_a_sequence_shape_of_rank_other_than_3(layer, shape):
+    """apply refuses x of rank ≠ 3; init did accept rank 4 (a GRU then reported a wrong
+    output shape, LastStep dropped the time axis of a 4-D input)."""
+    with pytest.raises(funnet.LayerError) as info:
+        layer.init(KEY, shape)
+    for fragment in (layer.name, "(-1, 5, 2, 7)", "rank 4", "[batch, time, features]"):
+        assert fragment in str(info.value), (fragment, str(info.value))

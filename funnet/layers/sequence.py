@@ -121,6 +121,9 @@ def split_shape(name: str, input_shape: Any, *, with_state: bool):
         raise LayerError(f"{name}: input_shape must be the shape of {allowed}, got "
                          f"{input_shape!r}")
     x_shape = check_input_shape(name, parts[0], min_rank=3, features=True)
+    if len(x_shape) != 3:  # as apply: one feature axis
+        raise LayerError(f"{name}: input_shape {x_shape} has rank {len(x_shape)}; a sequence "
+                         "is [batch, time, features] (rank 3)")
     m_shape = None if parts[1] is None else tuple(parts[1])
     if m_shape is not None and (len(m_shape) != 2 or not _same(m_shape, x_shape[:2])):
         raise LayerError(f"{name}: the mask shape {m_shape} must be [batch, time] of the input "
