@@ -94,16 +94,24 @@ def Embedding(
         if not jnp.issubdtype(kind, jnp.integer):
             raise LayerError(f"{name}: ids must be integers, got {kind} of shape {shape_of(ids)}")
         if not isinstance(ids, jax.core.Tracer):  # concrete ids: check their range now
-            values = np.asarray(ids)
-            bad = (values < 0) | (values >= vocab_size)
-            if bad.any():
-                offending = np.unique(values[bad])
-                shown = ", ".join(str(v) for v in offending[:8]) + (
-                    ", …" if offending.size > 8 else "")
-                where = tuple(int(i) for i in np.argwhere(bad)[0])
+            found = _out_of_range(np.asarray(ids), vocab_size)
+            if found is not None:
+                _, where, shown, count, size, shape = found
                 raise LayerError(f"{name}: ids must be in 0 … {vocab_size - 1}; got {shown} "
-                                 f"({int(bad.sum())} of {values.size} ids, the first at index "
-                                 f"{where} of ids of shape {values.shape})")
+                                 f"({count} of {size} ids, the first at index {where} of ids "
+                                 f"of shape {shape})")
+
+    def input_check(ids, label):  # fit's data, on the host: what jit would make NaN rows
+        if isinstance(ids, (tuple, list)) or not jnp.issubdtype(jnp.result_type(ids),
+                                                                 jnp.integer):
+            return  # not ids: apply refuses them, naming the layer
+        found = _out_of_range(np.asarray(ids), vocab_size)
+        if found is not None:
+            first, where, shown, count, size, _ = found
+            raise ValueError(f"{label}: id {first} at index {where} is out of range for {name} "
+                             f"(ids 0 … {vocab_size - 1}); {count} of {size} ids are out of "
+                             f"range: {shown}. Padding ids under a sequence mask index the "
+                             "table too: pad with a valid id (e.g. 0)")
 
     def valid(ids):
         return (ids >= 0) & (ids < vocab_size)
@@ -123,4 +131,17 @@ def Embedding(
         d_table = jnp.zeros_like(table).at[slot].add(dy.astype(table.dtype), mode="drop")
         return {"table": d_table}, None  # dE[ids] += dy; the ids have no gradient
 
-    return layer(init_fn, forward, backward, apply=apply, name=name, decay=("table",))
+    return layer(init_fn, forward, backward, apply=apply, name=name, decay=("table",),
+                 input_check=input_check)
+
+
+def _out_of_range(values: np.ndarray, vocab_size: int):
+    """``(first id, its index, the distinct ids shown, count, size, shape)`` of the ids
+    outside ``0 … vocab_size - 1``, or ``None`` when there are none."""
+    bad = (values < 0) | (values >= vocab_size)
+    if not bad.any():
+        return None
+    where = tuple(int(i) for i in np.unravel_index(np.argmax(bad), bad.shape))
+    offending = np.unique(values[bad])
+    shown = ", ".join(str(v) for v in offending[:8]) + (", …" if offending.size > 8 else "")
+    return (values[where].item(), where, shown, int(bad.sum()), values.size, values.shape)
