@@ -673,3 +673,61 @@ def test_init_refuses_a_sequence_shape_of_rank_other_than_3(layer, shape):
         layer.init(KEY, shape)
     for fragment in (layer.name, "(-1, 5, 2, 7)", "rank 4", "[batch, time, features]"):
         assert fragment in str(info.value), (fragment, str(info.value))
+
+
+# --- small errors that named no function, argument or shape -----------------------------------
+
+_GRU = funnet.GRU(H)
+_PG = init_params(_GRU, (-1, 3, F))
+_LSTM_S = funnet.LSTM(H, return_state=True)
+_PLS = init_params(_LSTM_S, (-1, 3, F))
+_RES_S = _LSTM_S.forward(_PLS, _X)[1]
+_RES_G = _GRU.forward(_PG, (_X, jnp.ones((2, 3))))[1]
+
+SMALL = [
+    ("reverse_time mask shape", lambda: funnet.reverse_time(jnp.ones((2, 5, 3)), jnp.ones((2, 7))),
+     ValueError, ["reverse_time", "mask", "(2, 7)", "(2, 5)", "(2, 5, 3)"]),
+    ("reverse_time rank 1", lambda: funnet.reverse_time(jnp.ones((5,))),
+     ValueError, ["reverse_time", "x", "(5,)", "[batch, time, ...]"]),
+    ("reverse_time list", lambda: funnet.reverse_time([[1.0, 2.0]]),
+     TypeError, ["reverse_time", "x must be an array", "list"]),
+    ("LastStep T = 0", lambda: funnet.LastStep.apply((), jnp.ones((2, 0, 3))),
+     funnet.LayerError, ["LastStep", "(2, 0, 3)", "no time steps"]),
+    ("GRU T = 0", lambda: _GRU.apply(_PG, jnp.ones((2, 0, F))),
+     funnet.LayerError, ["GRU(4)", "(2, 0, 3)", "no time steps"]),
+    ("forget_bias None", lambda: funnet.LSTM(2, forget_bias=None),
+     funnet.LayerError, ["LSTM: forget_bias must be a finite number", "None"]),
+    ("forget_bias str", lambda: funnet.LSTM(2, forget_bias="1"),
+     funnet.LayerError, ["LSTM: forget_bias must be a finite number", "'1'"]),
+    ("forget_bias nan", lambda: funnet.LSTM(2, forget_bias=float("nan")),
+     funnet.LayerError, ["LSTM: forget_bias must be a finite number", "nan"]),
+    ("GRU h0 as a 1-tuple", lambda: _GRU.apply(_PG, (_X, None, (jnp.zeros((2, H)),))),
+     funnet.LayerError, ["GRU(4)", "one array h0 of shape (2, 4)", "a tuple of 1",
+                         "[(2, 4)]"]),
+    ("LSTM h0 alone", lambda: _LSTM.apply(_P, (_X, None, jnp.zeros((2, H)))),
+     funnet.LayerError, ["LSTM(4)", "(h0, c0)", "an array of shape (2, 4)"]),
+    ("a list as the input", lambda: _GRU.apply(_PG, [[[1.0, 2.0, 3.0]] * 3]),
+     funnet.LayerError, ["GRU(4)", "a list", "jnp.asarray"]),
+    ("return_state backward, dy an array",
+     lambda: _LSTM_S.backward(_PLS, _RES_S, jnp.ones((2, 3, H))),
+     funnet.LayerError, ["LSTM(4, return_state=True)", "RecurrentOutput(d_outputs, d_state)",
+                         "(2, 3, 4)"]),
+    ("return_state backward, LSTM d_state an array",
+     lambda: _LSTM_S.backward(_PLS, _RES_S, (jnp.ones((2, 3, H)), jnp.ones((2, H)))),
+     funnet.LayerError, ["LSTM(4, return_state=True)", "d_state", "(dh, dc)", "(2, 4)"]),
+    ("backward, dy of the wrong width",
+     lambda: _GRU.backward(_PG, _GRU.forward(_PG, _X)[1], jnp.ones((2, 3, 5))),
+     funnet.LayerError, ["GRU(4)", "(2, 3, 5)", "(2, 3, 4)"]),
+    ("backward, dy without the mask's None", lambda: _GRU.backward(_PG, _RES_G, jnp.ones((2, 3, H))),
+     funnet.LayerError, ["GRU(4)", "(dy, None)", "(y, mask)"]),
+]
+
+
+@pytest.mark.parametrize("call, error, fragments",
+                         [pytest.param(*b[1:], id=b[0]) for b in SMALL])
+def test_small_mistakes_raise_errors_naming_the_function_argument_and_shapes(call, error,
+                                                                              fragments):
+    with pytest.raises(error) as info:
+        call()
+    for fragment in fragments:
+        assert fragment in str(info.value), (fragment, str(info.value))

@@ -142,7 +142,11 @@ def split_input(name: str, inputs: Any, *, with_state: bool):
     ``mask`` comes back as a bool array ``[B, T]`` (``mask != 0``), so it carries no gradient.
     """
     _refuse_state(name, inputs)
-    if isinstance(inputs, (tuple, list)):
+    if isinstance(inputs, list):
+        raise LayerError(f"{name}: the input must be an array x [batch, time, features] or a "
+                         "tuple (x, mask) (or (x, mask, h0)), got a list; jnp.asarray it for "
+                         "an array, or make it a tuple")
+    if isinstance(inputs, tuple):
         if len(inputs) not in ((2, 3) if with_state else (2,)):
             allowed = "(x, mask) or (x, mask, h0)" if with_state else "(x, mask)"
             raise LayerError(f"{name}: a tuple input must be {allowed}, got a tuple of "
@@ -150,8 +154,14 @@ def split_input(name: str, inputs: Any, *, with_state: bool):
         x, mask, h0, form = (*inputs, None)[0], inputs[1], (*inputs, None)[2], len(inputs)
     else:
         x, mask, h0, form = inputs, None, None, 1
+    if not isinstance(x, (jax.Array, np.ndarray)):
+        raise LayerError(f"{name}: the input x must be an array [batch, time, features], got "
+                         f"a {type(x).__name__}; jnp.asarray it")
     if np.ndim(x) != 3:
         raise LayerError(f"{name}: input of shape {shape_of(x)} must be [batch, time, features]")
+    if x.shape[1] == 0:
+        raise LayerError(f"{name}: input of shape {shape_of(x)} has no time steps (T = 0); a "
+                         "sequence has at least one step")
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
         raise LayerError(f"{name}: input must be floating point, got {jnp.result_type(x)} of "
                          f"shape {shape_of(x)} (integer ids go through Embedding first)")
@@ -205,6 +215,15 @@ def reverse_time(x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     >>> funnet.reverse_time(x, jnp.array([[1, 1, 1, 0]]))[0, :, 0].tolist()
     [2.0, 1.0, 0.0, 3.0]
     """
+    if not isinstance(x, (jax.Array, np.ndarray)):
+        raise TypeError(f"reverse_time: x must be an array [batch, time, ...], got a "
+                        f"{type(x).__name__}")
+    if x.ndim < 2:
+        raise ValueError(f"reverse_time: x of shape {shape_of(x)} must be [batch, time, ...] "
+                         "(rank ≥ 2)")
+    if mask is not None and shape_of(mask) != shape_of(x)[:2]:
+        raise ValueError(f"reverse_time: mask of shape {shape_of(mask)} must be [batch, time] "
+                         f"= {shape_of(x)[:2]} of x of shape {shape_of(x)}")
     idx = reverse_index(None if mask is None else jnp.asarray(mask) != 0, *x.shape[:2])
     return _reverse(x, idx)
 
