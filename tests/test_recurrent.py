@@ -731,3 +731,33 @@ def test_small_mistakes_raise_errors_naming_the_function_argument_and_shapes(cal
         call()
     for fragment in fragments:
         assert fragment in str(info.value), (fragment, str(info.value))
+
+
+# --- Bidirectional: what the inner layer may return ----------------------------------------
+
+
+@pytest.mark.parametrize("inner, shown", [
+    (funnet.Reshape((2, -1)), "(-1, 2, 12)"),  # time axis of another length
+    (funnet.Reshape((6, 2, 2)), "(-1, 6, 2, 2)"),  # rank 4
+], ids=repr)
+def test_bidirectional_refuses_an_inner_output_that_is_not_a_sequence_or_a_vector(inner, shown):
+    """Reversing back an output whose axis 1 is not the input's time axis pairs unrelated
+    steps (or, with a mask, crashes); init and apply refuse it, naming the shapes."""
+    bi = funnet.Bidirectional(inner)
+    with pytest.raises(funnet.LayerError) as info:
+        bi.init(KEY, (-1, 6, 4))
+    for fragment in (bi.name, shown, "[B, T, H]", "[B, H]", "(-1, 6, 4)"):
+        assert fragment in str(info.value), (fragment, str(info.value))
+    with pytest.raises(funnet.LayerError, match=r"\[B, T, H\]"):
+        bi.apply(((), ()), jnp.ones((2, 6, 4)))
+
+
+def test_bidirectional_of_a_per_step_layer_is_two_per_step_maps():
+    """What the docstring says of a layer without memory along time (Dense): each direction
+    maps every step on its own, so y = [x W_f + b_f ‖ x W_b + b_b] (a NumPy witness)."""
+    bi = funnet.Bidirectional(funnet.Dense(3))
+    assert bi.init(KEY, (-1, 6, 4))[0] == (-1, 6, 6)
+    p = init_params(bi, (-1, 6, 4))
+    x = np.random.default_rng(40).standard_normal((2, 6, 4))
+    want = np.concatenate([x @ np.asarray(q["W"]) + np.asarray(q["b"]) for q in p], axis=-1)
+    np.testing.assert_allclose(bi.apply(p, jnp.asarray(x)), want, rtol=1e-12, atol=1e-12)

@@ -305,16 +305,24 @@ def Bidirectional(layer: Any) -> Layer:
 
     ``y = [f(x) ‖ R g(R x)]`` on the feature axis, with ``R`` the mask-aware reversal
     (:func:`reverse_time`): for ``(x, mask)`` each sequence is reversed within its own real
-    steps, so the backward direction starts at each sequence's true end. An inner output of
-    rank ≥ 3 is a sequence and is reversed back, so ``y_t`` pairs both directions at step
-    ``t``; a rank-2 output (``return_sequences=False``, or a ``LastStep``) is each
-    direction's final state: the forward one at the last real step, the backward one at
-    the first (as PyTorch's ``h_n``).
+    steps, so the backward direction starts at each sequence's true end. The inner layer's
+    output is one of two kinds (anything else is a LayerError, at init and at apply):
+
+    * a sequence ``[B, T, H]`` with the input's ``B`` and ``T``: reversed back, so ``y_t``
+      pairs both directions at step ``t``;
+    * one vector per sequence ``[B, H]`` (``return_sequences=False``, a ``LastStep``):
+      concatenated as is, each direction's final state: the forward one at the last real
+      step, the backward one at the first (as PyTorch's ``h_n``). Only the shape is
+      checked: ``Flatten`` also gives ``[B, T·F]``, which is then no final state.
+
+    A layer without memory along time (``Dense``, ``Dropout``) is accepted and gives two
+    per-step maps, ``[x W_f + b_f ‖ x W_b + b_b]``: reversing and reversing back cancel.
 
     Args:
       layer: the layer to run in both directions (e.g. ``LSTM(8)``, or a ``serial`` stack);
-        it must take the sequence input and return one array (or ``(y, mask)``), not its
-        state, and hold no state. Params are ``(params_forward, params_backward)``.
+        it takes the sequence input ``x`` (or ``(x, mask)``) and returns one array of the
+        two kinds above (or ``(y, mask)``), not its state, and holds no state. Params are
+        ``(params_forward, params_backward)``.
 
     A ``key`` (dropout inside ``layer``) is split, ``k_f, k_b = jax.random.split(key)``:
     ``k_f`` for the forward direction, ``k_b`` for the backward one, so the two draw
@@ -336,11 +344,12 @@ def Bidirectional(layer: Any) -> Layer:
                                  "does not carry")
 
     def init_with_state(key, input_shape):
-        _, _, _, form = split_shape(name, input_shape, with_state=False)
+        x_shape, _, _, form = split_shape(name, input_shape, with_state=False)
         k_f, k_b = jax.random.split(key)
         out, p_f, _ = inner.init_with_state(k_f, input_shape)
         _, p_b, _ = inner.init_with_state(k_b, input_shape)
         y_shape, echoed = _seq_part(name, out, form, "shape")
+        _check_inner_shape(name, tuple(y_shape), x_shape)
         y_shape = (*y_shape[:-1], 2 * y_shape[-1])
         return (y_shape, input_shape[1]) if echoed else y_shape, (p_f, p_b), ()
 
@@ -355,7 +364,8 @@ def Bidirectional(layer: Any) -> Layer:
         out_f, res_f = rule(params[0], inputs, k_f)
         out_b, res_b = rule(params[1], reversed_in, k_b)
         (y_f, echoed), (y_b, _) = (_seq_part(name, o, form, "value") for o in (out_f, out_b))
-        seq = y_b.ndim >= 3
+        _check_inner_shape(name, shape_of(y_f), shape_of(x))
+        seq = y_b.ndim == 3
         y = jnp.concatenate([y_f, _reverse(y_b, idx) if seq else y_b], axis=-1)
         out = (y, inputs[1]) if echoed else y
         return out, (res_f, res_b, idx, seq, echoed, y_f.shape[-1], form)
@@ -391,6 +401,17 @@ def Bidirectional(layer: Any) -> Layer:
     return Layer(init_with_state, apply_with_state, forward_with_state if has_rule else None,
                  backward if has_rule else None, name=name, children=(inner, inner),
                  decay=decay, rewire=rewire)
+
+
+def _check_inner_shape(name: str, y_shape: tuple, x_shape: tuple) -> None:
+    """The inner output is a sequence ``[B, T, H]`` (reversed back step by step) or one
+    vector per sequence ``[B, H]`` (concatenated as is)."""
+    if len(y_shape) == 2 or (len(y_shape) == 3 and _same(y_shape[:2], tuple(x_shape[:2]))):
+        return
+    raise LayerError(f"{name}: the inner layer returns shape {y_shape} for the input "
+                     f"{tuple(x_shape)}; it must return a sequence [B, T, H] of the input's "
+                     "batch and time (reversed back step by step) or one vector per sequence "
+                     "[B, H]")
 
 
 def _forward_rule(inner: Layer, name: str):
