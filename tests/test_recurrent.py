@@ -761,3 +761,25 @@ def test_bidirectional_of_a_per_step_layer_is_two_per_step_maps():
     x = np.random.default_rng(40).standard_normal((2, 6, 4))
     want = np.concatenate([x @ np.asarray(q["W"]) + np.asarray(q["b"]) for q in p], axis=-1)
     np.testing.assert_allclose(bi.apply(p, jnp.asarray(x)), want, rtol=1e-12, atol=1e-12)
+
+
+def test_rnn_calls_its_activation_with_the_activations_defaults():
+    """As the docstring says: RNN(activation=f) uses f's default hyperparameters, and an
+    activation with other defaults (dataclasses.replace) gives other ones. NumPy witness of
+    h_t = leaky(x_t W_x + h_{t-1} W_h + b) with slope 0.01 and 0.2."""
+    import dataclasses
+
+    steep = dataclasses.replace(funnet.leaky_relu, name="leaky_relu(0.2)",
+                                defaults={"slope": 0.2})
+    x = np.random.default_rng(41).standard_normal((2, 4, F))
+    for activation, slope in ((funnet.leaky_relu, 0.01), (steep, 0.2)):
+        rnn = funnet.RNN(H, activation=activation)
+        assert rnn.name == f"RNN({H}, activation={activation.name})"
+        p = {k: np.asarray(v) for k, v in init_params(rnn, (-1, 4, F), seed=41).items()}
+        h, want = np.zeros((2, H)), []
+        for t in range(4):
+            a = x[:, t] @ p["W_x"] + h @ p["W_h"] + p["b"]
+            h = np.where(a > 0, a, slope * a)
+            want.append(h)
+        np.testing.assert_allclose(rnn.apply(p, jnp.asarray(x)), np.stack(want, 1),
+                                   rtol=1e-12, atol=1e-12)

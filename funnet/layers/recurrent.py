@@ -494,7 +494,11 @@ def RNN(
       hidden: the state size ``H``.
       activation: a :class:`funnet.Activation` (``tanh`` by default); the backward uses its
         hand-derived ``f'``, and the formula wiring (:meth:`funnet.Layer.rewired`) its
-        plain formula.
+        plain formula. It is called with its own default hyperparameters
+        (``Activation.defaults``: ``leaky_relu``'s slope 0.01, ``elu``'s alpha 1.0); for
+        others make an activation whose defaults they are, e.g.
+        ``dataclasses.replace(funnet.leaky_relu, name="leaky_relu(0.2)",
+        defaults={"slope": 0.2})``.
       return_sequences: ``True``: every step's output ``[B, T, H]``; ``False``: the state
         after each sequence's last real step, ``[B, H]``.
       return_state: also return the final state: ``RecurrentOutput(outputs, h_T)``.
