@@ -203,6 +203,11 @@ class Layer:
         window's arg-max); gradient checks treat a change of it as they treat a kink.
       inner_deltas: how the layer's backward exposes the error terms inside it
         (:class:`InnerDeltas`; recurrent layers: ``∂L/∂h_t`` through time), else ``None``.
+      input_check: ``(x, label) -> None``, a check of concrete inputs on the host that
+        raises a ValueError naming ``label`` (``Embedding``: ids out of range, which under
+        ``jax.jit`` would give NaN rows); ``None``: nothing to check. Run by
+        :meth:`check_inputs`, which :func:`funnet.fit`, :func:`funnet.evaluate` and
+        :func:`funnet.predict` call on their data before anything is compiled.
     """
 
     init_with_state: Callable[..., tuple[Any, PyTree, PyTree]]
@@ -219,6 +224,7 @@ class Layer:
     kinks: tuple[float, ...] = ()
     pieces: Callable[[Any], Any] | None = None
     inner_deltas: InnerDeltas | None = None
+    input_check: Callable[[Any, str], None] | None = None
 
     # -- the stateless (stax) view ------------------------------------------------------
 
@@ -297,6 +303,26 @@ class Layer:
 
     # -- what tools ask of a layer -------------------------------------------------------
 
+    def check_inputs(self, x: Any, label: str = "x") -> None:
+        """Check concrete inputs ``x`` on the host (NumPy, one pass), before any compile.
+
+        Raises a ValueError naming ``label`` (``"train.x"``; a part of a ``parallel``
+        input is ``"train.x[1]"``), the layer and the offending value; a layer without
+        :attr:`input_check` accepts anything (what its ``apply`` refuses, it refuses
+        there). ``serial`` hands ``x`` to its first layer, ``parallel`` each part to its
+        layer.
+
+        >>> import jax.numpy as jnp, funnet
+        >>> net = funnet.parallel(funnet.Embedding(5, 2), funnet.Identity)
+        >>> try:
+        ...     net.check_inputs((jnp.array([[1, 7]]), jnp.array([[1, 0]])), "train.x")
+        ... except ValueError as e:
+        ...     print(str(e).split(";")[0])
+        train.x[0]: id 7 at index (0, 1) is out of range for Embedding(5, 2) (ids 0 … 4)
+        """
+        if self.input_check is not None:
+            self.input_check(x, label)
+
     @property
     def has_backward(self) -> bool:
         """Whether the layer carries a hand-derived backward rule."""
@@ -374,6 +400,7 @@ def layer(
     kinks: Sequence[float] = (),
     pieces: Callable[[Any], Any] | None = None,
     inner_deltas: InnerDeltas | None = None,
+    input_check: Callable[[Any, str], None] | None = None,
 ) -> Layer:
     r"""A :class:`Layer` from its ``init``, ``forward`` (with residuals) and hand ``backward``.
 
@@ -413,6 +440,8 @@ def layer(
         (``MaxPool``: each window's arg-max); see :class:`Layer`.
       inner_deltas: the backward that also returns the error terms inside the layer, and
         its probed forward (:class:`InnerDeltas`), for ``return_deltas``; optional.
+      input_check: ``(x, label) -> None``, a host-side check of concrete inputs raising a
+        ValueError that names ``label`` (see :meth:`Layer.check_inputs`); optional.
 
     >>> import jax, jax.numpy as jnp, funnet
     >>> def init(key, input_shape):
@@ -482,7 +511,7 @@ def layer(
     return Layer(init_with_state, apply_with_state, forward_with_state, backward, name=name,
                  stateful=stateful, decay=_decay_by_name(name, decay), rewire=rewire,
                  configure=configure, kinks=tuple(float(k) for k in kinks), pieces=pieces,
-                 inner_deltas=inner_deltas)
+                 inner_deltas=inner_deltas, input_check=input_check)
 
 
 def as_layer(obj: Any) -> Layer:

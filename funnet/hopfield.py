@@ -34,11 +34,12 @@ practical size).
 
 States are ``[N]`` or a batch ``[B, N]`` (each row its own network run, with its own
 random order of units); ``W`` is ``[N, N]``. Concrete inputs are checked before anything
-is computed: states and patterns must hold only ``−1`` and ``1``, ``W`` must be square,
-finite, symmetric (to rounding) with an exactly zero diagonal, and the sizes must agree;
-a bad input raises ``ValueError`` (``TypeError`` for a wrong kind of argument) naming the
-function, the argument and the shapes. Under ``jax.jit`` of the caller the values are not
-known and are not checked.
+is computed: states and patterns must hold only ``−1`` and ``1``, ``W`` must be square
+and, for :func:`update`, :func:`recall` and :func:`is_fixed_point`, finite, symmetric (to
+rounding) with an exactly zero diagonal (:func:`energy` is the formula of any real square
+``W``), and the sizes must agree; a bad input raises ``ValueError`` (``TypeError`` for a
+wrong kind of argument) naming the function, the argument and the shapes. Under
+``jax.jit`` of the caller the values are not known and are not checked.
 """
 
 from __future__ import annotations
@@ -202,7 +203,8 @@ def energy(W: ArrayLike, s: ArrayLike) -> jax.Array:
     r"""The energy ``E(s) = −½ sᵀ W s = −½ Σ_ij W_ij s_i s_j`` of a state (or of each row).
 
     Args:
-      W: ``[N, N]``, any real square matrix (the formula needs no symmetry).
+      W: ``[N, N]``, any real square matrix (the formula needs no symmetry and no zero
+        diagonal; it is not checked for NaN or inf either, which give that energy).
       s: ``[N]`` or ``[B, N]``, states of ±1.
 
     Returns:

@@ -291,3 +291,23 @@ def test_no_command_writes_over_the_docs_images():
     offenders += [f"examples/{p.name}" for p in sorted((REPO / "examples").glob("*.py"))
                   if re.search(r"--out[ =]+(\./)?docs/", p.read_text(encoding="utf-8"))]
     assert not offenders, "commands writing into docs/:\n" + "\n".join(offenders)
+def test_the_readme_layout_table_names_every_module():
+    """README's Layout table: every public module of funnet/ (a file ``x.py`` named as
+    ``funnet/x.py``, a module of a package as `` `x` `` in the package's row) and no module
+    that does not exist (it named ``summary``, whose file is ``layers/inspection.py``, and
+    no ``recurrent``, ``sequence``, ``embedding`` or ``hopfield``)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    layout = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in layout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`"):
+            rows[cells[0]] = cells[1]
+    paths = " ".join(rows)
+    for path in sorted((REPO / "funnet").glob("[a-z]*.py")):
+        assert f"funnet/{path.name}" in paths, f"README's Layout has no row for {path.name}"
+    for package in ("layers", "check", "train"):
+        row = rows[f"`funnet/{package}/`"]
+        named = set(re.findall(r"`(\w+)` \(", row))
+        files = {p.stem for p in (REPO / "funnet" / package).glob("[a-z]*.py")}
+        assert named == files, (package, sorted(named - files), sorted(files - named))

@@ -108,3 +108,36 @@ def test_init_decay_and_dtypes():
     y, res = EMB.forward(bf16, ids)
     dparams, _ = EMB.backward(bf16, res, jnp.ones((1, 2, D), jnp.float32))
     assert y.dtype == dparams["table"].dtype == jnp.bfloat16
+
+
+def test_a_tuple_of_ids_and_mask_is_refused_naming_the_fix():
+    """``(ids, mask)`` handed to the Embedding itself (not through ``parallel(Embedding,
+    Identity)``): a LayerError naming the layer and the fix, eager and under jit (the check
+    is on the structure, not on values)."""
+    ids, mask = jnp.array([[1, 2, 3, 0]]), jnp.array([[1, 1, 1, 0]])
+    net = funnet.serial(funnet.Embedding(V, D), funnet.LSTM(2))
+    params = (PARAMS, funnet.LSTM(2).init(jax.random.PRNGKey(0), (-1, 4, D))[1])
+    for apply in (net.apply, jax.jit(net.apply)):
+        with pytest.raises(funnet.LayerError) as info:
+            apply(params, (ids, mask))
+        message = str(info.value)
+        for fragment in ("serial[0] › Embedding(6, 3)", "tuple of 2",
+                         "parallel(Embedding(6, 3), Identity)"):
+            assert fragment in message, (fragment, message)
+    with pytest.raises(funnet.LayerError, match=r"parallel\(Embedding\(6, 3\), Identity\)"):
+        EMB.forward(PARAMS, (ids, mask))
+
+
+@pytest.mark.parametrize("ids, fragments", [
+    (3, ["Embedding(6, 3)", "ids must be an integer array", "the Python int 3", "jnp.asarray"]),
+    ([[1, 2]], ["Embedding(6, 3)", "ids must be an integer array", "a list", "jnp.asarray"]),
+])
+def test_ids_that_are_not_an_integer_array_are_named(ids, fragments):
+    with pytest.raises(funnet.LayerError) as info:
+        EMB.apply(PARAMS, ids)
+    for fragment in fragments:
+        assert fragment in str(info.value), (fragment, str(info.value))
+    # an array of rank 0 is one id (as inside jax.vmap over the ids): its row
+    np.testing.assert_array_equal(EMB.apply(PARAMS, np.int32(3)), np.asarray(TABLE)[3])
+    np.testing.assert_array_equal(jax.vmap(lambda i: EMB.apply(PARAMS, i))(jnp.array([4, 0])),
+                                  np.asarray(TABLE)[[4, 0]])

@@ -317,3 +317,18 @@ def test_module_is_exported():
     assert funnet.hopfield is hop and "hopfield" in funnet.__all__
     assert set(hop.__all__) == {"Recall", "energy", "hebbian", "is_fixed_point", "recall",
                                 "update"}
+
+
+def test_energy_is_the_formula_of_any_square_w_while_the_dynamics_check_it():
+    """docs/recurrent.md and the module docstring: energy takes any real square W (not
+    symmetric, a nonzero diagonal, even NaN: the formula's value); update, recall and
+    is_fixed_point refuse such a W."""
+    s = np.array([1.0, -1.0, 1.0])
+    w = np.array([[1.0, 2.0, 0.0], [0.0, 0.0, 3.0], [1.0, 0.0, -1.0]])
+    assert float(hop.energy(w, s)) == pytest.approx(numpy_energy(w, s), rel=1e-13)
+    assert np.isnan(float(hop.energy(np.where(w == 3.0, np.nan, w), s)))
+    for call in (lambda: hop.update(w, s, jax.random.key(0), steps=1),
+                 lambda: hop.recall(w, s, jax.random.key(0)),
+                 lambda: hop.is_fixed_point(w, s)):
+        with pytest.raises(ValueError, match="W"):
+            call()

@@ -515,3 +515,271 @@ def test_bad_input_raises_a_clear_error(call, error, fragments):
         call()
     for fragment in fragments:
         assert fragment in str(info.value), (fragment, str(info.value))
+
+
+# --- non-finite values at padding steps ------------------------------------------------------
+
+_PAD_MASK = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [0, 1, 0, 1, 0]], bool)  # end, holes
+
+
+def _padded(x, value):
+    """``x`` with every padding step of ``_PAD_MASK`` set to ``value``."""
+    return jnp.where(jnp.asarray(_PAD_MASK)[:, :, None], x, value)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_padding_values_change_no_output_and_no_gradient(kind):
+    """A padding step's input is ignored: NaN, ±inf or a huge value there gives exactly the
+    outputs and gradients (hand BPTT and jax.grad of apply) of zeros there, and its input
+    gradient is 0. Witness: jax.vjp of the plain loop ``recurrent_ref`` on the zeroed x."""
+    layer = _layer(kind, return_state=True)
+    B, T = _PAD_MASK.shape
+    rng = np.random.default_rng(20)
+    params = init_params(layer, (-1, T, F), seed=20)
+    x = _padded(_normal(rng, (B, T, F)), 0.0)
+    mask = jnp.asarray(_PAD_MASK)
+    dy = (_normal(rng, (B, T, H)), _state(kind, rng, B))
+
+    def objective(p, x):
+        (y, _), state = layer.apply(p, (x, mask))
+        return _tree_dot((y, state), dy)
+
+    @jax.jit
+    def run(params, x):
+        out, res = layer.forward(params, (x, mask))
+        hand = layer.backward(params, res, funnet.RecurrentOutput((dy[0], None), dy[1]))
+        return _strip(out, 2), (hand[0], hand[1][0]), jax.grad(objective, (0, 1))(params, x)
+
+    ref_out, pull = jax.vjp(lambda p, x: recurrent_ref(kind, p, x, mask), params, x)
+    ref_grads = pull(dy)
+    zero_run = run(params, x)
+    assert_trees_close(zero_run[0], ref_out, **TIGHT)
+    assert_trees_close(zero_run[1], ref_grads, **TIGHT)
+    for value in (np.nan, np.inf, -np.inf, 1e300):
+        got = run(params, _padded(x, value))
+        assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(got))
+        jax.tree_util.tree_map(np.testing.assert_array_equal, got, zero_run)
+        np.testing.assert_array_equal(np.asarray(got[1][1])[~_PAD_MASK], 0.0)
+        np.testing.assert_array_equal(np.asarray(got[2][1])[~_PAD_MASK], 0.0)
+
+
+def test_padding_values_are_ignored_through_bidirectional_and_an_embedding_under_jit():
+    """Bidirectional(LSTM) with NaN at padding steps, and a masked GRU fed by
+    ``parallel(Embedding, Identity)`` whose padding ids are out of range (NaN rows under
+    jit): loss, hand gradients and jax.grad are finite and those of in-range padding."""
+    B, T = _PAD_MASK.shape
+    mask = jnp.asarray(_PAD_MASK)
+    rng = np.random.default_rng(21)
+    bi = funnet.Bidirectional(funnet.LSTM(H))
+    p_bi = init_params(bi, (-1, T, F), seed=21)
+    x = _padded(_normal(rng, (B, T, F)), 0.0)
+    dy = _normal(rng, (B, T, 2 * H))
+
+    @jax.jit
+    def run_bi(x):
+        (y, _), res = bi.forward(p_bi, (x, mask))
+        hand = bi.backward(p_bi, res, (dy, None))
+        auto = jax.grad(lambda p, x: jnp.vdot(bi.apply(p, (x, mask))[0], dy), (0, 1))(p_bi, x)
+        return y, (hand[0], hand[1][0]), auto
+
+    zero = run_bi(x)
+    got = run_bi(_padded(x, np.nan))
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(got))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got, zero)
+
+    V = 7
+    net = funnet.serial(funnet.parallel(funnet.Embedding(V, F), funnet.Identity),
+                        funnet.GRU(H), funnet.LastStep, funnet.Dense(2))
+    p_net = init_params(net, ((-1, T), (-1, T)), seed=22)
+    ids = jnp.asarray(rng.integers(0, V, (B, T)))
+    labels = jnp.array([0, 1, 1])
+    loss = funnet.softmax_cross_entropy
+    hand_vg = funnet.backprop.value_and_grad(net, loss)
+
+    @jax.jit
+    def run_net(ids):
+        auto = jax.value_and_grad(lambda p: loss(net.apply(p, (ids, mask)), labels))(p_net)
+        return hand_vg(p_net, (ids, mask), labels), auto
+
+    in_range = run_net(jnp.where(mask, ids, 0))
+    for pad in (-1, V):
+        got = run_net(jnp.where(mask, ids, pad))
+        assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(got))
+        jax.tree_util.tree_map(np.testing.assert_array_equal, got, in_range)
+
+
+# --- a return_state output fed to another sequence layer --------------------------------------
+
+
+@pytest.mark.parametrize("after", [funnet.GRU(2), funnet.LastStep,
+                                   funnet.Bidirectional(funnet.GRU(2))], ids=repr)
+def test_a_return_state_output_is_not_taken_for_x_and_mask(after):
+    """``RecurrentOutput(outputs, state)`` is not ``(x, mask)``: with H == T the state
+    ``[B, H]`` has the mask's shape and was silently read as one. Refused at init and at
+    apply (eager and under jit), naming the layer and the fix."""
+    T = 4
+    net = funnet.serial(funnet.GRU(T, return_state=True), after)
+    with pytest.raises(funnet.LayerError) as info:
+        net.init(KEY, (-1, T, F))
+    message = str(info.value)
+    for fragment in (f"serial[1] › {after.name}", "return_state=True", ".outputs"):
+        assert fragment in message, (fragment, message)
+    gru = funnet.GRU(T, return_state=True)
+    p_gru = init_params(gru, (-1, T, F))
+    out = gru.apply(p_gru, jnp.ones((2, T, F)))
+    p_after = init_params(after, (-1, T, T))
+    for apply in (after.apply, jax.jit(after.apply)):
+        with pytest.raises(funnet.LayerError, match=r"returns its state \(return_state=True\)"):
+            apply(p_after, out)
+    assert after.apply(p_after, out.outputs).shape[0] == 2  # its outputs are fine
+
+
+# --- Bidirectional: one key per direction ----------------------------------------------------
+
+
+def test_bidirectional_gives_each_direction_its_own_key():
+    """The key is split, ``k_f, k_b = jax.random.split(key)``: the two directions' dropout
+    masks are independent (not one mask mirrored in time), the result is deterministic for
+    a given key, and the hand forward draws the masks apply draws."""
+    drop = funnet.Dropout(0.5)
+    bi = funnet.Bidirectional(drop)
+    _, p = bi.init(KEY, (-1, 6, 4))
+    x = jnp.asarray(np.random.default_rng(30).uniform(1.0, 2.0, (2, 6, 4)))
+    key = jax.random.PRNGKey(3)
+    y = bi.apply(p, x, key=key, train=True)
+    k_f, k_b = jax.random.split(key)
+    np.testing.assert_array_equal(y[..., :4], drop.apply((), x, key=k_f, train=True))
+    back = jnp.flip(drop.apply((), jnp.flip(x, 1), key=k_b, train=True), 1)
+    np.testing.assert_array_equal(y[..., 4:], back)
+    kept_f, kept_b = np.asarray(y[..., :4] != 0), np.asarray(y[..., 4:] != 0)
+    assert (kept_f != kept_b).any() and (kept_f != kept_b[:, ::-1]).any()
+    np.testing.assert_array_equal(bi.apply(p, x, key=key, train=True), y)
+    y_hand, _ = bi.forward(p, x, key=key, train=True)
+    np.testing.assert_array_equal(y_hand, y)
+    assert (bi.apply(p, x, key=jax.random.PRNGKey(4), train=True) != y).any()
+
+
+# --- init takes what apply takes: rank 3 --------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", [funnet.RNN(3), funnet.LSTM(3), funnet.GRU(3),
+                                   funnet.LastStep, funnet.Bidirectional(funnet.GRU(3))],
+                         ids=repr)
+@pytest.mark.parametrize("shape", [(-1, 5, 2, 7), ((-1, 5, 2, 7), (-1, 5))], ids=["x", "pair"])
+def test_init_refuses_a_sequence_shape_of_rank_other_than_3(layer, shape):
+    """apply refuses x of rank ≠ 3; init did accept rank 4 (a GRU then reported a wrong
+    output shape, LastStep dropped the time axis of a 4-D input)."""
+    with pytest.raises(funnet.LayerError) as info:
+        layer.init(KEY, shape)
+    for fragment in (layer.name, "(-1, 5, 2, 7)", "rank 4", "[batch, time, features]"):
+        assert fragment in str(info.value), (fragment, str(info.value))
+
+
+# --- small errors that named no function, argument or shape -----------------------------------
+
+_GRU = funnet.GRU(H)
+_PG = init_params(_GRU, (-1, 3, F))
+_LSTM_S = funnet.LSTM(H, return_state=True)
+_PLS = init_params(_LSTM_S, (-1, 3, F))
+_RES_S = _LSTM_S.forward(_PLS, _X)[1]
+_RES_G = _GRU.forward(_PG, (_X, jnp.ones((2, 3))))[1]
+
+SMALL = [
+    ("reverse_time mask shape", lambda: funnet.reverse_time(jnp.ones((2, 5, 3)), jnp.ones((2, 7))),
+     ValueError, ["reverse_time", "mask", "(2, 7)", "(2, 5)", "(2, 5, 3)"]),
+    ("reverse_time rank 1", lambda: funnet.reverse_time(jnp.ones((5,))),
+     ValueError, ["reverse_time", "x", "(5,)", "[batch, time, ...]"]),
+    ("reverse_time list", lambda: funnet.reverse_time([[1.0, 2.0]]),
+     TypeError, ["reverse_time", "x must be an array", "list"]),
+    ("LastStep T = 0", lambda: funnet.LastStep.apply((), jnp.ones((2, 0, 3))),
+     funnet.LayerError, ["LastStep", "(2, 0, 3)", "no time steps"]),
+    ("GRU T = 0", lambda: _GRU.apply(_PG, jnp.ones((2, 0, F))),
+     funnet.LayerError, ["GRU(4)", "(2, 0, 3)", "no time steps"]),
+    ("forget_bias None", lambda: funnet.LSTM(2, forget_bias=None),
+     funnet.LayerError, ["LSTM: forget_bias must be a finite number", "None"]),
+    ("forget_bias str", lambda: funnet.LSTM(2, forget_bias="1"),
+     funnet.LayerError, ["LSTM: forget_bias must be a finite number", "'1'"]),
+    ("forget_bias nan", lambda: funnet.LSTM(2, forget_bias=float("nan")),
+     funnet.LayerError, ["LSTM: forget_bias must be a finite number", "nan"]),
+    ("GRU h0 as a 1-tuple", lambda: _GRU.apply(_PG, (_X, None, (jnp.zeros((2, H)),))),
+     funnet.LayerError, ["GRU(4)", "one array h0 of shape (2, 4)", "a tuple of 1",
+                         "[(2, 4)]"]),
+    ("LSTM h0 alone", lambda: _LSTM.apply(_P, (_X, None, jnp.zeros((2, H)))),
+     funnet.LayerError, ["LSTM(4)", "(h0, c0)", "an array of shape (2, 4)"]),
+    ("a list as the input", lambda: _GRU.apply(_PG, [[[1.0, 2.0, 3.0]] * 3]),
+     funnet.LayerError, ["GRU(4)", "a list", "jnp.asarray"]),
+    ("return_state backward, dy an array",
+     lambda: _LSTM_S.backward(_PLS, _RES_S, jnp.ones((2, 3, H))),
+     funnet.LayerError, ["LSTM(4, return_state=True)", "RecurrentOutput(d_outputs, d_state)",
+                         "(2, 3, 4)"]),
+    ("return_state backward, LSTM d_state an array",
+     lambda: _LSTM_S.backward(_PLS, _RES_S, (jnp.ones((2, 3, H)), jnp.ones((2, H)))),
+     funnet.LayerError, ["LSTM(4, return_state=True)", "d_state", "(dh, dc)", "(2, 4)"]),
+    ("backward, dy of the wrong width",
+     lambda: _GRU.backward(_PG, _GRU.forward(_PG, _X)[1], jnp.ones((2, 3, 5))),
+     funnet.LayerError, ["GRU(4)", "(2, 3, 5)", "(2, 3, 4)"]),
+    ("backward, dy without the mask's None", lambda: _GRU.backward(_PG, _RES_G, jnp.ones((2, 3, H))),
+     funnet.LayerError, ["GRU(4)", "(dy, None)", "(y, mask)"]),
+]
+
+
+@pytest.mark.parametrize("call, error, fragments",
+                         [pytest.param(*b[1:], id=b[0]) for b in SMALL])
+def test_small_mistakes_raise_errors_naming_the_function_argument_and_shapes(call, error,
+                                                                              fragments):
+    with pytest.raises(error) as info:
+        call()
+    for fragment in fragments:
+        assert fragment in str(info.value), (fragment, str(info.value))
+
+
+# --- Bidirectional: what the inner layer may return ----------------------------------------
+
+
+@pytest.mark.parametrize("inner, shown", [
+    (funnet.Reshape((2, -1)), "(-1, 2, 12)"),  # time axis of another length
+    (funnet.Reshape((6, 2, 2)), "(-1, 6, 2, 2)"),  # rank 4
+], ids=repr)
+def test_bidirectional_refuses_an_inner_output_that_is_not_a_sequence_or_a_vector(inner, shown):
+    """Reversing back an output whose axis 1 is not the input's time axis pairs unrelated
+    steps (or, with a mask, crashes); init and apply refuse it, naming the shapes."""
+    bi = funnet.Bidirectional(inner)
+    with pytest.raises(funnet.LayerError) as info:
+        bi.init(KEY, (-1, 6, 4))
+    for fragment in (bi.name, shown, "[B, T, H]", "[B, H]", "(-1, 6, 4)"):
+        assert fragment in str(info.value), (fragment, str(info.value))
+    with pytest.raises(funnet.LayerError, match=r"\[B, T, H\]"):
+        bi.apply(((), ()), jnp.ones((2, 6, 4)))
+
+
+def test_bidirectional_of_a_per_step_layer_is_two_per_step_maps():
+    """What the docstring says of a layer without memory along time (Dense): each direction
+    maps every step on its own, so y = [x W_f + b_f ‖ x W_b + b_b] (a NumPy witness)."""
+    bi = funnet.Bidirectional(funnet.Dense(3))
+    assert bi.init(KEY, (-1, 6, 4))[0] == (-1, 6, 6)
+    p = init_params(bi, (-1, 6, 4))
+    x = np.random.default_rng(40).standard_normal((2, 6, 4))
+    want = np.concatenate([x @ np.asarray(q["W"]) + np.asarray(q["b"]) for q in p], axis=-1)
+    np.testing.assert_allclose(bi.apply(p, jnp.asarray(x)), want, rtol=1e-12, atol=1e-12)
+
+
+def test_rnn_calls_its_activation_with_the_activations_defaults():
+    """As the docstring says: RNN(activation=f) uses f's default hyperparameters, and an
+    activation with other defaults (dataclasses.replace) gives other ones. NumPy witness of
+    h_t = leaky(x_t W_x + h_{t-1} W_h + b) with slope 0.01 and 0.2."""
+    import dataclasses
+
+    steep = dataclasses.replace(funnet.leaky_relu, name="leaky_relu(0.2)",
+                                defaults={"slope": 0.2})
+    x = np.random.default_rng(41).standard_normal((2, 4, F))
+    for activation, slope in ((funnet.leaky_relu, 0.01), (steep, 0.2)):
+        rnn = funnet.RNN(H, activation=activation)
+        assert rnn.name == f"RNN({H}, activation={activation.name})"
+        p = {k: np.asarray(v) for k, v in init_params(rnn, (-1, 4, F), seed=41).items()}
+        h, want = np.zeros((2, H)), []
+        for t in range(4):
+            a = x[:, t] @ p["W_x"] + h @ p["W_h"] + p["b"]
+            h = np.where(a > 0, a, slope * a)
+            want.append(h)
+        np.testing.assert_allclose(rnn.apply(p, jnp.asarray(x)), np.stack(want, 1),
+                                   rtol=1e-12, atol=1e-12)

@@ -1141,3 +1141,68 @@ def test_a_bad_array_of_a_tuple_of_inputs_is_named_before_training(bad, message)
     with pytest.raises(ValueError, match=message):
         fit(net, params, (bad(ids, mask), y), loss=CE, optimizer=optax.adam(0.01),
             epochs=1, batch_size=8, key=jax.random.key(1), progress=False)
+
+
+# --- Embedding ids are checked on the concrete data (fit, evaluate, predict) -------------------
+
+_FIT = {"loss": CE, "optimizer": optax.adam(0.01), "epochs": 1, "batch_size": 8,
+        "key": jax.random.key(1), "progress": False}
+
+
+def test_out_of_range_embedding_ids_in_a_tuple_of_inputs_are_named_before_training():
+    """Padding ids of -1 under a mask (or any id outside 0 … V-1) index no row of the table:
+    under jit they give NaN rows, so fit stopped with a NonFiniteLossError advising a lower
+    learning rate, and predict returned whatever the model made of them. Now the concrete
+    data is checked first: a ValueError naming the array, the layer, the id and its index."""
+    ids, mask, y, _ = _masked_sequences()
+    net, params = _sequence_model()
+    padded = np.where(mask, ids, -1).astype(np.int32)
+    row, step = np.argwhere(~mask)[0]
+    message = (rf"train\.x\[0\]: id -1 at index \({row}, {step}\) is out of range for "
+               r"Embedding\(5, 4\) \(ids 0 … 4\)")
+    with pytest.raises(ValueError, match=message) as info:
+        fit(net, params, ((padded, mask), y), grad="hand", **_FIT)
+    assert not isinstance(info.value, NonFiniteLossError)
+    assert "e.g. 0" in str(info.value)  # what to pad with
+    bad = ids.copy()
+    bad[5, 0] = 5
+    with pytest.raises(ValueError, match=r"valid\.x\[0\]: id 5 at index \(5, 0\)"):
+        fit(net, params, ((ids, mask), y), valid=((bad, mask), y), **_FIT)
+    with pytest.raises(ValueError, match=r"data\.x\[0\]: id 5 at index \(5, 0\)"):
+        evaluate(net, params, ((bad, mask), y), loss=CE)
+    with pytest.raises(ValueError, match=r"predict\.x\[0\]: id 5 at index \(5, 0\)"):
+        predict(net, params, (bad, mask))
+    fit(net, params, ((np.where(mask, ids, 0).astype(np.int32), mask), y), **_FIT)  # pad 0
+
+
+def test_out_of_range_embedding_ids_of_a_single_input_are_named_before_training():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 4, (16, 3)).astype(np.int32)
+    ids[3, 1], ids[9, 2] = 9, -2
+    model = funnet.serial(funnet.Embedding(4, 4), funnet.Flatten, funnet.Dense(4))
+    _, params = model.init(jax.random.PRNGKey(0), (-1, 3))
+    with pytest.raises(ValueError, match=r"train\.x: id 9 at index \(3, 1\) is out of range "
+                                         r"for Embedding\(4, 4\) \(ids 0 … 3\); 2 of 48 ids "
+                                         r"are out of range: -2, 9"):
+        fit(model, params, (ids, ids[:, 0] % 4), **_FIT)
+
+
+def test_input_checks_follow_serial_to_its_first_layer_and_parallel_to_each_part():
+    """The contract's host-side hook (Layer.check_inputs): ``serial`` hands the inputs to
+    its first layer, ``parallel`` each part to its layer with the part's label; layers
+    without a check (Dense, Identity, a stax pair) accept anything."""
+    seen = []
+
+    def init(key, shape):
+        return shape, ()
+
+    probe = funnet.layer(init, lambda p, x: (x, None), lambda p, r, dy: ((), dy),
+                         name="probe", input_check=lambda x, label: seen.append(
+                             (label, np.shape(x))))
+    net = funnet.serial(funnet.parallel(funnet.Identity, probe, probe), funnet.FanInSum,
+                        probe)
+    net.check_inputs((np.ones((2, 3)), np.ones((2, 4)), np.ones((2, 5))), "train.x")
+    assert seen == [("train.x[1]", (2, 4)), ("train.x[2]", (2, 5))]
+    funnet.Dense(2).check_inputs(np.ones(3), "x")  # no check: nothing happens
+    funnet.serial(funnet.Dense(2), probe).check_inputs(np.ones(3), "x")  # not the first
+    assert len(seen) == 2

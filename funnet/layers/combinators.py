@@ -104,10 +104,10 @@ class _Children:
             return None
         return lambda wiring: build(*(c.rewired(wiring) for c in self.layers))
 
-    def make(self, init, apply, forward, backward, build) -> Layer:
+    def make(self, init, apply, forward, backward, build, input_check=None) -> Layer:
         return Layer(init, apply, forward, backward, name=self.name, children=self.layers,
                      kind=self.kind, stateful=self.stateful, decay=self.decay,
-                     rewire=self.rewire(build))
+                     rewire=self.rewire(build), input_check=input_check)
 
 
 def serial(*layers: Any) -> Layer:
@@ -159,7 +159,10 @@ def serial(*layers: Any) -> Layer:
         dparams, dx, _ = _chain_backward(c.layers, params, residuals, dy)
         return dparams, dx
 
-    return c.make(init_with_state, apply_with_state, forward_with_state, backward, serial)
+    first = c.layers[0] if c.layers else None
+    input_check = None if first is None or first.input_check is None else first.check_inputs
+    return c.make(init_with_state, apply_with_state, forward_with_state, backward, serial,
+                  input_check)
 
 
 def _chain_backward(layers: Sequence[Layer], params: PyTree, residuals: Any, dy: Any, *,
@@ -243,7 +246,14 @@ def parallel(*layers: Any) -> Layer:
         ]
         return tuple(o[0] for o in out), tuple(o[1] for o in out)
 
-    return c.make(init_with_state, apply_with_state, forward_with_state, backward, parallel)
+    def input_check(xs, label):  # each part to its layer; a wrong structure: apply says so
+        if isinstance(xs, (tuple, list)) and len(xs) == c.n:
+            for i, (child, x) in enumerate(zip(c.layers, xs)):
+                child.check_inputs(x, f"{label}[{i}]")
+
+    checked = any(child.input_check is not None for child in c.layers)
+    return c.make(init_with_state, apply_with_state, forward_with_state, backward, parallel,
+                  input_check if checked else None)
 
 
 def fanout(n: int) -> Layer:

@@ -43,7 +43,10 @@ def Embedding(
         ``nn.Embedding``).
 
     Shapes: ``ids [...] (any integer dtype) -> y [..., D]``; params ``{"table": [V, D]}``;
-    weight decay applies to ``table`` (it is the weight matrix of that ``Dense``).
+    weight decay applies to ``table`` (it is the weight matrix of that ``Dense``). The ids
+    are one JAX or NumPy array (a Python list or int is refused: ``jnp.asarray`` it); a
+    sequence's ``(ids, mask)`` goes through ``parallel(Embedding(V, D), Identity)``, which
+    passes the mask on.
 
     Out-of-range ids: on concrete ids (eager calls) an id outside ``0 … V-1`` is a
     :class:`funnet.LayerError` naming the layer and the offending ids, raised before any
@@ -73,6 +76,16 @@ def Embedding(
         return shape + (dim,), {"table": table_init(key, (vocab_size, dim))}
 
     def check(params, ids):
+        if isinstance(ids, tuple):  # (ids, mask): structure, so also under jit
+            raise LayerError(f"{name}: ids must be one integer array, got a tuple of "
+                             f"{len(ids)} (shapes {[shape_of(a) for a in ids]}); for a "
+                             f"sequence's (ids, mask) map it over the pair: "
+                             f"parallel({name}, Identity)")
+        if not isinstance(ids, (jax.Array, np.ndarray, np.generic)):
+            given = (f"the Python {type(ids).__name__} {ids!r}" if isinstance(ids, (int, float))
+                     else f"a {type(ids).__name__}")
+            raise LayerError(f"{name}: ids must be an integer array, got {given}; pass "
+                             "jnp.asarray(ids) (e.g. [batch, time] ids)")
         expect_params(name, params, ("table",))
         if shape_of(params["table"]) != (vocab_size, dim):
             raise ParamsError(f"{name}: table has shape {shape_of(params['table'])}, expected "
@@ -81,16 +94,24 @@ def Embedding(
         if not jnp.issubdtype(kind, jnp.integer):
             raise LayerError(f"{name}: ids must be integers, got {kind} of shape {shape_of(ids)}")
         if not isinstance(ids, jax.core.Tracer):  # concrete ids: check their range now
-            values = np.asarray(ids)
-            bad = (values < 0) | (values >= vocab_size)
-            if bad.any():
-                offending = np.unique(values[bad])
-                shown = ", ".join(str(v) for v in offending[:8]) + (
-                    ", …" if offending.size > 8 else "")
-                where = tuple(int(i) for i in np.argwhere(bad)[0])
+            found = _out_of_range(np.asarray(ids), vocab_size)
+            if found is not None:
+                _, where, shown, count, size, shape = found
                 raise LayerError(f"{name}: ids must be in 0 … {vocab_size - 1}; got {shown} "
-                                 f"({int(bad.sum())} of {values.size} ids, the first at index "
-                                 f"{where} of ids of shape {values.shape})")
+                                 f"({count} of {size} ids, the first at index {where} of ids "
+                                 f"of shape {shape})")
+
+    def input_check(ids, label):  # fit's data, on the host: what jit would make NaN rows
+        if isinstance(ids, (tuple, list)) or not jnp.issubdtype(jnp.result_type(ids),
+                                                                 jnp.integer):
+            return  # not ids: apply refuses them, naming the layer
+        found = _out_of_range(np.asarray(ids), vocab_size)
+        if found is not None:
+            first, where, shown, count, size, _ = found
+            raise ValueError(f"{label}: id {first} at index {where} is out of range for {name} "
+                             f"(ids 0 … {vocab_size - 1}); {count} of {size} ids are out of "
+                             f"range: {shown}. Padding ids under a sequence mask index the "
+                             "table too: pad with a valid id (e.g. 0)")
 
     def valid(ids):
         return (ids >= 0) & (ids < vocab_size)
@@ -110,4 +131,17 @@ def Embedding(
         d_table = jnp.zeros_like(table).at[slot].add(dy.astype(table.dtype), mode="drop")
         return {"table": d_table}, None  # dE[ids] += dy; the ids have no gradient
 
-    return layer(init_fn, forward, backward, apply=apply, name=name, decay=("table",))
+    return layer(init_fn, forward, backward, apply=apply, name=name, decay=("table",),
+                 input_check=input_check)
+
+
+def _out_of_range(values: np.ndarray, vocab_size: int):
+    """``(first id, its index, the distinct ids shown, count, size, shape)`` of the ids
+    outside ``0 … vocab_size - 1``, or ``None`` when there are none."""
+    bad = (values < 0) | (values >= vocab_size)
+    if not bad.any():
+        return None
+    where = tuple(int(i) for i in np.unravel_index(np.argmax(bad), bad.shape))
+    offending = np.unique(values[bad])
+    shown = ", ".join(str(v) for v in offending[:8]) + (", …" if offending.size > 8 else "")
+    return (values[where].item(), where, shown, int(bad.sum()), values.size, values.shape)

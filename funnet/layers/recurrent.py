@@ -25,7 +25,9 @@ are then matrix products over all steps::
 Activation derivatives come from the activations' hand-derived ``f'``
 (:meth:`funnet.Activation.derivative`), never from autodiff. A sequence mask freezes the
 state at padding steps (``h_t = h_{t-1}``) and zeroes their output, so the gradient passes
-them unchanged and their inputs get none.
+them unchanged; their inputs are replaced by zeros before the projection (``x_t`` in
+``dW_x`` too), so a padding value, even NaN or inf, changes no output and no gradient,
+and its ``dx_t`` is 0.
 """
 
 from __future__ import annotations
@@ -307,12 +309,16 @@ def _recurrent(kind: str, hidden: int, acts: tuple[act.Activation, ...], opts: _
     def initial_state(h0, batch, dtype):
         if h0 is None:
             return (jnp.zeros((batch, hidden), dtype),) * cell.states
-        parts = (h0,) if cell.states == 1 else tuple(h0) if isinstance(h0, (tuple, list)) else ()
-        shapes = tuple(shape_of(v) for v in parts)
-        if len(parts) != cell.states or any(s != (batch, hidden) for s in shapes):
-            want = "h0" if cell.states == 1 else "(h0, c0)"
-            raise LayerError(f"{name}: the initial state must be {want}, each of shape "
-                             f"{(batch, hidden)}, got {shapes or type(h0).__name__}")
+        one = (batch, hidden)
+        if cell.states == 1:
+            parts, want = (h0,), f"one array h0 of shape {one}"
+            ok = not isinstance(h0, (tuple, list)) and shape_of(h0) == one
+        else:
+            parts, want = h0, f"(h0, c0), each of shape {one}"
+            ok = (isinstance(h0, (tuple, list)) and len(h0) == 2
+                  and all(v is not None and shape_of(v) == one for v in h0))
+        if not ok:
+            raise LayerError(f"{name}: the initial state must be {want}, got {_describe(h0)}")
         return tuple(jnp.asarray(v).astype(dtype) for v in parts)
 
     def run(params, inputs, keep, probes=None):
@@ -321,10 +327,13 @@ def _recurrent(kind: str, hidden: int, acts: tuple[act.Activation, ...], opts: _
         dtype = jnp.result_type(x, *(params[k] for k in keys))
         state0 = initial_state(h0, x.shape[0], dtype)
         ms = None if mask is None else jnp.swapaxes(mask, 0, 1)[:, :, None]
+        x_dtype, x = x.dtype, x.astype(dtype)
+        if mask is not None:  # a padding step's input is ignored: zeros, even for NaN there
+            x = jnp.where(mask[:, :, None], x, jnp.zeros((), dtype))
         if probes is not None:  # [B, T, H] each (or None) → time-major
             probes = tuple(None if q is None else jnp.swapaxes(q, 0, 1).astype(dtype)
                            for q in probes)
-        ys, final, saved = _scan_forward(cell, params, x.astype(dtype), ms, state0,
+        ys, final, saved = _scan_forward(cell, params, x, ms, state0,
                                          sequences=opts.return_sequences, keep=keep,
                                          unroll=opts.unroll, probes=probes)
         if opts.return_sequences:
@@ -335,7 +344,7 @@ def _recurrent(kind: str, hidden: int, acts: tuple[act.Activation, ...], opts: _
             out = RecurrentOutput(out, final[0] if cell.states == 1 else final)
         h0_dtypes = None if h0 is None else tuple(jnp.result_type(v) for v in
                                                   ((h0,) if cell.states == 1 else h0))
-        return out, (x, ms, saved, form, h0_dtypes, dtype)
+        return out, (x, x_dtype, ms, saved, form, h0_dtypes, dtype)
 
     def apply(params, inputs):
         return run(params, inputs, keep=False)[0]
@@ -346,14 +355,50 @@ def _recurrent(kind: str, hidden: int, acts: tuple[act.Activation, ...], opts: _
     def probed(params, inputs, probes):  # the forward with probes on h_t (and c_t)
         return run(params, inputs, keep=False, probes=(probes.h, probes.c)[:cell.states])[0]
 
-    def backward(params, res, dy, trace=False):
-        x, ms, saved, form, h0_dtypes, dtype = res
-        d_seq, d_state = (dy[0], dy[1]) if opts.return_state else (dy, None)
+    def check_dy(dy, batch, time, form):
+        """``(d_seq | None, d_state | None)`` of the gradient ``dy`` of the output, checked
+        to have the output's structure and shapes."""
+        seq = (batch, time, hidden) if opts.return_sequences else (batch, hidden)
+        what = "d_outputs" if opts.return_state else "dy"
+        if opts.return_state:
+            if not isinstance(dy, (tuple, list)) or len(dy) != 2:
+                raise LayerError(
+                    f"{name}: backward got dy {_describe(dy)}, but the layer returns "
+                    "RecurrentOutput(outputs, state) (return_state=True): dy must be "
+                    "RecurrentOutput(d_outputs, d_state), None for a part without gradient; "
+                    f"d_outputs of shape {seq}")
+            d_seq, d_state = dy
+        else:
+            d_seq, d_state = dy, None
         if opts.return_sequences and form > 1 and d_seq is not None:
-            d_seq = d_seq[0]  # (dy, d_mask): the mask has no gradient
+            if not isinstance(d_seq, (tuple, list)) or len(d_seq) != 2:
+                raise LayerError(
+                    f"{name}: backward got {what} {_describe(d_seq)}, but for an input (x, "
+                    f"mask) the output is (y, mask): its gradient is (dy, None), dy of shape "
+                    f"{seq} (the mask has none)")
+            d_seq = d_seq[0]
+        if d_seq is not None and shape_of(d_seq) != seq:
+            raise LayerError(f"{name}: backward got {what} of shape {shape_of(d_seq)}, but the "
+                             f"output has shape {seq}: dy = ∂L/∂y must have y's shape")
+        one = (batch, hidden)
+        if d_state is not None:
+            parts = (d_state,) if cell.states == 1 else d_state
+            fits = (not isinstance(d_state, (tuple, list)) if cell.states == 1 else
+                    isinstance(d_state, (tuple, list)) and len(d_state) == 2)
+            if not fits or any(v is not None and shape_of(v) != one for v in parts):
+                want = (f"dh of shape {one}" if cell.states == 1 else
+                        f"(dh, dc), each of shape {one} or None")
+                raise LayerError(f"{name}: backward got d_state {_describe(d_state)}; the "
+                                 f"gradient of the final state must be {want}")
+        return d_seq, d_state
+
+    def backward(params, res, dy, trace=False):
+        x, x_dtype, ms, saved, form, h0_dtypes, dtype = res
+        d_seq, d_state = check_dy(dy, x.shape[0], x.shape[1], form)
         zeros = jnp.zeros((x.shape[0], hidden), dtype)
         d_final = [zeros] * cell.states
-        given = (d_state,) if cell.states == 1 else (d_state or (None, None))
+        given = (d_state,) if cell.states == 1 else (
+            (None, None) if d_state is None else d_state)
         for i, d in enumerate(given):
             if d is not None:
                 d_final[i] = d_final[i] + d.astype(dtype)
@@ -368,14 +413,14 @@ def _recurrent(kind: str, hidden: int, acts: tuple[act.Activation, ...], opts: _
         dgh = dgx if dgh is None else dgh
         h_prev = saved[0]
         grads = {
-            "W_x": jnp.einsum("btf,tbg->fg", x.astype(dtype), dgx),  # Σ_t x_tᵀ dg^x_t
+            "W_x": jnp.einsum("btf,tbg->fg", x, dgx),  # Σ_t x_tᵀ dg^x_t, x_t = 0 at padding
             "W_h": jnp.einsum("tbh,tbg->hg", h_prev, dgh),  # Σ_t h_{t-1}ᵀ dg^h_t
             cell.biases[0]: jnp.sum(dgx, axis=(0, 1)),  # Σ_{t, rows} dg^x_t
         }
         if len(cell.biases) == 2:
             grads[cell.biases[1]] = jnp.sum(dgh, axis=(0, 1))  # Σ_{t, rows} dg^h_t
         grads = {k: grads[k].astype(jnp.result_type(params[k])) for k in keys}
-        dx = jnp.einsum("tbg,fg->btf", dgx, params["W_x"]).astype(x.dtype)  # dx_t = dg^x_t W_xᵀ
+        dx = jnp.einsum("tbg,fg->btf", dgx, params["W_x"]).astype(x_dtype)  # dx_t = dg^x_t W_xᵀ
         dh0 = None
         if h0_dtypes is not None:
             dh0 = tuple(d.astype(t) for d, t in zip(d_state0, h0_dtypes))
@@ -390,6 +435,17 @@ def _recurrent(kind: str, hidden: int, acts: tuple[act.Activation, ...], opts: _
                  rewire=lambda wiring: _recurrent(
                      kind, hidden, tuple(a.rewired(wiring) for a in acts), opts, name),
                  inner_deltas=inner)
+
+
+def _describe(v: Any) -> str:
+    """``v`` for an error message: ``an array of shape (2, 4)``, ``a tuple of 1 with shapes
+    [(2, 4)]``."""
+    if v is None:
+        return "None"
+    if isinstance(v, (tuple, list)):
+        shapes = [None if a is None else shape_of(a) for a in v]
+        return f"a {type(v).__name__} of {len(v)} with shapes {shapes}"
+    return f"an array of shape {shape_of(v)}"
 
 
 def _state_fits(given: Any, want: Any) -> bool:
@@ -407,6 +463,10 @@ def _options(return_sequences: bool, return_state: bool, W_x_init: Initializer,
         if not isinstance(value, (bool, np.bool_)):
             raise LayerError(f"{kind}: {flag} must be True or False, got {value!r}")
     unroll = check_int(unroll, f"{kind}: unroll", error=LayerError)
+    if (isinstance(forget_bias, (bool, np.bool_))
+            or not isinstance(forget_bias, (int, float, np.integer, np.floating))
+            or not np.isfinite(forget_bias)):
+        raise LayerError(f"{kind}: forget_bias must be a finite number, got {forget_bias!r}")
     return _Options(bool(return_sequences), bool(return_state), W_x_init, W_h_init, b_init,
                     float(forget_bias), unroll)
 
@@ -434,7 +494,11 @@ def RNN(
       hidden: the state size ``H``.
       activation: a :class:`funnet.Activation` (``tanh`` by default); the backward uses its
         hand-derived ``f'``, and the formula wiring (:meth:`funnet.Layer.rewired`) its
-        plain formula.
+        plain formula. It is called with its own default hyperparameters
+        (``Activation.defaults``: ``leaky_relu``'s slope 0.01, ``elu``'s alpha 1.0); for
+        others make an activation whose defaults they are, e.g.
+        ``dataclasses.replace(funnet.leaky_relu, name="leaky_relu(0.2)",
+        defaults={"slope": 0.2})``.
       return_sequences: ``True``: every step's output ``[B, T, H]``; ``False``: the state
         after each sequence's last real step, ``[B, H]``.
       return_state: also return the final state: ``RecurrentOutput(outputs, h_T)``.

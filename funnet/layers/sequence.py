@@ -103,11 +103,21 @@ def _is_shape(s: Any) -> bool:
     return isinstance(s, (tuple, list)) and all(isinstance(d, (int, np.integer)) for d in s)
 
 
+def _refuse_state(name: str, inputs: Any) -> None:
+    """A ``return_state`` layer's output (or its shape, at init) is not ``(x, mask)``."""
+    if isinstance(inputs, RecurrentOutput):
+        raise LayerError(
+            f"{name}: its input is a RecurrentOutput(outputs, state): the previous layer "
+            "returns its state (return_state=True), which is not (x, mask); pass on its "
+            "outputs (out.outputs), or build the previous layer without return_state")
+
+
 def split_shape(name: str, input_shape: Any, *, with_state: bool):
     """``(x_shape, mask_shape | None, state_shape | None, form)`` of a sequence input shape.
 
     ``form`` is 1 (``x``), 2 (``(x, mask)``) or 3 (``(x, mask, h0)``; ``with_state`` only).
     """
+    _refuse_state(name, input_shape)
     if _is_shape(input_shape):
         parts, form = (input_shape, None, None), 1
     elif isinstance(input_shape, (tuple, list)) and len(input_shape) in ((2, 3) if with_state
@@ -118,6 +128,9 @@ def split_shape(name: str, input_shape: Any, *, with_state: bool):
         raise LayerError(f"{name}: input_shape must be the shape of {allowed}, got "
                          f"{input_shape!r}")
     x_shape = check_input_shape(name, parts[0], min_rank=3, features=True)
+    if len(x_shape) != 3:  # as apply: one feature axis
+        raise LayerError(f"{name}: input_shape {x_shape} has rank {len(x_shape)}; a sequence "
+                         "is [batch, time, features] (rank 3)")
     m_shape = None if parts[1] is None else tuple(parts[1])
     if m_shape is not None and (len(m_shape) != 2 or not _same(m_shape, x_shape[:2])):
         raise LayerError(f"{name}: the mask shape {m_shape} must be [batch, time] of the input "
@@ -135,7 +148,12 @@ def split_input(name: str, inputs: Any, *, with_state: bool):
 
     ``mask`` comes back as a bool array ``[B, T]`` (``mask != 0``), so it carries no gradient.
     """
-    if isinstance(inputs, (tuple, list)):
+    _refuse_state(name, inputs)
+    if isinstance(inputs, list):
+        raise LayerError(f"{name}: the input must be an array x [batch, time, features] or a "
+                         "tuple (x, mask) (or (x, mask, h0)), got a list; jnp.asarray it for "
+                         "an array, or make it a tuple")
+    if isinstance(inputs, tuple):
         if len(inputs) not in ((2, 3) if with_state else (2,)):
             allowed = "(x, mask) or (x, mask, h0)" if with_state else "(x, mask)"
             raise LayerError(f"{name}: a tuple input must be {allowed}, got a tuple of "
@@ -143,8 +161,14 @@ def split_input(name: str, inputs: Any, *, with_state: bool):
         x, mask, h0, form = (*inputs, None)[0], inputs[1], (*inputs, None)[2], len(inputs)
     else:
         x, mask, h0, form = inputs, None, None, 1
+    if not isinstance(x, (jax.Array, np.ndarray)):
+        raise LayerError(f"{name}: the input x must be an array [batch, time, features], got "
+                         f"a {type(x).__name__}; jnp.asarray it")
     if np.ndim(x) != 3:
         raise LayerError(f"{name}: input of shape {shape_of(x)} must be [batch, time, features]")
+    if x.shape[1] == 0:
+        raise LayerError(f"{name}: input of shape {shape_of(x)} has no time steps (T = 0); a "
+                         "sequence has at least one step")
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
         raise LayerError(f"{name}: input must be floating point, got {jnp.result_type(x)} of "
                          f"shape {shape_of(x)} (integer ids go through Embedding first)")
@@ -198,6 +222,15 @@ def reverse_time(x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     >>> funnet.reverse_time(x, jnp.array([[1, 1, 1, 0]]))[0, :, 0].tolist()
     [2.0, 1.0, 0.0, 3.0]
     """
+    if not isinstance(x, (jax.Array, np.ndarray)):
+        raise TypeError(f"reverse_time: x must be an array [batch, time, ...], got a "
+                        f"{type(x).__name__}")
+    if x.ndim < 2:
+        raise ValueError(f"reverse_time: x of shape {shape_of(x)} must be [batch, time, ...] "
+                         "(rank ≥ 2)")
+    if mask is not None and shape_of(mask) != shape_of(x)[:2]:
+        raise ValueError(f"reverse_time: mask of shape {shape_of(mask)} must be [batch, time] "
+                         f"= {shape_of(x)[:2]} of x of shape {shape_of(x)}")
     idx = reverse_index(None if mask is None else jnp.asarray(mask) != 0, *x.shape[:2])
     return _reverse(x, idx)
 
@@ -279,16 +312,28 @@ def Bidirectional(layer: Any) -> Layer:
 
     ``y = [f(x) ‖ R g(R x)]`` on the feature axis, with ``R`` the mask-aware reversal
     (:func:`reverse_time`): for ``(x, mask)`` each sequence is reversed within its own real
-    steps, so the backward direction starts at each sequence's true end. An inner output of
-    rank ≥ 3 is a sequence and is reversed back, so ``y_t`` pairs both directions at step
-    ``t``; a rank-2 output (``return_sequences=False``, or a ``LastStep``) is each
-    direction's final state: the forward one at the last real step, the backward one at
-    the first (as PyTorch's ``h_n``).
+    steps, so the backward direction starts at each sequence's true end. The inner layer's
+    output is one of two kinds (anything else is a LayerError, at init and at apply):
+
+    * a sequence ``[B, T, H]`` with the input's ``B`` and ``T``: reversed back, so ``y_t``
+      pairs both directions at step ``t``;
+    * one vector per sequence ``[B, H]`` (``return_sequences=False``, a ``LastStep``):
+      concatenated as is, each direction's final state: the forward one at the last real
+      step, the backward one at the first (as PyTorch's ``h_n``). Only the shape is
+      checked: ``Flatten`` also gives ``[B, T·F]``, which is then no final state.
+
+    A layer without memory along time (``Dense``, ``Dropout``) is accepted and gives two
+    per-step maps, ``[x W_f + b_f ‖ x W_b + b_b]``: reversing and reversing back cancel.
 
     Args:
       layer: the layer to run in both directions (e.g. ``LSTM(8)``, or a ``serial`` stack);
-        it must take the sequence input and return one array (or ``(y, mask)``), not its
-        state, and hold no state. Params are ``(params_forward, params_backward)``.
+        it takes the sequence input ``x`` (or ``(x, mask)``) and returns one array of the
+        two kinds above (or ``(y, mask)``), not its state, and holds no state. Params are
+        ``(params_forward, params_backward)``.
+
+    A ``key`` (dropout inside ``layer``) is split, ``k_f, k_b = jax.random.split(key)``:
+    ``k_f`` for the forward direction, ``k_b`` for the backward one, so the two draw
+    independent masks (one key for both would drop the same steps mirrored in time).
 
     Shapes: ``x [B, T, F]`` (or ``(x, mask)``) ``-> [B, T, 2H]`` (or ``([B, T, 2H], mask)``,
     or ``[B, 2H]`` for a last-step layer). An initial state is not taken.
@@ -306,15 +351,16 @@ def Bidirectional(layer: Any) -> Layer:
                                  "does not carry")
 
     def init_with_state(key, input_shape):
-        _, _, _, form = split_shape(name, input_shape, with_state=False)
+        x_shape, _, _, form = split_shape(name, input_shape, with_state=False)
         k_f, k_b = jax.random.split(key)
         out, p_f, _ = inner.init_with_state(k_f, input_shape)
         _, p_b, _ = inner.init_with_state(k_b, input_shape)
         y_shape, echoed = _seq_part(name, out, form, "shape")
+        _check_inner_shape(name, tuple(y_shape), x_shape)
         y_shape = (*y_shape[:-1], 2 * y_shape[-1])
         return (y_shape, input_shape[1]) if echoed else y_shape, (p_f, p_b), ()
 
-    def run(params, inputs, rule):
+    def run(params, inputs, key, rule):
         refuse_list_input(name, inputs)
         if not isinstance(params, (tuple, list)) or len(params) != 2:
             raise ParamsError(f"{name}: params must be (params_forward, params_backward), got "
@@ -322,22 +368,24 @@ def Bidirectional(layer: Any) -> Layer:
         x, mask, _, form = split_input(name, inputs, with_state=False)
         idx = reverse_index(mask, *x.shape[:2])
         reversed_in = join(_reverse(x, idx), None if form == 1 else inputs[1], form)
-        out_f, res_f = rule(params[0], inputs)
-        out_b, res_b = rule(params[1], reversed_in)
+        k_f, k_b = (None, None) if key is None else jax.random.split(key)  # one per direction
+        out_f, res_f = rule(params[0], inputs, k_f)
+        out_b, res_b = rule(params[1], reversed_in, k_b)
         (y_f, echoed), (y_b, _) = (_seq_part(name, o, form, "value") for o in (out_f, out_b))
-        seq = y_b.ndim >= 3
+        _check_inner_shape(name, shape_of(y_f), shape_of(x))
+        seq = y_b.ndim == 3
         y = jnp.concatenate([y_f, _reverse(y_b, idx) if seq else y_b], axis=-1)
         out = (y, inputs[1]) if echoed else y
         return out, (res_f, res_b, idx, seq, echoed, y_f.shape[-1], form)
 
     def forward_with_state(params, state, inputs, *, key=None, train=False, mask=None):
-        out, res = run(params, inputs, lambda p, v: _forward_rule(inner, name)(
-            p, (), v, key=key, train=train)[::2])
+        out, res = run(params, inputs, key, lambda p, v, k: _forward_rule(inner, name)(
+            p, (), v, key=k, train=train)[::2])
         return out, state, res
 
     def apply_with_state(params, state, inputs, *, key=None, train=False, mask=None):
-        out, _ = run(params, inputs, lambda p, v: (
-            inner.apply_with_state(p, (), v, key=key, train=train)[0], None))
+        out, _ = run(params, inputs, key, lambda p, v, k: (
+            inner.apply_with_state(p, (), v, key=k, train=train)[0], None))
         return out, state
 
     def backward(params, res, dy):
@@ -361,6 +409,17 @@ def Bidirectional(layer: Any) -> Layer:
     return Layer(init_with_state, apply_with_state, forward_with_state if has_rule else None,
                  backward if has_rule else None, name=name, children=(inner, inner),
                  decay=decay, rewire=rewire)
+
+
+def _check_inner_shape(name: str, y_shape: tuple, x_shape: tuple) -> None:
+    """The inner output is a sequence ``[B, T, H]`` (reversed back step by step) or one
+    vector per sequence ``[B, H]`` (concatenated as is)."""
+    if len(y_shape) == 2 or (len(y_shape) == 3 and _same(y_shape[:2], tuple(x_shape[:2]))):
+        return
+    raise LayerError(f"{name}: the inner layer returns shape {y_shape} for the input "
+                     f"{tuple(x_shape)}; it must return a sequence [B, T, H] of the input's "
+                     "batch and time (reversed back step by step) or one vector per sequence "
+                     "[B, H]")
 
 
 def _forward_rule(inner: Layer, name: str):

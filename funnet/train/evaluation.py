@@ -151,7 +151,10 @@ def predict(model: Layer, params: PyTree, x: Any, *, state: PyTree | None = None
     Args:
       model: the model.
       params: its params.
-      x: the inputs ``[N, ...]`` (or a tuple of them, as :func:`~funnet.fit` takes).
+      x: the inputs ``[N, ...]`` (or a tuple of them, as :func:`~funnet.fit` takes);
+        the model's host-side input checks run on them first
+        (:meth:`funnet.Layer.check_inputs`: an ``Embedding`` id out of range is a
+        ValueError naming ``predict.x``, not a row of NaN).
       state: the model's state, required for a model holding state.
       batch_size: rows per chunk (bounds memory); ``None``: all rows at once.
 
@@ -163,6 +166,7 @@ def predict(model: Layer, params: PyTree, x: Any, *, state: PyTree | None = None
     model, state = model_and_state(model, state, "predict")
     x = jax.tree.map(jnp.asarray, as_inputs(x))
     num_rows(x, "predict")  # one row count for a tuple of inputs, or a ValueError
+    model.check_inputs(x, "predict.x")  # on the host: Embedding ids out of range, ...
     return _predict_jit(model, params, state, x, _check_batch(batch_size))
 
 

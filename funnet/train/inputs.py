@@ -132,7 +132,9 @@ def check_data(model: Layer, params: PyTree, state: PyTree, loss: Any, x, y, *, 
                name: str) -> str | None:
     """Check ``(x, y)`` and that ``model``'s output fits ``y`` and ``loss``, by shape only.
 
-    Returns the accuracy kind. Raises ValueError naming ``name.x`` / ``name.y``.
+    Returns the accuracy kind. Raises ValueError naming ``name.x`` / ``name.y``; the
+    model's own host-side checks of its inputs (:meth:`funnet.Layer.check_inputs`:
+    ``Embedding`` ids in range) run on the concrete ``x`` too.
     """
     leaves = input_leaves(x, name)
     n = num_rows(x, name)
@@ -154,6 +156,7 @@ def check_data(model: Layer, params: PyTree, state: PyTree, loss: Any, x, y, *, 
         ) from None
     if not isinstance(out, jax.ShapeDtypeStruct):
         raise TypeError(f"the model {model.name} must return one array, got {out}")
+    model.check_inputs(x, f"{name}.x")  # e.g. Embedding ids, which jit makes NaN rows
     kind = accuracy_kind(loss, out.shape, y_spec.shape, y_spec.dtype)
     labels = (jnp.issubdtype(y_spec.dtype, jnp.integer) and len(out.shape) >= 2
               and tuple(y_spec.shape) == tuple(out.shape[:-1]))  # class indices, any loss
