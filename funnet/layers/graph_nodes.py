@@ -59,9 +59,12 @@ def nodewise(layer: Any) -> Layer:
     ``LayerNorm``, ``BatchNorm``, a ``serial`` of them) goes between graph layers:
     ``serial(GraphConv(16), nodewise(Relu), GraphConv(2))``. The layer sees the nodes as
     its rows ``[N, F]``; for a padded batch it gets the graph's node mask as its ``mask``
-    (the 0/1 vector of real rows), so that batch statistics skip padding nodes. Backward:
-    the layer's own rule on ``dy.nodes``; the structure gets ``None``. Params, state and
-    weight decay are the layer's.
+    (the 0/1 vector of real rows), so that batch statistics skip padding nodes. The row
+    ``mask`` that training passes to the model (:func:`funnet.make_step`'s
+    ``(x, y, mask)``: which output rows count in the loss, e.g. the labelled nodes) is not
+    handed on: it weights the loss, while the nodes a layer computes on are all real.
+    Backward: the layer's own rule on ``dy.nodes``; the structure gets ``None``. Params,
+    state and weight decay are the layer's.
 
     Args:
       layer: a funnet :class:`~funnet.Layer` (or stax pair) on ``[N, F]`` rows.
@@ -79,11 +82,8 @@ def nodewise(layer: Any) -> Layer:
         out, params, state = inner.init_with_state(key, (n, f))
         return out, params, state
 
-    def prepare(graph, mask):
+    def prepare(graph, mask):  # the loss's row mask is not the nodes' (see above)
         check_graph(name, graph)
-        if mask is not None:
-            raise LayerError(f"{name}: the row mask (mask=) does not apply to a graph: its "
-                             "padding nodes are marked by the graph's graph_mask")
         return _masked(graph)
 
     def apply_with_state(params, state, graph, *, key=None, train=False, mask=None):
@@ -150,8 +150,9 @@ def Readout(kind: str = "mean") -> Layer:
 
     For graph-level outputs (graph classification): ``G`` is the number of graphs of the
     batch (``len(n_node)``; 1 for a single graph), padding graphs included, whose rows are
-    0 (weight them 0 in the loss, e.g. with all-zero one-hot targets). An empty graph's
-    row is 0 for every kind. Backward: ``sum`` sends ``dY_g`` to each of graph ``g``'s
+    0 (leave them out of the loss with a row mask, e.g. :func:`funnet.make_step`'s
+    ``(x, y, mask)`` with ``mask = graph.graph_mask``). An empty graph's row is 0 for every
+    kind. Backward: ``sum`` sends ``dY_g`` to each of graph ``g``'s
     nodes, ``mean`` ``dY_g / n_g``, ``max`` ``dY_g`` to the node holding the maximum
     (shared equally among ties), per feature.
 
