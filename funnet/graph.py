@@ -55,6 +55,7 @@ import numpy as np
 from ._validate import LayerError, shape_of
 
 __all__ = [
+    "STRUCTURE",
     "Graph",
     "adjacency",
     "batch",

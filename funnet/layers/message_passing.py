@@ -174,7 +174,7 @@ def _build(name: str, phi: Layer, psi: Layer | None, aggregate: str, inputs: tup
                 "edges": lambda: jnp.asarray(graph.edges)}
         return jnp.concatenate([part[p]() for p in inputs], axis=1)
 
-    def run(params, graph, key, train, rule):
+    def run(params, graph, key, rule):
         check(params, graph)
         h, r = graph.nodes, graph.receivers
         n = h.shape[0]
@@ -198,12 +198,12 @@ def _build(name: str, phi: Layer, psi: Layer | None, aggregate: str, inputs: tup
         return graph._replace(nodes=y), res
 
     def apply_with_state(params, state, graph, *, key=None, train=False, mask=None):
-        out, _ = run(params, graph, key, train, lambda c, p, x, k: (
+        out, _ = run(params, graph, key, lambda c, p, x, k: (
             c.apply_with_state(p, (), x, key=k, train=train)[0], None))
         return out, state
 
     def forward_with_state(params, state, graph, *, key=None, train=False, mask=None):
-        out, res = run(params, graph, key, train, lambda c, p, x, k: (
+        out, res = run(params, graph, key, lambda c, p, x, k: (
             c.forward_with_state(p, (), x, key=k, train=train)[::2]))
         return out, state, res
 
