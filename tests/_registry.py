@@ -743,7 +743,7 @@ def message_passing_ref(p: tuple, g: Any) -> Any:
     return g._replace(nodes=dense_ref(p[1], jnp.concatenate([g.nodes, agg], axis=1)))
 
 
-def _membership(g: Any) -> jax.Array:
+def membership(g: Any) -> jax.Array:
     """``[G, N]``: 1 where node ``i`` belongs to a real graph ``k`` (by ``n_node``)."""
     ends = jnp.cumsum(g.n_node)
     i = jnp.arange(g.nodes.shape[0])[None, :]
@@ -753,7 +753,7 @@ def _membership(g: Any) -> jax.Array:
 
 def readout_ref(kind: str, g: Any) -> jax.Array:
     """Each real graph's sum, mean or max over its nodes; 0 for empty and padding graphs."""
-    member = _membership(g)
+    member = membership(g)
     count = member.sum(axis=1, keepdims=True)
     if kind == "max":
         top = jnp.max(jnp.where(member[:, :, None] > 0, g.nodes[None], -jnp.inf), axis=1)
@@ -777,7 +777,7 @@ def _graph_cases() -> list[LayerCase]:
                   (({"W": (2 * F, 3), "b": (3,)}, ()), {"W": (F + 3, 2), "b": (2,)}),
                   message_passing_ref, graph=True),
         LayerCase("Nodes", funnet.Nodes, (-1, F), (-1, F), (),
-                  lambda p, g: g.nodes * _membership(g).sum(axis=0)[:, None], graph=True),
+                  lambda p, g: g.nodes * membership(g).sum(axis=0)[:, None], graph=True),
         LayerCase("Readout('max')", funnet.Readout("max"), (-1, F), (-1, F), (),
                   lambda p, g: readout_ref("max", g), graph=True, graph_level=True),
         LayerCase("serial(GraphConv(4), nodewise(Relu), Readout('mean'), Dense(2))",

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _graphs import D, array_of, graphs, padded, random_params
-from _registry import assert_trees_close, dense_ref
+from _registry import assert_trees_close, dense_ref, membership, readout_ref
 from jax.flatten_util import ravel_pytree
 
 import funnet
@@ -106,24 +106,6 @@ def mp_dense(p, g, *, inputs, aggregate, message, update):
     return g._replace(nodes=h)
 
 
-def membership(g):
-    """``[G, N]``: 1 where node i belongs to real graph k (by n_node and graph_mask)."""
-    ends = jnp.cumsum(g.n_node)
-    i = jnp.arange(g.nodes.shape[0])[None, :]
-    inside = (i >= (ends - g.n_node)[:, None]) & (i < ends[:, None])
-    return (inside & g.graph_mask[:, None]).astype(g.nodes.dtype)
-
-
-def readout_dense(kind, g):
-    member = membership(g)
-    count = member.sum(axis=1, keepdims=True)
-    if kind == "max":
-        top = jnp.max(jnp.where(member[:, :, None] > 0, g.nodes[None], -jnp.inf), axis=1)
-        return jnp.where(count > 0, top, 0.0)
-    total = member @ g.nodes
-    return total / jnp.where(count > 0, count, 1.0) if kind == "mean" else total
-
-
 def dense_tanh(p, x):
     return jnp.tanh(dense_ref(p[0], x))
 
@@ -158,7 +140,7 @@ LAYERS = {
     "nodewise(Tanh)": (funnet.nodewise(funnet.Tanh),
                        lambda p, g: g._replace(nodes=jnp.tanh(g.nodes))),
     "Nodes": (funnet.Nodes, lambda p, g: g.nodes * membership(g).sum(axis=0)[:, None]),
-    **{f"Readout({k})": (funnet.Readout(k), lambda p, g, k=k: readout_dense(k, g))
+    **{f"Readout({k})": (funnet.Readout(k), lambda p, g, k=k: readout_ref(k, g))
        for k in ("sum", "mean", "max")},
 }
 
