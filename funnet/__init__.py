@@ -6,6 +6,7 @@ from . import check as check
 from . import checkpoint as checkpoint
 from . import contract as contract
 from . import data as data
+from . import graph as graph
 from . import hopfield as hopfield
 from . import layers as layers
 from . import losses as losses
@@ -62,6 +63,8 @@ from .layers import FanInSum as FanInSum
 from .layers import Flatten as Flatten
 from .layers import Gelu as Gelu
 from .layers import GlobalAvgPool as GlobalAvgPool
+from .layers import GraphAttention as GraphAttention
+from .layers import GraphConv as GraphConv
 from .layers import GroupNorm as GroupNorm
 from .layers import HardLogistic as HardLogistic
 from .layers import HardTanh as HardTanh
@@ -72,8 +75,11 @@ from .layers import LeakyRelu as LeakyRelu
 from .layers import Logistic as Logistic
 from .layers import LogSoftmax as LogSoftmax
 from .layers import MaxPool as MaxPool
+from .layers import MessagePassing as MessagePassing
 from .layers import MultiHeadAttention as MultiHeadAttention
+from .layers import Nodes as Nodes
 from .layers import PRelu as PRelu
+from .layers import Readout as Readout
 from .layers import RecurrentOutput as RecurrentOutput
 from .layers import Relu as Relu
 from .layers import Reshape as Reshape
@@ -90,6 +96,7 @@ from .layers import attention_weights as attention_weights
 from .layers import dot_product_attention as dot_product_attention
 from .layers import dot_product_attention_backward as dot_product_attention_backward
 from .layers import fanout as fanout
+from .layers import nodewise as nodewise
 from .layers import parallel as parallel
 from .layers import param_count as param_count
 from .layers import reverse_time as reverse_time
@@ -139,6 +146,8 @@ __all__ = [
     "Gelu",
     "GlobalAvgPool",
     "GradientCheckError",
+    "GraphAttention",
+    "GraphConv",
     "GroupNorm",
     "HardLogistic",
     "HardTanh",
@@ -152,11 +161,14 @@ __all__ = [
     "Logistic",
     "Loss",
     "MaxPool",
+    "MessagePassing",
     "MultiHeadAttention",
     "NoBackwardRuleError",
+    "Nodes",
     "NonFiniteLossError",
     "PRelu",
     "ParamsError",
+    "Readout",
     "RecurrentOutput",
     "Relu",
     "Reshape",
@@ -192,6 +204,7 @@ __all__ = [
     "fit",
     "forward_twin",
     "gelu",
+    "graph",
     "hard_logistic",
     "hard_tanh",
     "hopfield",
@@ -208,6 +221,7 @@ __all__ = [
     "max_margin",
     "model_signature",
     "mse",
+    "nodewise",
     "parallel",
     "param_count",
     "predict",

@@ -18,6 +18,7 @@ plain reference ``apply`` where one exists.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -334,6 +335,10 @@ class LayerCase:
     # with the state from init, in training mode (batch statistics) unless said otherwise
     stateful: bool = False
     vocab: int = 0  # > 0: the input is integer ids in [0, vocab) (Embedding), without gradient
+    # the input is GRAPH_BATCH, a padded batch of graphs (funnet.graph.Graph) whose structure
+    # has no gradient; the output's rows are its nodes, or its graphs when graph_level
+    graph: bool = False
+    graph_level: bool = False
 
     def __repr__(self) -> str:
         return self.id
@@ -556,7 +561,7 @@ def _layer_cases() -> list[LayerCase]:
         ),
     ]
     cases += _conv_cases()
-    return cases + _sequence_cases() + _attention_cases()
+    return cases + _sequence_cases() + _attention_cases() + _graph_cases()
 
 
 # ---------------------------------------------------------------------------------------
@@ -632,6 +637,156 @@ def _sequence_cases() -> list[LayerCase]:
                   ({"table": (7, F)}, rec["GRU"], (), {"W": (H, 2), "b": (2,)}),
                   lambda p, x: dense_ref(p[3], recurrent_ref("GRU", p[1], p[0]["table"][x])[1]),
                   vocab=7),
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# Graphs (docs/math.md §10): dense N × N formulas, written from the equations.
+
+GRAPH_F = 3  # node features of GRAPH_BATCH
+
+
+def _graph(rng: np.random.Generator, n: int, senders: list, receivers: list) -> Any:
+    return funnet.graph.Graph(jnp.asarray(3.0 * rng.standard_normal((n, GRAPH_F))),
+                              jnp.asarray(senders, jnp.int32), jnp.asarray(receivers, jnp.int32))
+
+
+@functools.cache
+def graph_batch(seed: int = 0) -> tuple[Any, tuple]:
+    """``(batch, graphs)``: three graphs and their batch, padded to 10 nodes, 14 edges and 5
+    graphs. Graph 0 has a duplicate edge (0 → 1 twice), a self loop (2 → 2) and an
+    isolated node (4); graph 1 is empty; graph 2 is an undirected path."""
+    rng = np.random.default_rng(seed)
+    with jax.ensure_compile_time_eval():  # concrete arrays, even when first asked under jit
+        graphs = (_graph(rng, 5, [0, 0, 1, 2, 3, 1], [1, 1, 2, 2, 1, 0]),
+                  _graph(rng, 0, [], []),
+                  _graph(rng, 3, [0, 1, 1, 2], [1, 0, 2, 1]))
+        batched = funnet.graph.batch(list(graphs))
+        return funnet.graph.pad(batched, n_node=10, n_edge=14, n_graph=5), graphs
+
+
+def output_array(y: Any) -> Any:
+    """The array of a layer's output: a graph's node features, or the output itself."""
+    return y.nodes if isinstance(y, funnet.graph.Graph) else y
+
+
+def output_rows(case: LayerCase, x: Any) -> int:
+    """How many rows the case's output has for input ``x``: the batch size, or for a graph
+    input its nodes (its graphs for a graph-level output)."""
+    if not case.graph:
+        return np.shape(x)[0]
+    return len(x.n_node) if case.graph_level else x.nodes.shape[0]
+
+
+def one_at_a_time(case: LayerCase, apply: Callable[[Any], Any], x: Any) -> tuple[Any, Any]:
+    """``(each alone, batched)``: the output computed one sample at a time (``jax.vmap``
+    over rows) and at once; for a graph case, each graph of GRAPH_BATCH alone, its rows
+    concatenated, against the batch's rows of real nodes (or graphs)."""
+    if not case.graph:
+        return jax.vmap(lambda xi: apply(xi[None])[0])(x), apply(x)
+    batch, graphs = graph_batch()
+    if case.graph_level:
+        real = np.flatnonzero(np.asarray(batch.graph_mask))
+    else:
+        real = np.flatnonzero(np.repeat(np.asarray(batch.graph_mask), np.asarray(batch.n_node)))
+    alone = jnp.concatenate([output_array(apply(g)) for g in graphs])
+    return alone, output_array(apply(x))[real]
+
+
+def _one_hot_edges(g: Any) -> tuple[jax.Array, jax.Array]:
+    """``(S, R) [E, N]``: ``S[e, j] = 1`` iff edge ``e`` leaves ``j``; ``R`` likewise into."""
+    n = g.nodes.shape[0]
+    return jax.nn.one_hot(g.senders, n), jax.nn.one_hot(g.receivers, n)
+
+
+def dense_adjacency(g: Any, self_loops: bool = True) -> jax.Array:
+    """``Ã = A (+ I)``, ``A_ij`` = the number of edges ``j → i`` (``Rᵀ S``)."""
+    s, r = _one_hot_edges(g)
+    a = r.T @ s
+    return a + jnp.eye(a.shape[0]) if self_loops else a
+
+
+def gcn_ref(p: dict, g: Any) -> Any:
+    """``Â H W + b`` with ``Â = D_in^{-1/2} Ã D_out^{-1/2}`` (every degree ≥ 1: self loops)."""
+    a = dense_adjacency(g)
+    a_hat = a / jnp.sqrt(a.sum(1))[:, None] / jnp.sqrt(a.sum(0))[None, :]
+    return g._replace(nodes=a_hat @ g.nodes @ p["W"] + _rows(p["b"], g.nodes))
+
+
+def gat_ref(p: dict, g: Any, heads: int, combine: str = "concat", slope: float = 0.2,
+            self_loops: bool = True) -> Any:
+    """Every pair ``(i, j)``: ``e_ij = LeakyReLU(a_dst·V_i + a_src·V_j)`` per head, weighted
+    by the edge count ``Ã_ij`` in the softmax over ``j``; ``h_i' = Σ_j α_ij V_j``."""
+    n = g.nodes.shape[0]
+    v = (g.nodes @ p["W"]).reshape(n, heads, -1)  # [N, K, M]
+    dst = jnp.einsum("ikm,km->ik", v, p["a_dst"])
+    src = jnp.einsum("jkm,km->jk", v, p["a_src"])
+    u = dst[:, None, :] + src[None, :, :]  # [i, j, K]
+    e = jnp.where(u > 0, u, slope * u)
+    a = dense_adjacency(g, self_loops)[:, :, None]  # [i, j, 1]
+    top = jnp.max(jnp.where(a > 0, e, -jnp.inf), axis=1, keepdims=True)
+    w = a * jnp.exp(jnp.where(a > 0, e - top, 0.0))
+    total = w.sum(axis=1, keepdims=True)
+    alpha = w / jnp.where(total > 0, total, 1.0)
+    out = jnp.einsum("ijk,jkm->ikm", alpha, v)
+    out = out.reshape(n, -1) if combine == "concat" else out.mean(axis=1)
+    return g._replace(nodes=out + _rows(p["b"], out))
+
+
+def message_passing_ref(p: tuple, g: Any) -> Any:
+    """``m = tanh([H_s ‖ H_r] W₁ + b₁)``, ``M = mean over incoming edges``,
+    ``h' = [H ‖ M] W₂ + b₂``, with the gathers and sums as one-hot products."""
+    s, r = _one_hot_edges(g)
+    m = jnp.tanh(dense_ref(p[0][0], jnp.concatenate([s @ g.nodes, r @ g.nodes], axis=1)))
+    count = r.sum(axis=0)[:, None]
+    agg = (r.T @ m) / jnp.where(count > 0, count, 1.0)
+    return g._replace(nodes=dense_ref(p[1], jnp.concatenate([g.nodes, agg], axis=1)))
+
+
+def membership(g: Any) -> jax.Array:
+    """``[G, N]``: 1 where node ``i`` belongs to a real graph ``k`` (by ``n_node``)."""
+    ends = jnp.cumsum(g.n_node)
+    i = jnp.arange(g.nodes.shape[0])[None, :]
+    inside = (i >= (ends - g.n_node)[:, None]) & (i < ends[:, None])
+    return (inside & g.graph_mask[:, None]).astype(g.nodes.dtype)
+
+
+def readout_ref(kind: str, g: Any) -> jax.Array:
+    """Each real graph's sum, mean or max over its nodes; 0 for empty and padding graphs."""
+    member = membership(g)
+    count = member.sum(axis=1, keepdims=True)
+    if kind == "max":
+        top = jnp.max(jnp.where(member[:, :, None] > 0, g.nodes[None], -jnp.inf), axis=1)
+        return jnp.where(count > 0, top, 0.0)
+    total = member @ g.nodes
+    return total / jnp.where(count > 0, count, 1.0) if kind == "mean" else total
+
+
+def _graph_cases() -> list[LayerCase]:
+    F = GRAPH_F
+    gat = {"W": (F, 4), "a_src": (2, 2), "a_dst": (2, 2), "b": (4,)}
+    return [
+        LayerCase("GraphConv(3)", funnet.GraphConv(3), (-1, F), (-1, 3),
+                  {"W": (F, 3), "b": (3,)}, gcn_ref, graph=True),
+        LayerCase("GraphAttention(2, heads=2)", funnet.GraphAttention(2, heads=2), (-1, F),
+                  (-1, 4), gat, lambda p, g: gat_ref(p, g, heads=2), graph=True),
+        LayerCase("MessagePassing(serial(Dense(3), Tanh), Dense(2), mean)",
+                  funnet.MessagePassing(funnet.serial(funnet.Dense(3), funnet.Tanh),
+                                        funnet.Dense(2), aggregate="mean"),
+                  (-1, F), (-1, 2),
+                  (({"W": (2 * F, 3), "b": (3,)}, ()), {"W": (F + 3, 2), "b": (2,)}),
+                  message_passing_ref, graph=True),
+        LayerCase("Nodes", funnet.Nodes, (-1, F), (-1, F), (),
+                  lambda p, g: g.nodes * membership(g).sum(axis=0)[:, None], graph=True),
+        LayerCase("Readout('max')", funnet.Readout("max"), (-1, F), (-1, F), (),
+                  lambda p, g: readout_ref("max", g), graph=True, graph_level=True),
+        LayerCase("serial(GraphConv(4), nodewise(Relu), Readout('mean'), Dense(2))",
+                  funnet.serial(funnet.GraphConv(4), funnet.nodewise(funnet.Relu),
+                                funnet.Readout("mean"), funnet.Dense(2)),
+                  (-1, F), (-1, 2), ({"W": (F, 4), "b": (4,)}, (), (), {"W": (4, 2), "b": (2,)}),
+                  lambda p, g: dense_ref(p[3], readout_ref("mean", g._replace(
+                      nodes=jnp.maximum(gcn_ref(p[0], g).nodes, 0)))),
+                  graph=True, graph_level=True),
     ]
 
 
@@ -800,6 +955,8 @@ def random_input(case: LayerCase, n: int = 5, seed: int = 0) -> jax.Array:
     """A float64 batch for ``case``, spread (σ = 3) so that both sides of every kink occur;
     integer ids in ``[0, case.vocab)`` for a case with integer inputs."""
     rng = np.random.default_rng(seed)
+    if case.graph:  # one padded batch of graphs, whatever n
+        return graph_batch(seed)[0]
     if case.vocab:
         return jnp.asarray(rng.integers(0, case.vocab, batch_shape(case.input_shape, n)))
     return jnp.asarray(3.0 * rng.standard_normal(batch_shape(case.input_shape, n)))

@@ -134,6 +134,7 @@ LAYER_MODULES = ["funnet.layers.combinators", "funnet.layers.dense", "funnet.lay
                  "funnet.layers.elementwise", "funnet.layers.reshape", "funnet.layers.inspection",
                  "funnet.layers.pooling", "funnet.layers.normalization", "funnet.layers.conv",
                  "funnet.layers.embedding", "funnet.layers.recurrent", "funnet.layers.sequence",
-                 "funnet.layers.attention"]
+                 "funnet.layers.attention", "funnet.layers.graph_conv", "funnet.layers.message_passing",
+                 "funnet.layers.graph_nodes"]
 CORE = ["funnet.contract", "funnet.activations", *LAYER_MODULES, "funnet.losses",
-        "funnet.backprop", "funnet.signature", "funnet.weights"]
+        "funnet.backprop", "funnet.signature", "funnet.weights", "funnet.graph"]

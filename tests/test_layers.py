@@ -24,6 +24,9 @@ from _registry import (
     init_params,
     init_shapes,
     init_state,
+    one_at_a_time,
+    output_array,
+    output_rows,
     random_input,
 )
 from jax.example_libraries import stax
@@ -94,7 +97,8 @@ def test_init_output_shape_and_named_params(case):
     assert funnet.param_count(params) == _count(case.param_shapes)
     # a concrete batch size goes through unchanged
     out_shape_5, _ = init_shapes(case.layer, batch_shape(case.input_shape, 5))
-    assert out_shape_5 == batch_shape(case.out_shape, 5)
+    # a readout's rows are graphs, whose number the node-feature shape does not give
+    assert out_shape_5 == (case.out_shape if case.graph_level else batch_shape(case.out_shape, 5))
 
 
 def test_dense_init_values():
@@ -135,11 +139,10 @@ def _jitted_case(case: LayerCase, params, x, dy) -> dict:
         "forward": case.layer.forward_with_state(params, _state(case.id), x, **mode)[0],
         "backward": _backward(case, params, x, dy),
         "vjp": jax.vjp(lambda p, x: _apply(case, p, x, **mode), params, x)[1](dy),
-        # one sample at a time, in evaluation mode (Dropout is then the identity, BatchNorm
-        # uses its running statistics: both act on each sample alone)
-        "vmap": jax.vmap(lambda xi: _apply(case, params, xi[None])[0])(x),
-        "batched": _apply(case, params, x),
     }
+    # one sample (graph) at a time, in evaluation mode (Dropout is then the identity,
+    # BatchNorm uses its running statistics: both act on each sample alone)
+    out["vmap"], out["batched"] = one_at_a_time(case, lambda xi: _apply(case, params, xi), x)
     if case.ref is not None:
         out["vjp_ref"] = jax.vjp(case.ref, params, x)[1](dy)
         out["ref"] = case.ref(params, x)
@@ -162,7 +165,7 @@ def jitted(case_id: str) -> dict:
 @pytest.mark.parametrize("case", CASES)
 def test_apply_shape_and_forward(case):
     e, j = eager(case.id), jitted(case.id)
-    assert e["y"].shape == batch_shape(case.out_shape, 5)
+    assert output_array(e["y"]).shape == batch_shape(case.out_shape, output_rows(case, e["x"]))
     assert_trees_close(j["forward"], j["y"], rtol=0, atol=0)
     if case.ref is not None:
         assert_trees_close(e["y"], jitted(case.id)["ref"], **TIGHT)
@@ -174,6 +177,12 @@ def test_apply_shape_and_forward(case):
 def _assert_dx_close(case: LayerCase, dx, dx_ad):
     if case.vocab:  # integer ids: no gradient (None), where jax.vjp gives float0 zeros
         assert dx is None and jnp.result_type(dx_ad) == jax.dtypes.float0
+    elif case.graph:  # the structure (integers, bools) has no gradient: None, and float0
+        for field in funnet.graph.STRUCTURE:
+            ad = getattr(dx_ad, field)
+            assert getattr(dx, field) is None
+            assert ad is None or jnp.result_type(ad) == jax.dtypes.float0, field
+        assert_trees_close(dx.nodes, dx_ad.nodes, **TIGHT)
     else:
         assert_trees_close(dx, dx_ad, **TIGHT)
 
@@ -504,6 +513,9 @@ def test_check_layer_passes_on_every_registered_layer(case):
     assert len(result.params.rows) == len(jax.tree_util.tree_leaves(params))
     if case.vocab:  # integer ids: listed as without gradient, not compared
         assert not result.inputs.rows and result.no_gradient == ("x",)
+    elif case.graph:  # the node features compared; the structure listed without gradient
+        assert [row.leaf for row in result.inputs.rows] == ["['x.nodes']"]
+        assert {f"x.{f}" for f in funnet.graph.STRUCTURE} <= set(result.no_gradient)
     else:
         assert len(result.inputs.rows) == 1 and not result.no_gradient
 
@@ -518,6 +530,9 @@ def test_jvp_of_the_forward_twin_is_the_transpose_of_the_hand_backward(case):
     t_params, t_x = _cotangent(params, seed=2), _cotangent(x, seed=3)
     if case.vocab:  # integer ids take a float0 tangent and give no gradient
         t_x = np.zeros(x.shape, jax.dtypes.float0)
+    elif case.graph:  # so does a graph's structure
+        t_x = t_x._replace(**{f: np.zeros(np.shape(getattr(x, f)), jax.dtypes.float0)
+                              for f in funnet.graph.STRUCTURE if getattr(x, f) is not None})
     y, jt = jax.jvp(lambda p, v: twin.apply_with_state(p, state, v, key=key, train=train)[0],
                     (params, x), (t_params, t_x))
     dy = _cotangent(y, seed=4)
@@ -527,9 +542,10 @@ def test_jvp_of_the_forward_twin_is_the_transpose_of_the_hand_backward(case):
         return sum(jnp.vdot(u, v) for u, v in zip(jax.tree_util.tree_leaves(a),
                                                   jax.tree_util.tree_leaves(b)))
 
-    np.testing.assert_allclose(dot(jt, dy), dot(t_params, dparams) + (
-                                   0.0 if case.vocab else dot(t_x, dx)),
-                               rtol=1e-11, atol=1e-11)
+    tx_dx = 0.0 if case.vocab else dot(t_x.nodes, dx.nodes) if case.graph else dot(t_x, dx)
+    jt_dy = dot(output_array(jt), output_array(dy))  # a graph's structure: float0 tangents
+    np.testing.assert_allclose(jt_dy, dot(t_params, dparams) + tx_dx, rtol=1e-11, atol=1e-11)
+
 
 
 def _as_lists(x):

@@ -5,8 +5,10 @@ One module per concept: ``dense``, ``elementwise`` (activations, PReLU, softmax)
 LayerNorm, GroupNorm), ``conv`` (Conv, ConvTranspose), ``pooling`` (MaxPool, AvgPool,
 SumPool, GlobalAvgPool), ``combinators`` (serial, parallel, fanout, fan-ins),
 ``inspection`` (param_count, summary), ``embedding``, ``recurrent`` (RNN, LSTM, GRU),
-``sequence`` (the sequence input convention, LastStep, Bidirectional) and
-``attention`` (dot_product_attention, MultiHeadAttention). A new
+``sequence`` (the sequence input convention, LastStep, Bidirectional), ``attention``
+(dot_product_attention, MultiHeadAttention), ``graph_conv`` (GraphConv, GraphAttention),
+``message_passing`` (MessagePassing) and ``graph_nodes`` (nodewise, Nodes, Readout) on a
+:class:`funnet.graph.Graph`. A new
 layer family joins as one module here, one re-export line below and in
 ``funnet/__init__.py``, and one entry in the test registry (``tests/_registry.py``).
 
@@ -52,8 +54,14 @@ from .elementwise import Step as Step
 from .elementwise import Swish as Swish
 from .elementwise import Tanh as Tanh
 from .embedding import Embedding as Embedding
+from .graph_conv import GraphAttention as GraphAttention
+from .graph_conv import GraphConv as GraphConv
+from .graph_nodes import Nodes as Nodes
+from .graph_nodes import Readout as Readout
+from .graph_nodes import nodewise as nodewise
 from .inspection import param_count as param_count
 from .inspection import summary as summary
+from .message_passing import MessagePassing as MessagePassing
 from .normalization import BatchNorm as BatchNorm
 from .normalization import GroupNorm as GroupNorm
 from .normalization import LayerNorm as LayerNorm
@@ -92,6 +100,8 @@ __all__ = [
     "Flatten",
     "Gelu",
     "GlobalAvgPool",
+    "GraphAttention",
+    "GraphConv",
     "GroupNorm",
     "HardLogistic",
     "HardTanh",
@@ -102,8 +112,11 @@ __all__ = [
     "LogSoftmax",
     "Logistic",
     "MaxPool",
+    "MessagePassing",
     "MultiHeadAttention",
+    "Nodes",
     "PRelu",
+    "Readout",
     "RecurrentOutput",
     "Relu",
     "Reshape",
@@ -120,6 +133,7 @@ __all__ = [
     "dot_product_attention",
     "dot_product_attention_backward",
     "fanout",
+    "nodewise",
     "parallel",
     "param_count",
     "reverse_time",
