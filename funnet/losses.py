@@ -146,7 +146,8 @@ def _softmax_ce_grad(logits, labels):
     logits = _float(logits)
     t = _targets("softmax_cross_entropy", logits, labels)
     n = math.prod(logits.shape[:-1])
-    return (jax.nn.softmax(logits, axis=-1) - t) / n  # ∂L/∂s = (y - t) / N
+    total = jnp.sum(t, axis=-1, keepdims=True)  # Σ_k t_nk: 1 for one-hot or probability rows
+    return (jax.nn.softmax(logits, axis=-1) * total - t) / n  # ∂L/∂s = (y Σ_k t_k - t) / N
 
 
 softmax_cross_entropy = Loss("softmax_cross_entropy", _softmax_ce, _softmax_ce_grad,
@@ -154,7 +155,9 @@ softmax_cross_entropy = Loss("softmax_cross_entropy", _softmax_ce, _softmax_ce_g
 Softmax cross-entropy on logits ``s [N, K]``: ``L = -1/N Σ_n Σ_k t_nk log softmax(s_n)_k``.
 
 ``labels``: integer classes ``[N]`` or one-hot / probability targets ``[N, K]``.
-Stable for logits of ±1e4 (``log_softmax``). Hand gradient: ``∂L/∂s = (softmax(s) - t)/N``.
+Stable for logits of ±1e4 (``log_softmax``). Hand gradient:
+``∂L/∂s_n = (softmax(s_n) Σ_k t_nk - t_n)/N``, which is ``(softmax(s) - t)/N`` for one-hot or
+probability targets; a target row of zeros (a row left out of the loss) gets 0.
 
 >>> import jax.numpy as jnp
 >>> round(float(softmax_cross_entropy(jnp.zeros((2, 4)), jnp.array([0, 3]))), 6)  # log 4

@@ -277,3 +277,20 @@ def test_softmax_cross_entropy_with_masked_minus_inf_logits():
     np.testing.assert_allclose(ref, grad, atol=1e-15)
     nan = funnet.softmax_cross_entropy(jnp.array([[jnp.nan, 0.0]]), jnp.array([1]))
     assert np.isnan(float(nan))  # NaN in still gives NaN out
+
+
+def test_softmax_cross_entropy_hand_gradient_for_targets_not_summing_to_one():
+    """The hand gradient is ``(softmax(s) Σ_k t_k - t)/N``: for target rows summing to 0 (a
+    row left out of the loss), 0.5 or 2 it equals jax.grad of the plain formula ``-1/N Σ t
+    log softmax(s)`` written here. It used ``(softmax(s) - t)/N``, right only when every row
+    sums to 1: an all-zero row has loss 0 but got the gradient softmax(s)/N."""
+    rng = np.random.default_rng(0)
+    s = jnp.asarray(rng.standard_normal((4, 3)))
+    t = jnp.asarray([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [1.0, 0.0, 1.0], [0.2, 0.3, 0.5]])
+
+    def plain(s):
+        return -jnp.sum(t * jax.nn.log_softmax(s, axis=-1)) / s.shape[0]
+
+    np.testing.assert_allclose(funnet.softmax_cross_entropy.grad(s, t), jax.grad(plain)(s),
+                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(funnet.softmax_cross_entropy.grad(s, t)[0], 0.0, atol=0)
