@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import optax
 
 from .._validate import check_int
@@ -138,7 +139,8 @@ def fit(
         epoch. Without it all epochs run and the last params are returned.
       monitor: ``"valid_loss"`` (default, as Keras) or ``"valid_error"`` (``1 - accuracy``,
         ties broken by the validation loss); see :class:`EarlyStopping`.
-      progress: a tqdm bar (a line per epoch without tqdm) when stderr is a terminal.
+      progress: a tqdm bar (a line per epoch without tqdm) when stderr is a terminal;
+        with several processes only process 0 shows it.
       checkpoint: a directory for orbax checkpoints (:mod:`funnet.checkpoint`): the train
         state, the best epoch and the history, every ``checkpoint_every`` epochs and at the
         end. Checked writable and locked before training; it must hold no checkpoints
@@ -150,7 +152,10 @@ def fit(
       checkpoint_every: save every this many epochs (and after the last one).
       devices: a list of devices or a 1-D ``jax.sharding.Mesh``: data parallelism (the
         batch axis sharded, params and optimiser state replicated); ``batch_size`` must be
-        divisible by the number of devices.
+        divisible by the number of devices. After ``jax.distributed.initialize`` (several
+        processes), ``None`` means every device of every process; each process passes the
+        same full ``train``/``valid``, params and key, and gets the same params and
+        history (``checkpoint`` is not supported there yet).
       grad: ``"reverse"`` (``jax.value_and_grad``) or ``"hand"`` (the hand δ-recursion).
 
     Returns:
@@ -199,6 +204,9 @@ def fit(
                                 batch=min(num_rows(vx, "valid"), EVAL_CHUNK), name="valid")
         if monitor == "valid_error" and valid_kind is None:
             stopping.value(0.0)  # raises: no accuracy to monitor
+    if place.multiprocess and checkpoint is not None:
+        raise ValueError("checkpoint= is not supported yet with several processes "
+                         f"(jax.process_count() = {jax.process_count()}): train without it")
     run = checkpoints.open_checkpoints(checkpoint, resume=resume,
                                        keep=check_int(keep, "keep", minimum=1))
     try:
@@ -220,7 +228,7 @@ def fit(
                    "acc_kind": acc_kind, "valid_kind": valid_kind, "placement": place.mesh,
                    "eval_chunk": _eval_chunk(vx, place),
                    "signature": shapes_of((run_state.state, x, y, vx, vy))}
-        bar = ProgressBar(progress, epochs, run_state.epoch)
+        bar = ProgressBar(progress and jax.process_index() == 0, epochs, run_state.epoch)
         try:
             while run_state.epoch < epochs and not run_state.history.stopped_early:
                 _one_epoch(run_state, model, loss, optimizer, options, (x, y, vx, vy), run)

@@ -1,0 +1,82 @@
+"""One process of tests/test_multihost.py: ``fit`` on the embedded digits, params to a file.
+
+Several processes (each with one CPU device, gloo collectives)::
+
+    python tests/multihost_worker.py OUT.npz --coordinator 127.0.0.1:PORT \\
+        --num-processes 2 --process-id I
+
+One process, the reference: ``fit`` on every device of the process (two under
+``XLA_FLAGS=--xla_force_host_platform_device_count=2``) and on one device::
+
+    python tests/multihost_worker.py OUT.npz --reference
+
+``OUT.npz`` holds the params' leaves (``mesh_0, mesh_1, ...``; the reference also
+``single_0, ...``); ``OUT.json`` the train-loss and validation-accuracy columns of the
+history and, for the processes, the error of a batch size that does not divide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--coordinator")
+    parser.add_argument("--num-processes", type=int)
+    parser.add_argument("--process-id", type=int)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--heartbeat", type=int, default=100)
+    parser.add_argument("--reference", action="store_true")
+    args = parser.parse_args(argv)
+
+    import jax  # connect before anything else touches JAX
+
+    if not args.reference:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=args.coordinator,
+                                   num_processes=args.num_processes,
+                                   process_id=args.process_id, initialization_timeout=60,
+                                   heartbeat_timeout_seconds=args.heartbeat)
+    import numpy as np
+    import optax
+
+    import funnet
+
+    splits = funnet.data.split(funnet.load_digits(), seed=0)
+    model = funnet.serial(funnet.Dense(32), funnet.Relu, funnet.Dense(10))
+    _, params = model.init(jax.random.PRNGKey(0), (-1, 64))
+    optimizer = optax.adam(1e-2)
+
+    def run(devices, batch_size=64):
+        return funnet.fit(model, params, splits.train, valid=splits.valid,
+                          loss=funnet.softmax_cross_entropy, optimizer=optimizer,
+                          epochs=args.epochs, batch_size=batch_size,
+                          key=jax.random.PRNGKey(1), progress=True, devices=devices)
+
+    report: dict = {"process_count": jax.process_count(), "devices": len(jax.devices())}
+    if args.reference:
+        runs = {"mesh": run(jax.devices()), "single": run(None)}
+    else:
+        print("started", flush=True)  # the kill test waits for this line
+        try:
+            run(None, batch_size=63)
+        except ValueError as e:
+            report["divisibility"] = str(e)
+        runs = {"mesh": run(None)}  # None: every device of every process
+    leaves = {}
+    for name, (trained, history) in runs.items():
+        for i, leaf in enumerate(jax.tree.leaves(trained)):
+            leaves[f"{name}_{i}"] = np.asarray(leaf)
+        report[name] = {"train_loss": history.column("train_loss"),
+                        "valid_accuracy": history.column("valid_accuracy")}
+    np.savez(args.out, **leaves)
+    args.out.with_suffix(".json").write_text(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

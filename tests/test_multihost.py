@@ -1,0 +1,112 @@
+"""``fit`` across two real processes on 127.0.0.1 (gloo collectives, one CPU device each).
+
+Each process runs tests/multihost_worker.py: ``jax.distributed.initialize`` with a free
+port, then ``fit(devices=None)`` on the embedded digits. Beside them a third process fits the
+same run on two emulated devices and on one device (the reference). Every child has a
+timeout and is killed in a ``finally`` block.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = str(ROOT / "tests" / "multihost_worker.py")
+TIMEOUT = 150  # seconds for all children together; the test takes ~50 s on 2 busy cores
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env(devices: int = 1) -> dict:
+    flags = os.environ.get("XLA_FLAGS", "")  # conftest's -O0 flags: faster compiles
+    if devices > 1:
+        flags += f" --xla_force_host_platform_device_count={devices}"
+    return {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu",
+            "PYTHONPATH": str(ROOT)}
+
+
+def start(args: list[str], log: Path, devices: int = 1) -> subprocess.Popen:
+    """A child writing its output to ``log`` (a pipe left unread could fill and block it,
+    and with it the collectives of the other process)."""
+    with open(log, "w") as f:
+        return subprocess.Popen([sys.executable, WORKER, *args], env=env(devices), cwd=ROOT,
+                                stdout=f, stderr=subprocess.STDOUT)
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = TIMEOUT) -> list[int | None]:
+    """The exit codes (None: still running after ``timeout`` seconds in all); every child
+    is killed and reaped whatever happens."""
+    deadline = time.monotonic() + timeout
+    try:
+        codes = []
+        for p in procs:
+            try:
+                codes.append(p.wait(timeout=max(deadline - time.monotonic(), 0.1)))
+            except subprocess.TimeoutExpired:
+                codes.append(None)
+        return codes
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+def load(path: Path, prefix: str) -> list[np.ndarray]:
+    with np.load(path) as f:
+        return [f[f"{prefix}_{i}"] for i in range(sum(k.startswith(prefix) for k in f))]
+
+
+def max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    assert [x.shape for x in a] == [y.shape for y in b]
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+
+
+def test_two_processes_match_two_devices_and_one(tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    outs = [tmp_path / f"rank{i}.npz" for i in range(2)]
+    ref = tmp_path / "reference.npz"
+    logs = [p.with_suffix(".log") for p in (*outs, ref)]
+    procs = [start([str(out), "--coordinator", address, "--num-processes", "2",
+                    "--process-id", str(i)], logs[i]) for i, out in enumerate(outs)]
+    procs.append(start([str(ref), "--reference"], logs[2], devices=2))
+    for code, log in zip(finish(procs), logs):
+        assert code == 0, f"{log.name}: exit {code}\n" + log.read_text()[-3000:]
+
+    reports = [json.loads(p.with_suffix(".json").read_text()) for p in (*outs, ref)]
+    assert [(r["process_count"], r["devices"]) for r in reports] == [(2, 2), (2, 2), (1, 2)]
+    rank0, rank1 = load(outs[0], "mesh"), load(outs[1], "mesh")
+    two_devices, one_device = load(ref, "mesh"), load(ref, "single")
+    assert len(rank0) == 4  # two Dense layers: W, b each
+    # the params are one replicated global array: both processes hold the same bits
+    assert all(np.array_equal(a, b) for a, b in zip(rank0, rank1))
+    assert reports[0]["mesh"] == reports[1]["mesh"]  # the same history on both
+    # Two processes run the program that two emulated devices run in one process (the
+    # same partition of every batch, the all-reduce over gloo instead of in memory); one
+    # device sums each batch's gradient in another order. 60 Adam steps amplify float32
+    # rounding (2^-24 ≈ 6e-8 relative) on params of size ~1 to at most ~1e-6; 1e-5 allows
+    # for that, while any real difference (a lost shard, a batch counted twice) changes the
+    # params by the learning rate's order, 1e-2.
+    assert max_diff(rank0, two_devices) <= 1e-5
+    assert max_diff(rank0, one_device) <= 1e-5
+    for key in ("mesh", "single"):
+        np.testing.assert_allclose(reports[0]["mesh"]["train_loss"],
+                                   reports[2][key]["train_loss"], rtol=1e-5)
+    assert reports[0]["mesh"]["valid_accuracy"] == reports[2]["mesh"]["valid_accuracy"]
+    message = reports[0]["divisibility"]
+    assert "batch_size 63 must be divisible by the number of devices of all 2 processes (2)" \
+        in message
+    print("max |Δ| 2 processes vs 2 devices:", max_diff(rank0, two_devices),
+          "vs 1 device:", max_diff(rank0, one_device))
