@@ -13,6 +13,7 @@ One process, the reference: ``fit`` on every device of the process (two under
 ``OUT.npz`` holds the params' leaves (``mesh_0, mesh_1, ...``; the reference also
 ``single_0, ...``); ``OUT.json`` the train-loss and validation-accuracy columns of the
 history and, for the processes, the error of a batch size that does not divide.
+``--heartbeat S`` is ``jax.distributed.initialize``'s ``heartbeat_timeout_seconds``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--heartbeat", type=int, default=100)
     parser.add_argument("--reference", action="store_true")
+    parser.add_argument("--warm-up", action="store_true",
+                        help="fit one epoch first and print 'warm' (the kill test then "
+                             "kills a process that is training, not compiling)")
     args = parser.parse_args(argv)
 
     import jax  # connect before anything else touches JAX
@@ -52,10 +56,10 @@ def main(argv: list[str]) -> None:
     _, params = model.init(jax.random.PRNGKey(0), (-1, 64))
     optimizer = optax.adam(1e-2)
 
-    def run(devices, batch_size=64):
+    def run(devices, batch_size=64, epochs=args.epochs):
         return funnet.fit(model, params, splits.train, valid=splits.valid,
                           loss=funnet.softmax_cross_entropy, optimizer=optimizer,
-                          epochs=args.epochs, batch_size=batch_size,
+                          epochs=epochs, batch_size=batch_size,
                           key=jax.random.PRNGKey(1), progress=True, devices=devices)
 
     report: dict = {"process_count": jax.process_count(), "devices": len(jax.devices())}
@@ -67,6 +71,9 @@ def main(argv: list[str]) -> None:
             run(None, batch_size=63)
         except ValueError as e:
             report["divisibility"] = str(e)
+        if args.warm_up:
+            run(None, epochs=1)
+            print("warm", flush=True)
         runs = {"mesh": run(None)}  # None: every device of every process
     leaves = {}
     for name, (trained, history) in runs.items():

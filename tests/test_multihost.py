@@ -110,3 +110,46 @@ def test_two_processes_match_two_devices_and_one(tmp_path):
         in message
     print("max |Δ| 2 processes vs 2 devices:", max_diff(rank0, two_devices),
           "vs 1 device:", max_diff(rank0, one_device))
+
+
+def test_killing_either_process_ends_the_other_with_an_error(tmp_path):
+    """SIGKILL one of two training processes: the other fails, it does not hang.
+
+    Two pairs run at once: in one the coordinator (process 0) is killed, in the other
+    process 1. The survivor's next all-reduce fails (gloo: connection reset by peer) and the
+    distributed runtime then ends the process (abort) once the coordination service has
+    noticed the dead task (``heartbeat_timeout_seconds=10``).
+    """
+    pairs = []
+    for victim in (0, 1):
+        address = f"127.0.0.1:{free_port()}"
+        logs = [tmp_path / f"kill{victim}_rank{i}.log" for i in range(2)]
+        procs = [start([str(tmp_path / f"kill{victim}_rank{i}.npz"), "--coordinator", address,
+                        "--num-processes", "2", "--process-id", str(i), "--epochs", "100000",
+                        "--heartbeat", "10", "--warm-up"], logs[i]) for i in range(2)]
+        pairs.append((victim, procs, logs))
+    killed_at: dict[int, float] = {}
+    ended: dict[int, tuple[int, float]] = {}  # victim -> (survivor's exit code, seconds)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while len(ended) < len(pairs) and time.monotonic() < deadline:
+            for victim, procs, logs in pairs:
+                if victim not in killed_at and all("warm" in log.read_text() for log in logs):
+                    time.sleep(0.5)  # inside the 100000-epoch loop: training, not compiling
+                    procs[victim].kill()
+                    killed_at[victim] = time.monotonic()
+                code = procs[1 - victim].poll()
+                if victim in killed_at and victim not in ended and code is not None:
+                    ended[victim] = code, time.monotonic() - killed_at[victim]
+            time.sleep(0.1)
+    finally:
+        finish([p for _, procs, _ in pairs for p in procs], timeout=0)
+    for victim, _, logs in pairs:
+        text = logs[1 - victim].read_text()
+        assert victim in killed_at, f"pair {victim} never trained:\n{text[-3000:]}"
+        assert victim in ended, f"the survivor of killing {victim} hangs:\n{text[-3000:]}"
+        code, seconds = ended[victim]
+        print(f"killed process {victim}: the other exited {code} after {seconds:.1f} s")
+        assert code != 0, text[-3000:]
+        assert "Gloo all-reduce failed" in text, text[-3000:]
+        assert seconds < 60
