@@ -33,6 +33,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--heartbeat", type=int, default=100)
     parser.add_argument("--reference", action="store_true")
+    parser.add_argument("--disagree", action="store_true",
+                        help="change one training pixel and the key's seed (then fit must "
+                             "refuse to start, naming both)")
     parser.add_argument("--warm-up", action="store_true",
                         help="fit one epoch first and print 'warm' (the kill test then "
                              "kills a process that is training, not compiling)")
@@ -55,18 +58,22 @@ def main(argv: list[str]) -> None:
     model = funnet.serial(funnet.Dense(32), funnet.Relu, funnet.Dense(10))
     _, params = model.init(jax.random.PRNGKey(0), (-1, 64))
     optimizer = optax.adam(1e-2)
+    train, seed = splits.train, 1
+    if args.disagree:
+        x = train.x.copy()
+        x[5, 7] += 0.5
+        train, seed = funnet.data.Dataset(x, train.y), 2
 
     def run(devices, batch_size=64, epochs=args.epochs):
-        return funnet.fit(model, params, splits.train, valid=splits.valid,
+        return funnet.fit(model, params, train, valid=splits.valid,
                           loss=funnet.softmax_cross_entropy, optimizer=optimizer,
                           epochs=epochs, batch_size=batch_size,
-                          key=jax.random.PRNGKey(1), progress=True, devices=devices)
+                          key=jax.random.PRNGKey(seed), progress=True, devices=devices)
 
     report: dict = {"process_count": jax.process_count(), "devices": len(jax.devices())}
     if args.reference:
         runs = {"mesh": run(jax.devices()), "single": run(None)}
     else:
-        print("started", flush=True)  # the kill test waits for this line
         try:
             run(None, batch_size=63)
         except ValueError as e:

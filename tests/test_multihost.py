@@ -16,7 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
+
+from funnet.train.agreement import check_agreement, fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = str(ROOT / "tests" / "multihost_worker.py")
@@ -153,3 +156,32 @@ def test_killing_either_process_ends_the_other_with_an_error(tmp_path):
         assert code != 0, text[-3000:]
         assert "Gloo all-reduce failed" in text, text[-3000:]
         assert seconds < 60
+
+
+def test_processes_that_differ_are_refused_naming_the_difference(tmp_path):
+    """Process 1 changes one training pixel and the key: ``fit`` raises on both processes
+    (after comparing fingerprints, before training), naming both parts, and both exit."""
+    address = f"127.0.0.1:{free_port()}"
+    logs = [tmp_path / f"rank{i}.log" for i in range(2)]
+    procs = [start([str(tmp_path / f"rank{i}.npz"), "--coordinator", address,
+                    "--num-processes", "2", "--process-id", str(i),
+                    *(["--disagree"] if i else [])], logs[i]) for i in range(2)]
+    codes = finish(procs)
+    for code, log in zip(codes, logs):
+        text = log.read_text()
+        assert code == 1, f"{log.name}: exit {code}\n{text[-3000:]}"  # the ValueError
+        assert ("ValueError: fit: the processes do not start the same run; they differ in "
+                "key (process 1 ≠ process 0); train data (process 1 ≠ process 0)") in text, \
+            text[-3000:]
+
+
+def test_fingerprint_tells_apart_values_dtypes_shapes_and_key_implementations():
+    x = np.arange(6, dtype=np.float32)
+    same = fingerprint({"x": x.copy(), "n": 3})
+    assert fingerprint({"x": x, "n": 3}) == same
+    variants = [{"x": x + np.float32(1e-6), "n": 3}, {"x": x.astype(np.float64), "n": 3},
+                {"x": x.reshape(2, 3), "n": 3}, {"x": x, "n": 4}, {"y": x, "n": 3}]
+    assert all(fingerprint(v) != same for v in variants)
+    assert (fingerprint(jax.random.key(0)) != fingerprint(jax.random.key(0, impl="rbg"))
+            != fingerprint(jax.random.key(1)))
+    check_agreement({"data": x})  # one process: agrees with itself

@@ -29,6 +29,7 @@ from ..data import Dataset
 from ..losses import Loss
 from ..signature import model_signature
 from . import resume as checkpoints
+from .agreement import check_agreement
 from .devices import placement as make_placement
 from .early_stopping import EarlyStopping
 from .evaluation import EVAL_CHUNK
@@ -155,7 +156,10 @@ def fit(
         divisible by the number of devices. After ``jax.distributed.initialize`` (several
         processes), ``None`` means every device of every process; each process passes the
         same full ``train``/``valid``, params and key, and gets the same params and
-        history (``checkpoint`` is not supported there yet).
+        history (``checkpoint`` is not supported there yet). ``fit`` compares a hash of
+        the data, params, state, key, model and options across the processes first and
+        raises ``ValueError`` naming what differs (``loss`` and ``optimizer`` are not
+        compared).
       grad: ``"reverse"`` (``jax.value_and_grad``) or ``"hand"`` (the hand δ-recursion).
 
     Returns:
@@ -204,9 +208,17 @@ def fit(
                                 batch=min(num_rows(vx, "valid"), EVAL_CHUNK), name="valid")
         if monitor == "valid_error" and valid_kind is None:
             stopping.value(0.0)  # raises: no accuracy to monitor
-    if place.multiprocess and checkpoint is not None:
-        raise ValueError("checkpoint= is not supported yet with several processes "
-                         f"(jax.process_count() = {jax.process_count()}): train without it")
+    config = {"n_train": n, "batch_size": batch_size, "grad": grad, "l2": l2,
+              "patience": patience, "monitor": monitor, "valid": valid is not None}
+    signature = model_signature(model, params, state=model_state)
+    if place.multiprocess:  # first agree (collectively), then refuse alike everywhere
+        check_agreement({"options": {**config, "epochs": epochs,
+                                     "checkpoint": checkpoint is not None},
+                         "model": signature, "params": params, "state": model_state,
+                         "key": as_key(key), "train data": (x, y), "valid data": (vx, vy)})
+        if checkpoint is not None:
+            raise ValueError("checkpoint= is not supported yet with several processes "
+                             f"(jax.process_count() = {jax.process_count()}): train without it")
     run = checkpoints.open_checkpoints(checkpoint, resume=resume,
                                        keep=check_int(keep, "keep", minimum=1))
     try:
@@ -214,9 +226,6 @@ def fit(
         first = start_function(optimizer, place.replicated)(params, model_state,
                                                             as_key(key))
         run_state = checkpoints.RunState(first, History(), stopping)
-        config = {"n_train": n, "batch_size": batch_size, "grad": grad, "l2": l2,
-                  "patience": patience, "monitor": monitor, "valid": valid is not None}
-        signature = model_signature(model, params, state=model_state)
         if run is not None:
             run_state = checkpoints.restore(run, run_state, config=config,
                                             signature=signature)
