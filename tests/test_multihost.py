@@ -185,3 +185,48 @@ def test_fingerprint_tells_apart_values_dtypes_shapes_and_key_implementations():
     assert (fingerprint(jax.random.key(0)) != fingerprint(jax.random.key(0, impl="rbg"))
             != fingerprint(jax.random.key(1)))
     check_agreement({"data": x})  # one process: agrees with itself
+
+
+TRAIN = ["-m", "funnet", "train", "--epochs", "2", "--batch-size", "64", "--hidden", "16",
+         "--no-progress"]
+
+
+def _table(output: str, prefix: str = "") -> list[list[str]]:
+    """The history rows of ``funnet train``'s output, without the seconds column."""
+    rows = [line[len(prefix):].split() for line in output.splitlines()
+            if line.startswith(prefix)]
+    return [r[:-1] for r in rows if r and r[0].rstrip("*").isdigit()]
+
+
+def test_funnet_train_under_the_launcher_prints_once_and_trains_as_one_process(tmp_path):
+    logs = [tmp_path / "launch.log", tmp_path / "single.log"]
+    with open(logs[0], "w") as f:
+        launched = subprocess.Popen([sys.executable, "-m", "funnet.launch", "-n", "2", "--",
+                                     sys.executable, *TRAIN], env=env(), cwd=ROOT, stdout=f,
+                                    stderr=subprocess.STDOUT)
+    with open(logs[1], "w") as f:
+        single = subprocess.Popen([sys.executable, *TRAIN], env=env(), cwd=ROOT, stdout=f,
+                                  stderr=subprocess.STDOUT)
+    codes = finish([launched, single])
+    out, one = (log.read_text() for log in logs)
+    assert codes == [0, 0], out[-3000:] + one[-3000:]
+    assert "[0] test accuracy:" in out
+    rank1 = [line for line in out.splitlines() if line.startswith("[1] ")]
+    assert not [line for line in rank1 if "[Gloo]" not in line], rank1  # only 0 prints
+    table = _table(out, "[0] ")
+    assert len(table) == 2 and table == _table(one)  # loss, accuracy, lr to 4 digits
+    test_line = next(line for line in one.splitlines() if line.startswith("test accuracy"))
+    assert f"[0] {test_line.split(';')[0]}" in out
+
+
+def test_an_unreachable_coordinator_is_named_within_the_timeout():
+    address = f"127.0.0.1:{free_port()}"  # nobody listens there
+    start_time = time.monotonic()
+    got = subprocess.run([sys.executable, *TRAIN, "--coordinator", address,
+                          "--num-processes", "2", "--process-id", "1", "--init-timeout", "2"],
+                         env=env(), cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
+                         check=False)
+    assert got.returncode == 1, got.stdout + got.stderr
+    assert (f"funnet train: error: coordinator {address} unreachable after 2 s"
+            in got.stderr), got.stderr
+    assert time.monotonic() - start_time < 60
