@@ -33,6 +33,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--heartbeat", type=int, default=100)
     parser.add_argument("--reference", action="store_true")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="also fit 2 epochs checkpointed in this directory (shared by "
+                             "the processes), resume to --epochs, compare with the run")
     parser.add_argument("--disagree", action="store_true",
                         help="change one training pixel and the key's seed (then fit must "
                              "refuse to start, naming both)")
@@ -64,11 +67,12 @@ def main(argv: list[str]) -> None:
         x[5, 7] += 0.5
         train, seed = funnet.data.Dataset(x, train.y), 2
 
-    def run(devices, batch_size=64, epochs=args.epochs):
+    def run(devices, batch_size=64, epochs=args.epochs, **kw):
         return funnet.fit(model, params, train, valid=splits.valid,
                           loss=funnet.softmax_cross_entropy, optimizer=optimizer,
                           epochs=epochs, batch_size=batch_size,
-                          key=jax.random.PRNGKey(seed), progress=True, devices=devices)
+                          key=jax.random.PRNGKey(seed), progress=True, devices=devices,
+                          **kw)
 
     report: dict = {"process_count": jax.process_count(), "devices": len(jax.devices())}
     if args.reference:
@@ -82,6 +86,9 @@ def main(argv: list[str]) -> None:
             run(None, epochs=1)
             print("warm", flush=True)
         runs = {"mesh": run(None)}  # None: every device of every process
+        if args.checkpoint is not None:
+            run(None, epochs=args.epochs - 1, checkpoint=args.checkpoint)
+            runs["resumed"] = run(None, checkpoint=args.checkpoint, resume=True)
     leaves = {}
     for name, (trained, history) in runs.items():
         for i, leaf in enumerate(jax.tree.leaves(trained)):

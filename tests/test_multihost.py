@@ -83,7 +83,8 @@ def test_two_processes_match_two_devices_and_one(tmp_path):
     ref = tmp_path / "reference.npz"
     logs = [p.with_suffix(".log") for p in (*outs, ref)]
     procs = [start([str(out), "--coordinator", address, "--num-processes", "2",
-                    "--process-id", str(i)], logs[i]) for i, out in enumerate(outs)]
+                    "--process-id", str(i), "--checkpoint", str(tmp_path / "run")], logs[i])
+             for i, out in enumerate(outs)]
     procs.append(start([str(ref), "--reference"], logs[2], devices=2))
     for code, log in zip(finish(procs), logs):
         assert code == 0, f"{log.name}: exit {code}\n" + log.read_text()[-3000:]
@@ -108,6 +109,14 @@ def test_two_processes_match_two_devices_and_one(tmp_path):
         np.testing.assert_allclose(reports[0]["mesh"]["train_loss"],
                                    reports[2][key]["train_loss"], rtol=1e-5)
     assert reports[0]["mesh"]["valid_accuracy"] == reports[2]["mesh"]["valid_accuracy"]
+    # checkpointed by both processes into one directory after 2 epochs, resumed to 3:
+    # bitwise the uninterrupted run, on both
+    for out in outs:
+        assert all(np.array_equal(a, b) for a, b in zip(load(out, "resumed"), rank0))
+    assert reports[0]["resumed"]["train_loss"] == reports[0]["mesh"]["train_loss"]
+    entries = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert [e for e in entries if e.isdigit()] == ["1", "2", "3"], entries  # keep=3
+    assert not [e for e in entries if "tmp" in e], entries  # every save committed
     message = reports[0]["divisibility"]
     assert "batch_size 63 must be divisible by the number of devices of all 2 processes (2)" \
         in message

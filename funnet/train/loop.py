@@ -156,10 +156,10 @@ def fit(
         divisible by the number of devices. After ``jax.distributed.initialize`` (several
         processes), ``None`` means every device of every process; each process passes the
         same full ``train``/``valid``, params and key, and gets the same params and
-        history (``checkpoint`` is not supported there yet). ``fit`` compares a hash of
-        the data, params, state, key, model and options across the processes first and
-        raises ``ValueError`` naming what differs (``loss`` and ``optimizer`` are not
-        compared).
+        history; ``checkpoint`` is one directory all processes see. ``fit`` compares a
+        hash of the data, params, state, key, model and options across the processes
+        first and raises ``ValueError`` naming what differs (``loss`` and ``optimizer``
+        are not compared).
       grad: ``"reverse"`` (``jax.value_and_grad``) or ``"hand"`` (the hand δ-recursion).
 
     Returns:
@@ -211,14 +211,11 @@ def fit(
     config = {"n_train": n, "batch_size": batch_size, "grad": grad, "l2": l2,
               "patience": patience, "monitor": monitor, "valid": valid is not None}
     signature = model_signature(model, params, state=model_state)
-    if place.multiprocess:  # first agree (collectively), then refuse alike everywhere
+    if place.multiprocess:  # collectively, before anything else that is collective
         check_agreement({"options": {**config, "epochs": epochs,
                                      "checkpoint": checkpoint is not None},
                          "model": signature, "params": params, "state": model_state,
                          "key": as_key(key), "train data": (x, y), "valid data": (vx, vy)})
-        if checkpoint is not None:
-            raise ValueError("checkpoint= is not supported yet with several processes "
-                             f"(jax.process_count() = {jax.process_count()}): train without it")
     run = checkpoints.open_checkpoints(checkpoint, resume=resume,
                                        keep=check_int(keep, "keep", minimum=1))
     try:
