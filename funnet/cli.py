@@ -343,8 +343,6 @@ def _check_processes_args(parser: argparse.ArgumentParser, args: argparse.Namesp
     if args.devices is not None:
         parser.error("--devices: a multi-process run trains on every device of every "
                      "process; leave --devices out")
-    if args.checkpoint is not None:
-        parser.error("--checkpoint is not supported with several processes yet")
 
 
 def _connect(args: argparse.Namespace) -> None:
@@ -638,11 +636,16 @@ def _train(args: argparse.Namespace) -> int:
     print(f"optimizer: {args.optimizer}, lr {t.lr:g} ({args.schedule}), batch "
           f"{args.batch_size}, l2 {args.l2:g}, grad {args.grad}"
           + (f", devices {args.devices}" if args.devices is not None else ""))
+    first = (args.process_id or 0) == 0  # several processes: only process 0 writes files
     if args.checkpoint is not None:
-        _record_args(args, t)
+        _record_args(args, t, write=first)  # checked by every process: refused alike
     print("training (the first epoch includes compiling the step)…", flush=True)
     params, state, history = fit_training(args, t)
-    if args.checkpoint is not None:
+    if args.coordinator is not None:  # global arrays: each process scores on its own
+        import jax
+
+        params, state = jax.device_get((params, state))
+    if args.checkpoint is not None and first:
         from .weights import save_params
 
         save_params(args.checkpoint / PARAMS_FILE, params, model=t.model, state=state,
@@ -656,10 +659,6 @@ def _train(args: argparse.Namespace) -> int:
               + (" (--patience: the best)" if args.patience else " (the last)"))
     if args.plot is not None and (args.process_id or 0) == 0:
         print(f"learning curves: {history.plot(args.plot)}")
-    if args.coordinator is not None:  # global arrays: each process scores on its own
-        import jax
-
-        params, state = jax.device_get((params, state))
     scores = train.evaluate(t.model, params, t.splits.test, state=state,
                             loss=losses.softmax_cross_entropy)
     print(f"test accuracy: {scores['accuracy']:.4f}, test loss: {scores['loss']:.4f} "
@@ -672,9 +671,11 @@ _MODEL_FLAGS = ("model", "hidden", "activation", "data", "seed")
 _RECORDED_DEFAULTS = {"model": "mlp"}  # flags that records written before them lack
 
 
-def _record_args(args: argparse.Namespace, training: Training) -> None:
+def _record_args(args: argparse.Namespace, training: Training, *, write: bool = True
+                 ) -> None:
     """``DIR/train-args.json``: what ``funnet predict`` needs to rebuild the model. On
-    ``--resume`` the recorded model flags must be the ones given now."""
+    ``--resume`` the recorded model flags must be the ones given now. ``write=False``
+    checks only (the processes other than 0 of a multi-process run)."""
     import json
 
     t = training
@@ -697,6 +698,8 @@ def _record_args(args: argparse.Namespace, training: Training) -> None:
         if not args.resume and latest_step(args.checkpoint) is not None:
             raise ValueError(f"--checkpoint {args.checkpoint} already holds checkpoints of a run; pass "
                              "--resume to continue it, or use an empty directory")
+    if not write:
+        return
     tmp = path.with_name(f".{ARGS_FILE}.tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(path)

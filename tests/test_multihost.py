@@ -208,10 +208,12 @@ def _table(output: str, prefix: str = "") -> list[list[str]]:
 
 
 def test_funnet_train_under_the_launcher_prints_once_and_trains_as_one_process(tmp_path):
+    """Two ranks by ``python -m funnet.launch``, checkpointed; beside them one process."""
     logs = [tmp_path / "launch.log", tmp_path / "single.log"]
     with open(logs[0], "w") as f:
         launched = subprocess.Popen([sys.executable, "-m", "funnet.launch", "-n", "2", "--",
-                                     sys.executable, *TRAIN], env=env(), cwd=ROOT, stdout=f,
+                                     sys.executable, *TRAIN, "--checkpoint",
+                                     str(tmp_path / "run")], env=env(), cwd=ROOT, stdout=f,
                                     stderr=subprocess.STDOUT)
     with open(logs[1], "w") as f:
         single = subprocess.Popen([sys.executable, *TRAIN], env=env(), cwd=ROOT, stdout=f,
@@ -226,6 +228,10 @@ def test_funnet_train_under_the_launcher_prints_once_and_trains_as_one_process(t
     assert len(table) == 2 and table == _table(one)  # loss, accuracy, lr to 4 digits
     test_line = next(line for line in one.splitlines() if line.startswith("test accuracy"))
     assert f"[0] {test_line.split(';')[0]}" in out
+    # --checkpoint: orbax steps written by both, the flags and params by process 0
+    entries = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert {"1", "2", "params.safetensors", "train-args.json"} <= set(entries), entries
+    assert not [e for e in entries if "tmp" in e], entries
 
 
 def test_an_unreachable_coordinator_is_named_within_the_timeout():
