@@ -698,6 +698,10 @@ def _record_args(args: argparse.Namespace, training: Training, *, write: bool = 
         if not args.resume and latest_step(args.checkpoint) is not None:
             raise ValueError(f"--checkpoint {args.checkpoint} already holds checkpoints of a run; pass "
                              "--resume to continue it, or use an empty directory")
+    if args.coordinator is not None:  # every process checked before process 0 writes:
+        from jax.experimental import multihost_utils  # else a late one would see the file
+
+        multihost_utils.sync_global_devices("funnet train: flags checked")
     if not write:
         return
     tmp = path.with_name(f".{ARGS_FILE}.tmp")
