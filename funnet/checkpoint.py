@@ -17,7 +17,8 @@ tensorstore (sharded arrays and multi-process runs included); the JSON ``metadat
 A directory is *locked* while a run writes to it (an advisory ``fcntl`` lock on
 ``DIR/.lock``, released by the operating system when the process ends, even by
 ``SIGKILL``): a second run given the same directory is refused instead of silently
-overwriting the first one's checkpoints.
+overwriting the first one's checkpoints. With several processes (``jax.distributed``) they
+all open the same directory and save collectively; process 0 alone takes the lock.
 
 To share trained weights (one file, readable by PyTorch and other tools) use
 :func:`funnet.save_params` / :func:`funnet.load_params` instead.
@@ -170,21 +171,37 @@ class CheckpointRun:
             raise CheckpointError(f"keep must be an int ≥ 1 (the newest steps to keep), "
                                   f"got {keep!r}")
         self.directory = check_writable(directory)
-        self._lock = open(self.directory / ".lock", "a+")  # noqa: SIM115 (held until close)
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            self._lock.close()
-            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise CheckpointError(
-                    f"checkpoint directory {str(self.directory)!r} is in use by another "
-                    "run; give each run its own directory") from None
-            raise
-        self._lock.seek(0)
-        self._lock.truncate()
-        self._lock.write(f"{os.getpid()}\n")
-        self._lock.flush()
-        _remove_leftovers(self.directory)
+        # Several processes (jax.distributed) save collectively into one directory: process
+        # 0 alone holds the lock and clears leftovers, the others follow its verdict.
+        primary, several = jax.process_index() == 0, jax.process_count() > 1
+        self._lock, self._closed = None, False
+        locked = True
+        if primary:
+            self._lock = open(self.directory / ".lock", "a+")  # noqa: SIM115 (until close)
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                self._lock.close()
+                self._lock = None
+                if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                locked = False
+        if several:
+            from jax.experimental import multihost_utils
+
+            locked = bool(multihost_utils.broadcast_one_to_all(np.int32(locked)))
+        if not locked:
+            raise CheckpointError(
+                f"checkpoint directory {str(self.directory)!r} is in use by another "
+                "run; give each run its own directory")
+        if primary:
+            self._lock.seek(0)
+            self._lock.truncate()
+            self._lock.write(f"{os.getpid()}\n")
+            self._lock.flush()
+            _remove_leftovers(self.directory)
+        if several:
+            multihost_utils.sync_global_devices(f"funnet checkpoint {self.directory}")
         self._manager = _manager(self.directory, keep)
         # orbax removes the temporary directories of a killed save in a background
         # thread, awaited only by the next save: wait for it here (leftovers it misses,
@@ -226,12 +243,14 @@ class CheckpointRun:
         return dict(out["metadata"] or {})
 
     def close(self) -> None:
-        if self._lock.closed:
+        if self._closed:
             return
+        self._closed = True
         with contextlib.suppress(Exception):
             self._manager.close()
-        fcntl.flock(self._lock, fcntl.LOCK_UN)
-        self._lock.close()
+        if self._lock is not None:  # process 0 (or the only process) holds it
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
 
     def __enter__(self) -> Self:
         return self

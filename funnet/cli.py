@@ -28,9 +28,11 @@ check), reported on stderr without a traceback; 2 bad flags or values (usage err
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import math
+import os
 import sys
 import tempfile
 import time
@@ -221,6 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="data-parallel over the first N devices (jax.devices()); "
                             "default: one device, no sharding. On a CPU, emulate N devices "
                             "with XLA_FLAGS=--xla_force_host_platform_device_count=N")
+    train.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                       help="one process of a multi-process run coordinated at HOST:PORT "
+                            "(process 0 serves it); default: $FUNNET_COORDINATOR, as "
+                            "python -m funnet.launch sets it, else a single process")
+    train.add_argument("--num-processes", type=_positive_int, default=None, metavar="N",
+                       help="processes of the run (default: $FUNNET_NUM_PROCESSES)")
+    train.add_argument("--process-id", type=_nonnegative_int, default=None, metavar="I",
+                       help="this process's rank, 0..N-1 (default: $FUNNET_PROCESS_ID)")
+    train.add_argument("--init-timeout", type=_positive_int, default=300, metavar="S",
+                       help="seconds to wait for the coordinator and the other processes")
     train.add_argument("--no-progress", action="store_true",
                        help="no progress bar (one is shown on stderr when it is a terminal)")
     train.add_argument("--plot", type=_path, default=None, metavar="PATH",
@@ -290,10 +302,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         parser.exit(2)
-    if args.command == "train":
-        _resolve_train_args(args)
-        _check_train_args(parser, args)
     try:
+        if args.command == "train":
+            _resolve_train_args(args)
+            _check_processes_args(parser, args)
+            if args.coordinator is not None:
+                _connect(args)  # before anything else touches JAX
+            _check_train_args(parser, args)
+            if args.coordinator is not None and args.process_id > 0:
+                with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+                    return args.run(args)  # only process 0 prints
         return args.run(args)
     except KeyboardInterrupt:
         print("funnet: interrupted", file=sys.stderr)
@@ -307,6 +325,54 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _first_lines(e: BaseException, most: int = 6) -> str:
     lines = str(e).strip().splitlines() or [type(e).__name__]
     return "\n".join(lines[:most]) + ("\n…" if len(lines) > most else "")
+
+
+def _check_processes_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A multi-process run needs all of --coordinator, --num-processes, --process-id."""
+    given = {"--coordinator": args.coordinator, "--num-processes": args.num_processes,
+             "--process-id": args.process_id}
+    if all(v is None for v in given.values()):
+        return
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+        parser.error(f"a multi-process run needs {', '.join(missing)} too (or the "
+                     "FUNNET_* variables python -m funnet.launch sets)")
+    if args.process_id >= args.num_processes:
+        parser.error(f"--process-id {args.process_id} must be below --num-processes "
+                     f"{args.num_processes}")
+    if args.devices is not None:
+        parser.error("--devices: a multi-process run trains on every device of every "
+                     "process; leave --devices out")
+
+
+def _connect(args: argparse.Namespace) -> None:
+    """``jax.distributed.initialize`` for this process; a coordinator that cannot be
+    reached within --init-timeout is a ``RuntimeError`` naming it (JAX itself would abort
+    the process without naming the address)."""
+    import socket
+
+    host, _, port = args.coordinator.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--coordinator {args.coordinator!r}: expected HOST:PORT")
+    if args.process_id > 0:  # process 0 serves the coordinator; the others wait for it
+        deadline = time.monotonic() + args.init_timeout
+        while True:
+            try:
+                socket.create_connection((host, int(port)), timeout=1.0).close()
+                break
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"coordinator {args.coordinator} unreachable after "
+                        f"{args.init_timeout} s ({e.strerror or e}); is process 0 running "
+                        "there?") from None
+                time.sleep(0.2)
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives
+    jax.distributed.initialize(coordinator_address=args.coordinator,
+                               num_processes=args.num_processes, process_id=args.process_id,
+                               initialization_timeout=args.init_timeout)
 
 
 def _check_train_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -451,6 +517,12 @@ def _resolve_train_args(args: argparse.Namespace) -> None:
     """Fill in the defaults that depend on other flags (``--hidden`` on ``--model``)."""
     if args.hidden is None:
         args.hidden = DEFAULT_HIDDEN[args.model]
+    for flag, variable in (("coordinator", "FUNNET_COORDINATOR"),
+                           ("num_processes", "FUNNET_NUM_PROCESSES"),
+                           ("process_id", "FUNNET_PROCESS_ID")):
+        if getattr(args, flag) is None and os.environ.get(variable):
+            value = os.environ[variable]
+            setattr(args, flag, value if flag == "coordinator" else int(value))
 
 
 def train_args(argv: Sequence[str] = ()) -> argparse.Namespace:
@@ -564,11 +636,16 @@ def _train(args: argparse.Namespace) -> int:
     print(f"optimizer: {args.optimizer}, lr {t.lr:g} ({args.schedule}), batch "
           f"{args.batch_size}, l2 {args.l2:g}, grad {args.grad}"
           + (f", devices {args.devices}" if args.devices is not None else ""))
+    first = (args.process_id or 0) == 0  # several processes: only process 0 writes files
     if args.checkpoint is not None:
-        _record_args(args, t)
+        _record_args(args, t, write=first)  # checked by every process: refused alike
     print("training (the first epoch includes compiling the step)…", flush=True)
     params, state, history = fit_training(args, t)
-    if args.checkpoint is not None:
+    if args.coordinator is not None:  # global arrays: each process scores on its own
+        import jax
+
+        params, state = jax.device_get((params, state))
+    if args.checkpoint is not None and first:
         from .weights import save_params
 
         save_params(args.checkpoint / PARAMS_FILE, params, model=t.model, state=state,
@@ -580,7 +657,7 @@ def _train(args: argparse.Namespace) -> int:
     if history.best_epoch is not None:
         print(f"* lowest validation loss; the test score uses the params of epoch {used}"
               + (" (--patience: the best)" if args.patience else " (the last)"))
-    if args.plot is not None:
+    if args.plot is not None and (args.process_id or 0) == 0:
         print(f"learning curves: {history.plot(args.plot)}")
     scores = train.evaluate(t.model, params, t.splits.test, state=state,
                             loss=losses.softmax_cross_entropy)
@@ -594,9 +671,11 @@ _MODEL_FLAGS = ("model", "hidden", "activation", "data", "seed")
 _RECORDED_DEFAULTS = {"model": "mlp"}  # flags that records written before them lack
 
 
-def _record_args(args: argparse.Namespace, training: Training) -> None:
+def _record_args(args: argparse.Namespace, training: Training, *, write: bool = True
+                 ) -> None:
     """``DIR/train-args.json``: what ``funnet predict`` needs to rebuild the model. On
-    ``--resume`` the recorded model flags must be the ones given now."""
+    ``--resume`` the recorded model flags must be the ones given now. ``write=False``
+    checks only (the processes other than 0 of a multi-process run)."""
     import json
 
     t = training
@@ -619,6 +698,12 @@ def _record_args(args: argparse.Namespace, training: Training) -> None:
         if not args.resume and latest_step(args.checkpoint) is not None:
             raise ValueError(f"--checkpoint {args.checkpoint} already holds checkpoints of a run; pass "
                              "--resume to continue it, or use an empty directory")
+    if args.coordinator is not None:  # every process checked before process 0 writes:
+        from jax.experimental import multihost_utils  # else a late one would see the file
+
+        multihost_utils.sync_global_devices("funnet train: flags checked")
+    if not write:
+        return
     tmp = path.with_name(f".{ARGS_FILE}.tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(path)

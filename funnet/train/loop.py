@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import optax
 
 from .._validate import check_int
@@ -28,6 +29,7 @@ from ..data import Dataset
 from ..losses import Loss
 from ..signature import model_signature
 from . import resume as checkpoints
+from .agreement import check_agreement
 from .devices import placement as make_placement
 from .early_stopping import EarlyStopping
 from .evaluation import EVAL_CHUNK
@@ -138,7 +140,8 @@ def fit(
         epoch. Without it all epochs run and the last params are returned.
       monitor: ``"valid_loss"`` (default, as Keras) or ``"valid_error"`` (``1 - accuracy``,
         ties broken by the validation loss); see :class:`EarlyStopping`.
-      progress: a tqdm bar (a line per epoch without tqdm) when stderr is a terminal.
+      progress: a tqdm bar (a line per epoch without tqdm) when stderr is a terminal;
+        with several processes only process 0 shows it.
       checkpoint: a directory for orbax checkpoints (:mod:`funnet.checkpoint`): the train
         state, the best epoch and the history, every ``checkpoint_every`` epochs and at the
         end. Checked writable and locked before training; it must hold no checkpoints
@@ -150,7 +153,13 @@ def fit(
       checkpoint_every: save every this many epochs (and after the last one).
       devices: a list of devices or a 1-D ``jax.sharding.Mesh``: data parallelism (the
         batch axis sharded, params and optimiser state replicated); ``batch_size`` must be
-        divisible by the number of devices.
+        divisible by the number of devices. After ``jax.distributed.initialize`` (several
+        processes), ``None`` means every device of every process; each process passes the
+        same full ``train``/``valid``, params and key, and gets the same params and
+        history; ``checkpoint`` is one directory all processes see. ``fit`` compares a
+        hash of the data, params, state, key, model and options across the processes
+        first and raises ``ValueError`` naming what differs (``loss`` and ``optimizer``
+        are not compared).
       grad: ``"reverse"`` (``jax.value_and_grad``) or ``"hand"`` (the hand δ-recursion).
 
     Returns:
@@ -199,6 +208,14 @@ def fit(
                                 batch=min(num_rows(vx, "valid"), EVAL_CHUNK), name="valid")
         if monitor == "valid_error" and valid_kind is None:
             stopping.value(0.0)  # raises: no accuracy to monitor
+    config = {"n_train": n, "batch_size": batch_size, "grad": grad, "l2": l2,
+              "patience": patience, "monitor": monitor, "valid": valid is not None}
+    signature = model_signature(model, params, state=model_state)
+    if place.multiprocess:  # collectively, before anything else that is collective
+        check_agreement({"options": {**config, "epochs": epochs,
+                                     "checkpoint": checkpoint is not None},
+                         "model": signature, "params": params, "state": model_state,
+                         "key": as_key(key), "train data": (x, y), "valid data": (vx, vy)})
     run = checkpoints.open_checkpoints(checkpoint, resume=resume,
                                        keep=check_int(keep, "keep", minimum=1))
     try:
@@ -206,9 +223,6 @@ def fit(
         first = start_function(optimizer, place.replicated)(params, model_state,
                                                             as_key(key))
         run_state = checkpoints.RunState(first, History(), stopping)
-        config = {"n_train": n, "batch_size": batch_size, "grad": grad, "l2": l2,
-                  "patience": patience, "monitor": monitor, "valid": valid is not None}
-        signature = model_signature(model, params, state=model_state)
         if run is not None:
             run_state = checkpoints.restore(run, run_state, config=config,
                                             signature=signature)
@@ -220,7 +234,7 @@ def fit(
                    "acc_kind": acc_kind, "valid_kind": valid_kind, "placement": place.mesh,
                    "eval_chunk": _eval_chunk(vx, place),
                    "signature": shapes_of((run_state.state, x, y, vx, vy))}
-        bar = ProgressBar(progress, epochs, run_state.epoch)
+        bar = ProgressBar(progress and jax.process_index() == 0, epochs, run_state.epoch)
         try:
             while run_state.epoch < epochs and not run_state.history.stopped_early:
                 _one_epoch(run_state, model, loss, optimizer, options, (x, y, vx, vy), run)

@@ -104,8 +104,10 @@ def restore(run: ckpt.CheckpointRun, progress: RunState, *, config: dict,
             f"{where} was written by a different fit: "
             + ", ".join(f"{k}={a!r} there, {b!r} here" for k, (a, b) in diff.items()))
     # the stored key has the stored implementation, whatever key this call was given
-    template = progress.state._replace(key=jax.device_put(
-        jax.random.key(0, impl=meta["key_impl"]), progress.state.key.sharding))
+    # (made by jit on the key's sharding: device_put cannot reach other processes' devices)
+    template = progress.state._replace(key=jax.jit(
+        lambda: jax.random.key(0, impl=meta["key_impl"]),
+        out_shardings=progress.state.key.sharding)())
     tree, _ = run.restore(latest, like=_tree(dataclasses.replace(progress, state=template)))
     train = tree["train"]
     state = train._replace(key=jax.random.wrap_key_data(train.key, impl=meta["key_impl"]))

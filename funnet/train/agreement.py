@@ -1,0 +1,60 @@
+r"""Several processes must start ``fit`` from the same run: a fingerprint compared at start.
+
+Each process holds its own copy of the data, params and key (:mod:`funnet.train.devices`
+puts them on the global mesh as they are); copies that differ would train silently
+inconsistent replicas. :func:`check_agreement` hashes each part of the run on the host
+(BLAKE2b, 8 bytes a part), gathers the digests of every process (one small all-gather) and
+raises on every process, naming the parts and processes that differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+__all__ = ["check_agreement", "fingerprint"]
+
+
+def fingerprint(value: Any) -> bytes:
+    """An 8-byte digest of a pytree of arrays (dtype, shape, bytes) and JSON-able leaves."""
+    h = hashlib.blake2b(digest_size=8)
+    leaves, treedef = jax.tree.flatten(value)
+    h.update(str(treedef).encode())
+    for leaf in leaves:
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype,
+                                                                  jax.dtypes.prng_key):
+            h.update(str(jax.random.key_impl(leaf)).encode())
+            leaf = jax.random.key_data(leaf)
+        if isinstance(leaf, (np.ndarray, np.generic, jax.Array)):
+            a = np.ascontiguousarray(np.asarray(leaf))
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+        else:
+            h.update(json.dumps(leaf, sort_keys=True, default=repr).encode())
+    return h.digest()
+
+
+def check_agreement(parts: dict[str, Any]) -> None:
+    """Raise ``ValueError`` (on every process) unless all processes hold equal ``parts``.
+
+    Collective: every process must call it, with the same part names in the same order.
+    """
+    words = np.frombuffer(b"".join(fingerprint(v) for v in parts.values()), np.uint32)
+    table = np.asarray(multihost_utils.process_allgather(words)).reshape(
+        jax.process_count(), len(parts), 2)
+    differ = []
+    for i, name in enumerate(parts):
+        others = [p for p in range(1, len(table)) if not np.array_equal(table[p, i],
+                                                                         table[0, i])]
+        if others:
+            differ.append(f"{name} (process{'es' if len(others) > 1 else ''} "
+                          f"{', '.join(map(str, others))} ≠ process 0)")
+    if differ:
+        raise ValueError("fit: the processes do not start the same run; they differ in "
+                         + "; ".join(differ) + ". Every process must pass the same "
+                         "arguments: the same full data, params, state, key and options")

@@ -1,0 +1,103 @@
+"""One process of tests/test_multihost.py: ``fit`` on the embedded digits, params to a file.
+
+Several processes (each with one CPU device, gloo collectives)::
+
+    python tests/multihost_worker.py OUT.npz --coordinator 127.0.0.1:PORT \\
+        --num-processes 2 --process-id I
+
+One process, the reference: ``fit`` on every device of the process (two under
+``XLA_FLAGS=--xla_force_host_platform_device_count=2``) and on one device::
+
+    python tests/multihost_worker.py OUT.npz --reference
+
+``OUT.npz`` holds the params' leaves (``mesh_0, mesh_1, ...``; the reference also
+``single_0, ...``); ``OUT.json`` the train-loss and validation-accuracy columns of the
+history and, for the processes, the error of a batch size that does not divide.
+``--heartbeat S`` is ``jax.distributed.initialize``'s ``heartbeat_timeout_seconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--coordinator")
+    parser.add_argument("--num-processes", type=int)
+    parser.add_argument("--process-id", type=int)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--heartbeat", type=int, default=100)
+    parser.add_argument("--reference", action="store_true")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="also fit 2 epochs checkpointed in this directory (shared by "
+                             "the processes), resume to --epochs, compare with the run")
+    parser.add_argument("--disagree", action="store_true",
+                        help="change one training pixel and the key's seed (then fit must "
+                             "refuse to start, naming both)")
+    parser.add_argument("--warm-up", action="store_true",
+                        help="fit one epoch first and print 'warm' (the kill test then "
+                             "kills a process that is training, not compiling)")
+    args = parser.parse_args(argv)
+
+    import jax  # connect before anything else touches JAX
+
+    if not args.reference:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=args.coordinator,
+                                   num_processes=args.num_processes,
+                                   process_id=args.process_id, initialization_timeout=60,
+                                   heartbeat_timeout_seconds=args.heartbeat)
+    import numpy as np
+    import optax
+
+    import funnet
+
+    splits = funnet.data.split(funnet.load_digits(), seed=0)
+    model = funnet.serial(funnet.Dense(32), funnet.Relu, funnet.Dense(10))
+    _, params = model.init(jax.random.PRNGKey(0), (-1, 64))
+    optimizer = optax.adam(1e-2)
+    train, seed = splits.train, 1
+    if args.disagree:
+        x = train.x.copy()
+        x[5, 7] += 0.5
+        train, seed = funnet.data.Dataset(x, train.y), 2
+
+    def run(devices, batch_size=64, epochs=args.epochs, **kw):
+        return funnet.fit(model, params, train, valid=splits.valid,
+                          loss=funnet.softmax_cross_entropy, optimizer=optimizer,
+                          epochs=epochs, batch_size=batch_size,
+                          key=jax.random.PRNGKey(seed), progress=True, devices=devices,
+                          **kw)
+
+    report: dict = {"process_count": jax.process_count(), "devices": len(jax.devices())}
+    if args.reference:
+        runs = {"mesh": run(jax.devices()), "single": run(None)}
+    else:
+        try:
+            run(None, batch_size=63)
+        except ValueError as e:
+            report["divisibility"] = str(e)
+        if args.warm_up:
+            run(None, epochs=1)
+            print("warm", flush=True)
+        runs = {"mesh": run(None)}  # None: every device of every process
+        if args.checkpoint is not None:
+            run(None, epochs=args.epochs - 1, checkpoint=args.checkpoint)
+            runs["resumed"] = run(None, checkpoint=args.checkpoint, resume=True)
+    leaves = {}
+    for name, (trained, history) in runs.items():
+        for i, leaf in enumerate(jax.tree.leaves(trained)):
+            leaves[f"{name}_{i}"] = np.asarray(leaf)
+        report[name] = {"train_loss": history.column("train_loss"),
+                        "valid_accuracy": history.column("valid_accuracy")}
+    np.savez(args.out, **leaves)
+    args.out.with_suffix(".json").write_text(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,247 @@
+"""``fit`` across two real processes on 127.0.0.1 (gloo collectives, one CPU device each).
+
+Each process runs tests/multihost_worker.py: ``jax.distributed.initialize`` with a free
+port, then ``fit(devices=None)`` on the embedded digits. Beside them a third process fits the
+same run on two emulated devices and on one device (the reference). Every child has a
+timeout and is killed in a ``finally`` block.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from funnet.train.agreement import check_agreement, fingerprint
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = str(ROOT / "tests" / "multihost_worker.py")
+TIMEOUT = 150  # seconds for all children together; the test takes ~50 s on 2 busy cores
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env(devices: int = 1) -> dict:
+    flags = os.environ.get("XLA_FLAGS", "")  # conftest's -O0 flags: faster compiles
+    if devices > 1:
+        flags += f" --xla_force_host_platform_device_count={devices}"
+    return {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu",
+            "PYTHONPATH": str(ROOT)}
+
+
+def start(args: list[str], log: Path, devices: int = 1) -> subprocess.Popen:
+    """A child writing its output to ``log`` (a pipe left unread could fill and block it,
+    and with it the collectives of the other process)."""
+    with open(log, "w") as f:
+        return subprocess.Popen([sys.executable, WORKER, *args], env=env(devices), cwd=ROOT,
+                                stdout=f, stderr=subprocess.STDOUT)
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = TIMEOUT) -> list[int | None]:
+    """The exit codes (None: still running after ``timeout`` seconds in all); every child
+    is killed and reaped whatever happens."""
+    deadline = time.monotonic() + timeout
+    try:
+        codes = []
+        for p in procs:
+            try:
+                codes.append(p.wait(timeout=max(deadline - time.monotonic(), 0.1)))
+            except subprocess.TimeoutExpired:
+                codes.append(None)
+        return codes
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+def load(path: Path, prefix: str) -> list[np.ndarray]:
+    with np.load(path) as f:
+        return [f[f"{prefix}_{i}"] for i in range(sum(k.startswith(prefix) for k in f))]
+
+
+def max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    assert [x.shape for x in a] == [y.shape for y in b]
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+
+
+def test_two_processes_match_two_devices_and_one(tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    outs = [tmp_path / f"rank{i}.npz" for i in range(2)]
+    ref = tmp_path / "reference.npz"
+    logs = [p.with_suffix(".log") for p in (*outs, ref)]
+    procs = [start([str(out), "--coordinator", address, "--num-processes", "2",
+                    "--process-id", str(i), "--checkpoint", str(tmp_path / "run")], logs[i])
+             for i, out in enumerate(outs)]
+    procs.append(start([str(ref), "--reference"], logs[2], devices=2))
+    for code, log in zip(finish(procs), logs):
+        assert code == 0, f"{log.name}: exit {code}\n" + log.read_text()[-3000:]
+
+    reports = [json.loads(p.with_suffix(".json").read_text()) for p in (*outs, ref)]
+    assert [(r["process_count"], r["devices"]) for r in reports] == [(2, 2), (2, 2), (1, 2)]
+    rank0, rank1 = load(outs[0], "mesh"), load(outs[1], "mesh")
+    two_devices, one_device = load(ref, "mesh"), load(ref, "single")
+    assert len(rank0) == 4  # two Dense layers: W, b each
+    # the params are one replicated global array: both processes hold the same bits
+    assert all(np.array_equal(a, b) for a, b in zip(rank0, rank1))
+    assert reports[0]["mesh"] == reports[1]["mesh"]  # the same history on both
+    # Two processes run the program that two emulated devices run in one process (the
+    # same partition of every batch, the all-reduce over gloo instead of in memory); one
+    # device sums each batch's gradient in another order. 60 Adam steps amplify float32
+    # rounding (2^-24 ≈ 6e-8 relative) on params of size ~1 to at most ~1e-6; 1e-5 allows
+    # for that, while any real difference (a lost shard, a batch counted twice) changes the
+    # params by the learning rate's order, 1e-2.
+    assert max_diff(rank0, two_devices) <= 1e-5
+    assert max_diff(rank0, one_device) <= 1e-5
+    for key in ("mesh", "single"):
+        np.testing.assert_allclose(reports[0]["mesh"]["train_loss"],
+                                   reports[2][key]["train_loss"], rtol=1e-5)
+    assert reports[0]["mesh"]["valid_accuracy"] == reports[2]["mesh"]["valid_accuracy"]
+    # checkpointed by both processes into one directory after 2 epochs, resumed to 3:
+    # bitwise the uninterrupted run, on both
+    for out in outs:
+        assert all(np.array_equal(a, b) for a, b in zip(load(out, "resumed"), rank0))
+    assert reports[0]["resumed"]["train_loss"] == reports[0]["mesh"]["train_loss"]
+    entries = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert [e for e in entries if e.isdigit()] == ["1", "2", "3"], entries  # keep=3
+    assert not [e for e in entries if "tmp" in e], entries  # every save committed
+    message = reports[0]["divisibility"]
+    assert "batch_size 63 must be divisible by the number of devices of all 2 processes (2)" \
+        in message
+    print("max |Δ| 2 processes vs 2 devices:", max_diff(rank0, two_devices),
+          "vs 1 device:", max_diff(rank0, one_device))
+
+
+def test_killing_either_process_ends_the_other_with_an_error(tmp_path):
+    """SIGKILL one of two training processes: the other fails, it does not hang.
+
+    Two pairs run at once: in one the coordinator (process 0) is killed, in the other
+    process 1. The survivor's next all-reduce fails (gloo: connection reset by peer) and the
+    distributed runtime then ends the process (abort) once the coordination service has
+    noticed the dead task (``heartbeat_timeout_seconds=10``).
+    """
+    pairs = []
+    for victim in (0, 1):
+        address = f"127.0.0.1:{free_port()}"
+        logs = [tmp_path / f"kill{victim}_rank{i}.log" for i in range(2)]
+        procs = [start([str(tmp_path / f"kill{victim}_rank{i}.npz"), "--coordinator", address,
+                        "--num-processes", "2", "--process-id", str(i), "--epochs", "100000",
+                        "--heartbeat", "10", "--warm-up"], logs[i]) for i in range(2)]
+        pairs.append((victim, procs, logs))
+    killed_at: dict[int, float] = {}
+    ended: dict[int, tuple[int, float]] = {}  # victim -> (survivor's exit code, seconds)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while len(ended) < len(pairs) and time.monotonic() < deadline:
+            for victim, procs, logs in pairs:
+                if victim not in killed_at and all("warm" in log.read_text() for log in logs):
+                    time.sleep(0.5)  # inside the 100000-epoch loop: training, not compiling
+                    procs[victim].kill()
+                    killed_at[victim] = time.monotonic()
+                code = procs[1 - victim].poll()
+                if victim in killed_at and victim not in ended and code is not None:
+                    ended[victim] = code, time.monotonic() - killed_at[victim]
+            time.sleep(0.1)
+    finally:
+        finish([p for _, procs, _ in pairs for p in procs], timeout=0)
+    for victim, _, logs in pairs:
+        text = logs[1 - victim].read_text()
+        assert victim in killed_at, f"pair {victim} never trained:\n{text[-3000:]}"
+        assert victim in ended, f"the survivor of killing {victim} hangs:\n{text[-3000:]}"
+        code, seconds = ended[victim]
+        print(f"killed process {victim}: the other exited {code} after {seconds:.1f} s")
+        assert code != 0, text[-3000:]
+        assert "Gloo all-reduce failed" in text, text[-3000:]
+        assert seconds < 60
+
+
+def test_processes_that_differ_are_refused_naming_the_difference(tmp_path):
+    """Process 1 changes one training pixel and the key: ``fit`` raises on both processes
+    (after comparing fingerprints, before training), naming both parts, and both exit."""
+    address = f"127.0.0.1:{free_port()}"
+    logs = [tmp_path / f"rank{i}.log" for i in range(2)]
+    procs = [start([str(tmp_path / f"rank{i}.npz"), "--coordinator", address,
+                    "--num-processes", "2", "--process-id", str(i),
+                    *(["--disagree"] if i else [])], logs[i]) for i in range(2)]
+    codes = finish(procs)
+    for code, log in zip(codes, logs):
+        text = log.read_text()
+        assert code == 1, f"{log.name}: exit {code}\n{text[-3000:]}"  # the ValueError
+        assert ("ValueError: fit: the processes do not start the same run; they differ in "
+                "key (process 1 ≠ process 0); train data (process 1 ≠ process 0)") in text, \
+            text[-3000:]
+
+
+def test_fingerprint_tells_apart_values_dtypes_shapes_and_key_implementations():
+    x = np.arange(6, dtype=np.float32)
+    same = fingerprint({"x": x.copy(), "n": 3})
+    assert fingerprint({"x": x, "n": 3}) == same
+    variants = [{"x": x + np.float32(1e-6), "n": 3}, {"x": x.astype(np.float64), "n": 3},
+                {"x": x.reshape(2, 3), "n": 3}, {"x": x, "n": 4}, {"y": x, "n": 3}]
+    assert all(fingerprint(v) != same for v in variants)
+    assert (fingerprint(jax.random.key(0)) != fingerprint(jax.random.key(0, impl="rbg"))
+            != fingerprint(jax.random.key(1)))
+    check_agreement({"data": x})  # one process: agrees with itself
+
+
+TRAIN = ["-m", "funnet", "train", "--epochs", "2", "--batch-size", "64", "--hidden", "16",
+         "--no-progress"]
+
+
+def _table(output: str, prefix: str = "") -> list[list[str]]:
+    """The history rows of ``funnet train``'s output, without the seconds column."""
+    rows = [line[len(prefix):].split() for line in output.splitlines()
+            if line.startswith(prefix)]
+    return [r[:-1] for r in rows if r and r[0].rstrip("*").isdigit()]
+
+
+def test_funnet_train_under_the_launcher_prints_once_and_trains_as_one_process(tmp_path):
+    """Two ranks by ``python -m funnet.launch``, checkpointed; beside them one process."""
+    logs = [tmp_path / "launch.log", tmp_path / "single.log"]
+    with open(logs[0], "w") as f:
+        launched = subprocess.Popen([sys.executable, "-m", "funnet.launch", "-n", "2", "--",
+                                     sys.executable, *TRAIN, "--checkpoint",
+                                     str(tmp_path / "run")], env=env(), cwd=ROOT, stdout=f,
+                                    stderr=subprocess.STDOUT)
+    with open(logs[1], "w") as f:
+        single = subprocess.Popen([sys.executable, *TRAIN], env=env(), cwd=ROOT, stdout=f,
+                                  stderr=subprocess.STDOUT)
+    codes = finish([launched, single])
+    out, one = (log.read_text() for log in logs)
+    assert codes == [0, 0], out[-3000:] + one[-3000:]
+    assert "[0] test accuracy:" in out
+    rank1 = [line for line in out.splitlines() if line.startswith("[1] ")]
+    assert not [line for line in rank1 if "[Gloo]" not in line], rank1  # only 0 prints
+    table = _table(out, "[0] ")
+    assert len(table) == 2 and table == _table(one)  # loss, accuracy, lr to 4 digits
+    test_line = next(line for line in one.splitlines() if line.startswith("test accuracy"))
+    assert f"[0] {test_line.split(';')[0]}" in out
+    # --checkpoint: orbax steps written by both, the flags and params by process 0
+    entries = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert {"1", "2", "params.safetensors", "train-args.json"} <= set(entries), entries
+    assert not [e for e in entries if "tmp" in e], entries
+
+
+def test_an_unreachable_coordinator_is_named_within_the_timeout():
+    address = f"127.0.0.1:{free_port()}"  # nobody listens there
+    start_time = time.monotonic()
+    got = subprocess.run([sys.executable, *TRAIN, "--coordinator", address,
+                          "--num-processes", "2", "--process-id", "1", "--init-timeout", "2"],
+                         env=env(), cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
+                         check=False)
+    assert got.returncode == 1, got.stdout + got.stderr
+    assert (f"funnet train: error: coordinator {address} unreachable after 2 s"
+            in got.stderr), got.stderr
+    assert time.monotonic() - start_time < 60
