@@ -118,11 +118,11 @@ def expect_rank(name: str, x: Any, min_rank: int) -> None:
 
 
 def refuse_list_input(name: str, x: Any) -> None:
-    """A TypeError naming layer ``name`` if its input ``x`` (or a part of a tuple ``x``) is a
-    Python list of numbers: jax.numpy does not take lists, and its own error (or an
-    AttributeError from ``x.dtype``) would name neither the layer nor ``x``."""
+    """A :class:`LayerError` naming layer ``name`` if its input ``x`` (or a part of a tuple
+    ``x``) is a Python list of numbers: jax.numpy does not take lists, and its own error (or
+    an AttributeError from ``x.dtype``) would name neither the layer nor ``x``."""
     for part in x if isinstance(x, tuple) else (x,):
         if isinstance(part, list) and any(isinstance(a, (list, int, float, complex))
                                           for a in part):
-            raise TypeError(f"{name}: the input x is a Python list; layers take arrays (jax "
-                            "or NumPy): convert it with jnp.asarray(x)")
+            raise LayerError(f"{name}: the input x is a list (a Python list); layers take "
+                             "arrays (jax or NumPy): convert it with jnp.asarray(x)")

@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._validate import LayerError, shape_of
+from ._validate import LayerError, refuse_list_input, shape_of
 
 __all__ = [
     "STRUCTURE",
@@ -148,6 +148,7 @@ def check_graph(name: str, graph: Any) -> None:
                                       if hasattr(graph, "shape") else "")
         raise LayerError(f"{name}: input must be a funnet.graph.Graph(nodes, senders, "
                          f"receivers, ...), got {got}")
+    refuse_list_input(name, tuple(graph))
     nodes, s, r = graph.nodes, graph.senders, graph.receivers
     if np.ndim(nodes) != 2:
         raise LayerError(f"{name}: nodes must be [N, F], got shape {shape_of(nodes)}")
@@ -209,12 +210,20 @@ def _check_blocks(name: str, graph: Graph, n: int, e: int) -> None:
 
 
 def n_graphs(graph: Graph) -> int:
-    """The number of graphs ``G`` of a batch (static): ``len(n_node)``, or 1."""
+    """The number of graphs ``G`` of a batch (static): ``len(n_node)``, or 1.
+
+    Args:
+      graph: a :class:`Graph` (a single graph or a batch).
+    """
     return 1 if graph.n_node is None else int(shape_of(graph.n_node)[0])
 
 
 def node_graph(graph: Graph) -> jax.Array:
-    """``[N]``: the graph each node belongs to (0 for a single graph)."""
+    """``[N]``: the graph each node belongs to (0 for a single graph).
+
+    Args:
+      graph: a :class:`Graph` (a single graph or a batch).
+    """
     n = shape_of(graph.nodes)[0]
     if graph.n_node is None:
         return jnp.zeros((n,), jnp.int32)
@@ -222,7 +231,11 @@ def node_graph(graph: Graph) -> jax.Array:
 
 
 def edge_graph(graph: Graph) -> jax.Array:
-    """``[E]``: the graph each edge belongs to (0 for a single graph)."""
+    """``[E]``: the graph each edge belongs to (0 for a single graph).
+
+    Args:
+      graph: a :class:`Graph` (a single graph or a batch).
+    """
     e = shape_of(graph.senders)[0]
     if graph.n_edge is None:
         return jnp.zeros((e,), jnp.int32)
@@ -230,14 +243,22 @@ def edge_graph(graph: Graph) -> jax.Array:
 
 
 def node_mask(graph: Graph) -> jax.Array:
-    """``[N]`` bools: ``True`` for the nodes of real graphs, ``False`` for padding."""
+    """``[N]`` bools: ``True`` for the nodes of real graphs, ``False`` for padding.
+
+    Args:
+      graph: a :class:`Graph` (a single graph or a batch).
+    """
     if graph.graph_mask is None:
         return jnp.ones((shape_of(graph.nodes)[0],), bool)
     return jnp.asarray(graph.graph_mask, bool)[node_graph(graph)]
 
 
 def edge_mask(graph: Graph) -> jax.Array:
-    """``[E]`` bools: ``True`` for the edges of real graphs, ``False`` for padding."""
+    """``[E]`` bools: ``True`` for the edges of real graphs, ``False`` for padding.
+
+    Args:
+      graph: a :class:`Graph` (a single graph or a batch).
+    """
     if graph.graph_mask is None:
         return jnp.ones((shape_of(graph.senders)[0],), bool)
     return jnp.asarray(graph.graph_mask, bool)[edge_graph(graph)]

@@ -130,7 +130,7 @@ def test_a_tuple_of_ids_and_mask_is_refused_naming_the_fix():
 
 @pytest.mark.parametrize("ids, fragments", [
     (3, ["Embedding(6, 3)", "ids must be an integer array", "the Python int 3", "jnp.asarray"]),
-    ([[1, 2]], ["Embedding(6, 3)", "ids must be an integer array", "a list", "jnp.asarray"]),
+    ([[1, 2]], ["Embedding(6, 3)", "a list", "jnp.asarray"]),
 ])
 def test_ids_that_are_not_an_integer_array_are_named(ids, fragments):
     with pytest.raises(funnet.LayerError) as info:

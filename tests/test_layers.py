@@ -550,8 +550,9 @@ def test_jvp_of_the_forward_twin_is_the_transpose_of_the_hand_backward(case):
 
 def _as_lists(x):
     """The input with every array as a nested Python list (a tuple input stays a tuple)."""
-    if isinstance(x, tuple):
-        return tuple(None if a is None else np.asarray(a).tolist() for a in x)
+    if isinstance(x, tuple):  # a NamedTuple (a Graph) keeps its type
+        parts = [None if a is None else np.asarray(a).tolist() for a in x]
+        return type(x)(*parts) if hasattr(x, "_fields") else tuple(parts)
     return np.asarray(x).tolist()
 
 
@@ -560,5 +561,5 @@ def test_a_python_list_input_is_refused_naming_the_layer(case):
     """jax.numpy refuses lists with an error naming neither the layer nor ``x`` (or an
     AttributeError from ``x.dtype``); every layer says which layer and what to do."""
     params, x = _problem(case, 2)
-    with pytest.raises(TypeError, match=r"^\S.*: the input x is a Python list.*jnp\.asarray"):
+    with pytest.raises(funnet.LayerError, match=r"^\S.*: the input x is a list.*jnp\.asarray"):
         _apply(case, params, _as_lists(x), key=_key(case), train=_train(case))
