@@ -59,10 +59,17 @@ GRADS = ("reverse", "hand")
 METHODS = ("hand", "formula", "reverse", "forward", "numerical")
 
 
-def _activation_names() -> list[str]:
-    from .activations import ACTIVATIONS
+#: ``--activation``'s choices: the names of ``funnet.activations.ACTIVATIONS`` and ``prelu``,
+#: written out so that ``funnet --help`` and argument errors need no JAX import
+#: (tests/test_cli.py checks the list against the registry).
+ACTIVATION_NAMES = (
+    "elu", "exp", "gelu", "hard_logistic", "hard_tanh", "leaky_relu", "logistic", "relu",
+    "selu", "softplus", "step", "swish", "tanh", "prelu",
+)
 
-    return sorted(ACTIVATIONS) + ["prelu"]
+
+def _activation_names() -> list[str]:
+    return list(ACTIVATION_NAMES)
 
 
 # ------------------------------------------------------------------------ value types
@@ -304,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2)
     try:
         if args.command == "train":
+            # the first line within a second of start: importing JAX takes seconds
+            print("funnet train: loading JAX…", flush=True)
             _resolve_train_args(args)
             _check_processes_args(parser, args)
             if args.coordinator is not None:

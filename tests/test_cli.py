@@ -130,6 +130,18 @@ def test_every_activation_and_optimizer_is_accepted():
         "mlp", (128, 128), "relu", "adam", ("digits", None))
 
 
+def test_activation_choices_are_the_registry_without_importing_jax():
+    assert sorted(cli.ACTIVATION_NAMES) == sorted([*ACTIVATIONS, "prelu"])
+    assert len(set(cli.ACTIVATION_NAMES)) == len(cli.ACTIVATION_NAMES)
+    # `import funnet` and parsing the command line load no JAX: `funnet train` prints its
+    # first line before the seconds of `import jax`
+    code = ("import sys, funnet, funnet.cli as c; c.build_parser().parse_args(['train']); "
+            "print(sorted(m for m in ('jax', 'optax', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_help_exits_cleanly(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["train", "--help"])
@@ -185,6 +197,7 @@ def test_python_dash_m_funnet_train_one_epoch():
     proc = _subprocess("train", "--epochs", "1", "--hidden", "16", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert "test accuracy:" in proc.stdout
+    assert proc.stdout.splitlines()[0] == "funnet train: loading JAX…"
     bad = _subprocess("train", "--hidden", "12,x")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
