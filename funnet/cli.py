@@ -241,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init-timeout", type=_positive_int, default=300, metavar="S",
                        help="seconds to wait for the coordinator and the other processes")
     train.add_argument("--no-progress", action="store_true",
-                       help="no progress bar (one is shown on stderr when it is a terminal)")
+                       help="no progress display: on a terminal a progress bar (on stderr) "
+                            "then the history table; when the output is not a terminal a "
+                            "line per epoch as it ends; with this flag the table only")
     train.add_argument("--plot", type=_path, default=None, metavar="PATH",
                        help="save the learning curves as an image (needs matplotlib); "
                             "default: no image")
@@ -586,8 +588,26 @@ def fit_training(args: argparse.Namespace, training: Training) -> tuple[Any, Any
         t.model, t.params, t.splits.train, valid=t.splits.valid, state=t.state,
         loss=losses.softmax_cross_entropy, optimizer=t.optimizer, epochs=args.epochs,
         batch_size=args.batch_size, key=t.key, l2=args.l2, patience=args.patience or None,
-        progress=not args.no_progress, checkpoint=args.checkpoint, resume=args.resume,
-        devices=devices, grad=args.grad)
+        progress=_progress(args) == "bar", checkpoint=args.checkpoint, resume=args.resume,
+        devices=devices, grad=args.grad,
+        on_epoch=_print_epoch(args.epochs) if _progress(args) == "log" else None)
+
+
+def _progress(args: argparse.Namespace) -> str:
+    """How ``funnet train`` shows progress: ``"bar"`` (a terminal: tqdm, then the table),
+    ``"log"`` (output piped or redirected: a line per epoch, no table) or ``"table"``."""
+    if args.no_progress:
+        return "table"
+    return "bar" if sys.stdout.isatty() else "log"
+
+
+def _print_epoch(total: int):
+    from .train.history import epoch_line
+
+    def show(record: dict) -> None:
+        print(epoch_line(record, total), flush=True)
+
+    return show
 
 
 def _load(spec: tuple[str, str | None], seed: int):
@@ -659,13 +679,21 @@ def _train(args: argparse.Namespace) -> int:
 
         save_params(args.checkpoint / PARAMS_FILE, params, model=t.model, state=state,
                     input_shape=(-1, *t.input_shape), overwrite=True)
-    print(history.table())
     # fit returns the best epoch's params with --patience, else the last epoch's
     last = history[-1]["epoch"] if history else None
     used = history.best_epoch if args.patience and history.best_epoch else last
-    if history.best_epoch is not None:
-        print(f"* lowest validation loss; the test score uses the params of epoch {used}"
-              + (" (--patience: the best)" if args.patience else " (the last)"))
+    which = " (--patience: the best)" if args.patience else " (the last)"
+    if _progress(args) != "log":  # the per-epoch lines were the history already
+        print(history.table())
+        if history.best_epoch is not None:
+            print(f"* lowest validation loss; the test score uses the params of epoch {used}"
+                  + which)
+    else:
+        if history.stopped_early:
+            print(f"stopped early; best epoch {history.best_epoch}")
+        if history.best_epoch is not None:
+            print(f"lowest validation loss: epoch {history.best_epoch}; the test score uses "
+                  f"the params of epoch {used}" + which)
     if args.plot is not None and (args.process_id or 0) == 0:
         print(f"learning curves: {history.plot(args.plot)}")
     scores = train.evaluate(t.model, params, t.splits.test, state=state,

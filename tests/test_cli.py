@@ -52,6 +52,25 @@ def test_train_prints_the_history_and_the_test_accuracy(capsys):
     assert re.search(r"test loss: [0-9.]+ \(params of epoch 3\)", out)
 
 
+def test_train_logs_a_line_per_epoch_when_piped_and_a_table_on_a_terminal(capsys,
+                                                                           monkeypatch):
+    argv = ["train", "--epochs", "2", "--hidden", "8", "--batch-size", "256"]
+    code, out, err = run_cli(capsys, *argv)  # captured: stdout is not a terminal
+    assert code == 0, err
+    log = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert [line.split("  ")[0] for line in log] == ["epoch 1/2", "epoch 2/2"]
+    assert all(re.search(r"/2  loss [0-9.]+  acc [0-9.]+  val loss [0-9.]+  val acc [0-9.]+  "
+                         r"lr \S+  [0-9.]+ m?s$", line) for line in log)
+    assert "train acc  valid loss" not in out  # never both the log and the table
+    assert re.search(r"lowest validation loss: epoch [12]; the test score uses the params of "
+                     r"epoch 2 \(the last\)", out)
+    assert err == ""
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # a terminal: the table
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    assert re.search(r"epoch\s+train loss\s+train acc", out) and "epoch 1/2" not in out
+
+
 def test_train_checkpoint_resume_plot_and_hand_gradients(capsys, tmp_path):
     common = ["train", "--checkpoint", str(tmp_path / "run"), "--grad", "hand",
               "--optimizer", "momentum", "--schedule", "step", "--activation", "prelu", *TINY]

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def launch(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def launch(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "funnet.launch", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, check=False)
@@ -34,13 +34,15 @@ def test_a_failing_process_ends_the_others_and_its_code_is_returned(tmp_path):
     code = ("import os, sys, time\n"
             "if os.environ['FUNNET_PROCESS_ID'] == '1':\n"
             "    print('failing', flush=True); sys.exit(7)\n"
-            f"time.sleep(30); open({str(marker)!r}, 'w').write('x')\n")
+            f"time.sleep(120); open({str(marker)!r}, 'w').write('x')\n")
     start = time.monotonic()
     got = launch("-n", "2", "--grace", "2", "--", sys.executable, "-c", code)
     took = time.monotonic() - start
     assert got.returncode == 7, got.stdout + got.stderr
     assert "[1] failing" in got.stdout
-    assert took < 20  # rank 0 (sleeping 30 s) was ended, not waited for
+    # rank 0 (sleeping 120 s) was ended, not waited for; the margin is for a loaded machine
+    # (22 s seen for two Python start-ups and the grace period at load 5 on 2 cores)
+    assert took < 60
     time.sleep(0.5)
     assert not marker.exists()
 
@@ -49,12 +51,12 @@ def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period():
     code = ("import os, signal, sys, time\n"
             "if os.environ['FUNNET_PROCESS_ID'] == '0':\n"
             "    signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True)\n"
-            "    time.sleep(60)\n"
+            "    time.sleep(120)\n"
             "time.sleep(1); sys.exit(2)\n")
     start = time.monotonic()
     got = launch("-n", "2", "--grace", "1", "--", sys.executable, "-c", code)
     assert got.returncode == 2, got.stdout + got.stderr
-    assert time.monotonic() - start < 30
+    assert time.monotonic() - start < 60  # not the 120 s of rank 0's sleep
 
 
 def test_without_a_command_it_says_how_to_give_one():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .._table import table
 
-__all__ = ["History", "ProgressBar", "jsonable"]
+__all__ = ["History", "ProgressBar", "epoch_line", "jsonable"]
 
 
 _COLUMNS = (
@@ -103,6 +103,29 @@ class History(list):
         return path
 
 
+def epoch_line(record: dict, total: int) -> str:
+    """One epoch's record as one line, e.g.
+    ``epoch 3/20  loss 0.5796  acc 0.9086  val loss 0.5365  val acc 0.9405  lr 0.001  14 ms``.
+
+    Args:
+      record: a :class:`History` record (keys whose value is ``None`` are left out).
+      total: the number of epochs of the run.
+    """
+    cells = [f"epoch {record['epoch']}/{total}"]
+    for key, fmt in _LINE:
+        if record.get(key) is not None:
+            cells.append(fmt.format(record[key]))
+    if record.get("seconds") is not None:
+        t = record["seconds"]
+        cells.append(f"{t:.2f} s" if t >= 1 else f"{1000 * t:.0f} ms")
+    return "  ".join(cells)
+
+
+_LINE = (("train_loss", "loss {:.4f}"), ("train_accuracy", "acc {:.4f}"),
+         ("valid_loss", "val loss {:.4f}"), ("valid_accuracy", "val acc {:.4f}"),
+         ("learning_rate", "lr {:.2g}"))
+
+
 class ProgressBar:
     """A tqdm bar over epochs on a TTY (a plain line per epoch without tqdm); else nothing."""
 
@@ -126,8 +149,7 @@ class ProgressBar:
                                   for k, v in shown.items()}, refresh=False)
             self.bar.update(1)
         elif self.plain:
-            text = "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
-            print(f"epoch {record['epoch']}/{total}  {text}", file=sys.stderr, flush=True)
+            print(epoch_line(record, total), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,7 @@ def fit(
     checkpoint_every: int = 1,
     devices: Sequence[Any] | Any | None = None,
     grad: str = "reverse",
+    on_epoch: Callable[[dict], Any] | None = None,
 ) -> tuple[PyTree, History] | tuple[PyTree, PyTree, History]:
     r"""Train ``model`` on ``train`` with mini-batch SGD and an optax ``optimizer``.
 
@@ -161,6 +162,9 @@ def fit(
         first and raises ``ValueError`` naming what differs (``loss`` and ``optimizer``
         are not compared).
       grad: ``"reverse"`` (``jax.value_and_grad``) or ``"hand"`` (the hand δ-recursion).
+      on_epoch: called after each epoch (on every process) with its :class:`History`
+        record, e.g. to log it (``funnet train`` prints
+        :func:`funnet.train.history.epoch_line` when its output is not a terminal).
 
     Returns:
       ``(params, history)``, or ``(params, state, history)`` when ``state`` was given.
@@ -189,6 +193,9 @@ def fit(
     epochs = check_int(epochs, "epochs", minimum=0)
     every = check_int(checkpoint_every, "checkpoint_every", minimum=1)
     stopping = EarlyStopping(patience, monitor)
+    if on_epoch is not None and not callable(on_epoch):
+        raise TypeError(f"on_epoch must be a callable taking an epoch's record, got "
+                        f"{type(on_epoch).__name__}")
     if patience is not None and valid is None:
         raise ValueError("patience (early stopping) needs validation data: pass valid=")
     if l2:
@@ -239,6 +246,8 @@ def fit(
             while run_state.epoch < epochs and not run_state.history.stopped_early:
                 _one_epoch(run_state, model, loss, optimizer, options, (x, y, vx, vy), run)
                 bar.update(run_state.history[-1], epochs)
+                if on_epoch is not None:
+                    on_epoch(dict(run_state.history[-1]))
                 if run is not None and (run_state.epoch % every == 0 or run_state.epoch == epochs
                                         or run_state.history.stopped_early):
                     checkpoints.save_epoch(run, run_state, config=config, signature=signature)
