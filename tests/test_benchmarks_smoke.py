@@ -340,6 +340,7 @@ def test_attention_case_quick(tmp_path):
     for name in (attention.G_JAX, attention.G_HAND):
         assert profiles[name]["temp_bytes"] > 0 and profiles[name]["dots"] > 0
         assert profiles[name]["exp_fusions"] >= 1 and profiles[name]["f64"] == 0
+        assert profiles[name]["score_kernels"] >= 1
         assert res.data["gradient"]["residual_bytes"][name] > 0
     assert res.data["gradient"]["max_rel_delta"][attention.G_HAND] <= attention.GRAD_RTOL
 
@@ -362,3 +363,20 @@ def test_attention_layouts_map_the_heads():
     assert res.failures == []
     agreement({**ok, "c": np.array([[1.0, 2.2]])}, {}, "a", res)
     assert len(res.failures) == 1 and " c" in res.failures[0]
+
+
+def test_attention_profile_counts_layout_copies_and_exp():
+    """The attention HLO profile: a transposed reshape is one layout copy (XLA's transpose
+    and copy pair counted once), exp inside a fusion is one exp fusion, a 64×32 result one
+    T×T-sized kernel at ``scores = 2048``; exp then a matrix product moves nothing."""
+    from benchmarks.cases.attention import attention_profile
+
+    def compiled(f, *shape):
+        return jax.jit(f).lower(jnp.ones(shape, jnp.float32)).compile().as_text()
+
+    moved = attention_profile(compiled(lambda x: jnp.exp(jnp.swapaxes(x, 0, 1)).reshape(-1),
+                                       64, 32), big=1000, scores=2048)
+    assert moved["layout_copies"] == 1 and moved["exp_fusions"] == 1 and moved["f64"] == 0
+    assert moved["score_kernels"] == 1 and moved["dots"] == 0
+    plain = attention_profile(compiled(lambda x: jnp.exp(x) @ x, 64, 64), big=1000, scores=10**6)
+    assert plain["layout_copies"] == 0 and plain["dots"] == 1 and plain["score_kernels"] == 0

@@ -78,7 +78,7 @@ from benchmarks._common import (
 )
 from benchmarks._rnn_peers import half_mse
 from benchmarks._timing import interleaved
-from benchmarks.cases.cnn import hlo_counts
+from benchmarks.cases.cnn import _NOT_WORK, hlo_counts
 from benchmarks.cases.recurrent import _mb, _rel_diff, load_average, tree_bytes
 
 LR = 1e-3
@@ -146,42 +146,56 @@ def _elements(shape: str) -> int:
     return int(np.prod([int(d) for d in m.group(1).split(",") if d], dtype=np.int64))
 
 
-def attention_profile(text: str, big: int) -> dict[str, int]:
+def attention_profile(text: str, big: int, scores: int) -> dict[str, int]:
     """Counts in an optimised HLO module (``compiled.as_text()``), fused ops included.
 
-    ``dots``: ``dot`` ops; ``transposes``, ``copies``: ``transpose`` and ``copy`` ops whose
-    result has at least ``big`` elements (layout changes of activations, not of scalars
-    or of the optimiser's bookkeeping); ``exp_fusions``: fusion computations containing an
-    ``exponential``; ``f64``: ops with a float64 result.
+    ``dots``: ``dot`` ops; ``layout_copies``: kernels that move an array of at least
+    ``big`` elements into another memory layout — a fusion whose computation has such a
+    ``transpose`` or ``copy`` (XLA writes one as a transpose feeding a copy), or such an
+    op on its own (activations, not scalars or the optimiser's bookkeeping); head reshapes
+    of activations show up here. ``score_kernels``: top-level kernels (of the entry
+    computation) whose result has at least ``scores`` elements, the size of ``S`` or ``P``
+    ``[B, N, T_q, T_k]``: each writes one such array to memory. ``exp_fusions``: fusions
+    evaluating an ``exponential``; ``f64``: ops with a float64 result.
     """
-    out = {"dots": 0, "transposes": 0, "copies": 0, "exp_fusions": 0, "f64": 0}
-    current = ""
-    exp_comps: set[str] = set()
+    comps: dict[str, list[tuple[str, str]]] = {}
+    current = entry = ""
     for line in text.splitlines():
         head = _COMP.match(line)
         if head:
             current = head.group(1)
+            entry = current if line.startswith("ENTRY") else entry
+            comps[current] = []
             continue
         m = _OP.match(line)
-        if not m:
-            continue
-        shape, op = m.groups()
-        out["dots"] += op == "dot"
-        if op in ("transpose", "copy") and _elements(shape) >= big:
-            out["transposes" if op == "transpose" else "copies"] += 1
-        if op == "exponential":
-            exp_comps.add(current)
-        out["f64"] += shape.startswith("f64")
-    called = set(re.findall(r"calls=%?([\w.\-]+)", text))
-    out["exp_fusions"] = len(exp_comps & called)
+        if m and current:
+            comps[current].append(m.groups())
+    fused = set(re.findall(r" fusion\(.*?calls=%?([\w.\-]+)", text))
+
+    def moves(shape: str, op: str) -> bool:
+        return op in ("transpose", "copy") and _elements(shape) >= big
+
+    out = {"dots": 0, "layout_copies": 0, "score_kernels": 0, "exp_fusions": 0, "f64": 0}
+    out["score_kernels"] = sum(op not in _NOT_WORK and _elements(shape) >= scores
+                               for shape, op in comps.get(entry, []))
+    for name, ops in comps.items():
+        out["dots"] += sum(op == "dot" for _, op in ops)
+        out["f64"] += sum(shape.startswith("f64") for shape, _ in ops)
+        if name in fused:
+            out["layout_copies"] += any(moves(shape, op) for shape, op in ops)
+            out["exp_fusions"] += any(op == "exponential" for _, op in ops)
+        else:
+            out["layout_copies"] += sum(moves(shape, op) for shape, op in ops)
     return out
 
 
-def program_profile(compiled: Any, big: int) -> dict[str, Any]:
+def program_profile(compiled: Any, s: Sizes) -> dict[str, Any]:
     """:func:`attention_profile`, the kernel count (:func:`hlo_counts`) and the memory
     analysis (bytes) of a compiled program."""
     text = compiled.as_text()
-    out: dict[str, Any] = {**hlo_counts(text), **attention_profile(text, big)}
+    big = max(1, s.batch * s.time * s.dim // 4)
+    scores = s.batch * s.heads * s.time * s.time
+    out: dict[str, Any] = {**hlo_counts(text), **attention_profile(text, big, scores)}
     mem = compiled.memory_analysis()
     for k in ("temp", "argument", "output", "alias"):
         out[f"{k}_bytes"] = int(getattr(mem, f"{k}_size_in_bytes", 0) or 0)
@@ -191,16 +205,17 @@ def program_profile(compiled: Any, big: int) -> dict[str, Any]:
 def _profile_cell(p: dict[str, Any] | None) -> str:
     if not p:
         return "—"
-    return (f"{p['kernels']} / {p['dots']} / {p['transposes']} + {p['copies']} / "
+    return (f"{p['kernels']} / {p['dots']} / {p['layout_copies']} / {p['score_kernels']} / "
             f"{p['exp_fusions']} / {'yes' if p['f64'] else 'no'}")
 
 
-PROFILE_COLUMN = "kernels / dots / transposes + copies / exp fusions / f64"
-PROFILE_NOTE = ("kernels / dots / transposes + copies / exp fusions / f64 of the compiled "
-                "program's optimised HLO: top-level ops that launch work / dot ops / "
-                "transpose and copy ops moving ≥ B·T·dim/4 elements (fused or not) / "
-                "fusions evaluating exp (the softmax) / any float64 op; temp MB: "
-                "compiled.memory_analysis().temp_size_in_bytes")
+PROFILE_COLUMN = "kernels / dots / layout copies / T×T kernels / exp fusions / f64"
+PROFILE_NOTE = ("kernels / dots / layout copies / T×T kernels / exp fusions / f64 of the "
+                "compiled program's optimised HLO: top-level ops that launch work / dot ops "
+                "/ kernels moving ≥ B·T·dim/4 elements into another layout (a transpose or "
+                "copy, fused or alone) / top-level kernels writing a [B, N, T, T] array (S, P, "
+                "dP, dS or a broadcast of that size) / fusions evaluating exp (the softmax) / "
+                "any float64 op; temp MB: compiled.memory_analysis().temp_size_in_bytes")
 
 
 # ----------------------------------------------------------------------- train step
@@ -255,10 +270,6 @@ def agreement(outputs: dict[str, np.ndarray], first: dict[str, np.ndarray], ref:
             "attention", first, ref, res, first_rtol=FIRST_LOSS_RTOL,
             epoch_rtol=EPOCH_LOSS_RTOL)
     return out
-
-
-def _big(s: Sizes) -> int:
-    return max(1, s.batch * s.time * s.dim // 4)
 
 
 def _train_step(ctx: Ctx, fn: Any, s: Sizes, res: CaseResult) -> None:
@@ -318,7 +329,7 @@ def _train_step(ctx: Ctx, fn: Any, s: Sizes, res: CaseResult) -> None:
     bound = ctx.pick(1.0, TRAIN_BOUND)
     for name, r in cmp.results.items():
         prof, perr = guarded(lambda p=peers[name]: program_profile(
-            p.lowered(x[:s.batch], y[:s.batch]).compile(), _big(s)))
+            p.lowered(x[:s.batch], y[:s.batch]).compile(), s))
         profiles[name] = prof
         start, end = comps[name].mean_losses()
         trained[name] = (start, end)
@@ -423,7 +434,7 @@ def _gradient(ctx: Ctx, fn: Any, s: Sizes, res: CaseResult) -> None:
     deltas: dict[str, float | None] = {}
     for name, r in cmp.results.items():
         prof, perr = guarded(lambda n=name: program_profile(
-            programs[n][0].lower(*programs[n][1]).compile(), _big(s)))
+            programs[n][0].lower(*programs[n][1]).compile(), s))
         profiles[name] = prof
         delta = None
         if name in (G_JAX, G_HAND) and r.ok and ref is not None:
