@@ -314,3 +314,69 @@ def test_loop_profile_counts_slow_fusions():
     assert got["loops"] == 1 and got["loop_kernels"] >= 1 and got["slow_fusions"] == 1
     plain = jax.jit(lambda x: jnp.exp(x)).lower(jnp.ones(8)).compile().as_text()
     assert loop_profile(plain) == {"loops": 0, "loop_kernels": 0, "slow_fusions": 0}
+
+
+def test_attention_case_quick(tmp_path):
+    """The ``attention`` case end to end in ``--quick`` mode (a tiny MultiHeadAttention):
+    flax, haiku and funnet build from the shared init, their outputs and first-step losses
+    agree (the weight layouts map to the same function), everything trains, the hand
+    gradient matches ``jax.grad``, and the memory and HLO profile columns are filled in."""
+    from benchmarks._common import Ctx, load_funnet
+    from benchmarks.cases import attention
+
+    fn, err = load_funnet()
+    assert fn is not None, err
+    with jax.enable_x64(False), jax.numpy_rank_promotion("allow"):  # as benchmarks.run
+        res = attention.run(Ctx(quick=True, out_dir=tmp_path, fn=fn, fn_error=None))
+    assert res.failures == []
+    train, grad = res.tables
+    assert [row[0] for row in train.rows] == [*attention.PEERS, attention.REVERSE,
+                                              attention.HAND]
+    agree = res.data["train_step"]["agreement"]
+    assert set(agree["max_rel_output"]) == set(agree["first_loss"]) == {r[0] for r in train.rows}
+    assert max(agree["max_rel_output"].values()) <= attention.OUT_RTOL
+    assert [row[0] for row in grad.rows] == [attention.G_JAX, attention.G_HAND]
+    profiles = res.data["gradient"]["profiles"]
+    for name in (attention.G_JAX, attention.G_HAND):
+        assert profiles[name]["temp_bytes"] > 0 and profiles[name]["dots"] > 0
+        assert profiles[name]["exp_fusions"] >= 1 and profiles[name]["f64"] == 0
+        assert profiles[name]["score_kernels"] >= 1
+        assert res.data["gradient"]["residual_bytes"][name] > 0
+    assert res.data["gradient"]["max_rel_delta"][attention.G_HAND] <= attention.GRAD_RTOL
+
+
+def test_attention_layouts_map_the_heads():
+    """The shared init's columns land on flax's ``[D, N, dh]`` head axes in order; a wrong
+    mapping (heads transposed) is caught by the output check."""
+    from benchmarks._attn_peers import attention_init, attention_layouts
+    from benchmarks._common import CaseResult
+    from benchmarks.cases.attention import agreement
+
+    init = attention_init(4, 2, 6)
+    flax = attention_layouts(init, 2)["flax"]
+    assert np.array_equal(flax["query"]["kernel"][:, 1, :], init["W_q"][:, 3:])
+    assert np.array_equal(flax["out"]["kernel"][1], init["W_o"][3:])
+    assert np.array_equal(flax["key"]["bias"][0], init["b_k"][:3])
+    ok = {"a": np.array([[1.0, 2.0]]), "b": np.array([[1.0, 2.0 + 1e-6]])}
+    res = CaseResult()
+    agreement(ok, {}, "a", res)
+    assert res.failures == []
+    agreement({**ok, "c": np.array([[1.0, 2.2]])}, {}, "a", res)
+    assert len(res.failures) == 1 and " c" in res.failures[0]
+
+
+def test_attention_profile_counts_layout_copies_and_exp():
+    """The attention HLO profile: a transposed reshape is one layout copy (XLA's transpose
+    and copy pair counted once), exp inside a fusion is one exp fusion, a 64×32 result one
+    T×T-sized kernel at ``scores = 2048``; exp then a matrix product moves nothing."""
+    from benchmarks.cases.attention import attention_profile
+
+    def compiled(f, *shape):
+        return jax.jit(f).lower(jnp.ones(shape, jnp.float32)).compile().as_text()
+
+    moved = attention_profile(compiled(lambda x: jnp.exp(jnp.swapaxes(x, 0, 1)).reshape(-1),
+                                       64, 32), big=1000, scores=2048)
+    assert moved["layout_copies"] == 1 and moved["exp_fusions"] == 1 and moved["f64"] == 0
+    assert moved["score_kernels"] == 1 and moved["dots"] == 0
+    plain = attention_profile(compiled(lambda x: jnp.exp(x) @ x, 64, 64), big=1000, scores=10**6)
+    assert plain["layout_copies"] == 0 and plain["dots"] == 1 and plain["score_kernels"] == 0

@@ -94,8 +94,12 @@ def _softmax_rows(s: jax.Array, allowed: jax.Array | None) -> jax.Array:
 
 def _core(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array | None,
           scale: float) -> tuple[jax.Array, jax.Array]:
-    """``(O [B, T_q, N, d_v], P [B, N, T_q, T_k])``: ``S = Q Kᵀ · scale``, ``P``, ``O = P V``."""
-    s = jnp.einsum("btnd,bsnd->bnts", q, k) * scale  # S = Q Kᵀ / √d
+    """``(O [B, T_q, N, d_v], P [B, N, T_q, T_k])``: ``S = Q Kᵀ · scale``, ``P``, ``O = P V``.
+
+    The scale multiplies ``Q`` (``[B, T_q, N, d]``), not ``S`` (``[B, N, T_q, T_k]``, ``T_k / d``
+    times larger): the same ``S``, and ``jax.grad`` has no ``S``-sized product to transpose.
+    """
+    s = jnp.einsum("btnd,bsnd->bnts", q * scale, k)  # S = (Q / √d) Kᵀ
     p = _softmax_rows(s, allowed)  # P = softmax_rows(S), masked entries 0
     return jnp.einsum("bnts,bsnd->btnd", p, v), p  # O = P V
 
@@ -218,7 +222,7 @@ def attention_weights(q: Any, k: Any, *, mask: Any = None, causal: bool = False)
              [1., 0.]]]], dtype=float32)
     """
     c = _check_attention(q, k, None, mask, causal, name="attention_weights")
-    s = jnp.einsum("btnd,bsnd->bnts", c.q, c.k) * c.scale
+    s = jnp.einsum("btnd,bsnd->bnts", c.q * c.scale, c.k)
     return _softmax_rows(s, c.allowed).astype(c.dtype)
 
 
@@ -268,14 +272,49 @@ def dot_product_attention_backward(q: Any, k: Any, v: Any, do: Any, *, mask: Any
 _KEYS = ("W_q", "b_q", "W_k", "b_k", "W_v", "b_v", "W_o", "b_o")
 
 
-def _project(x: jax.Array, W: jax.Array, b: jax.Array) -> jax.Array:
-    """``x W + b`` on ``[B, T, F]`` (the bias broadcast explicitly)."""
-    return x @ W + b.reshape(1, 1, -1)
+# The projections act on the heads' axes directly, as flax's DenseGeneral: the weights are
+# reshaped (W [F, N·dh] as [F, N, dh], free), never the activations. The matrix products
+# leave [B, T, N, dh] arrays in whatever layout suits the attention products next to them;
+# reshaping those to [B, T, N·dh] would force a transposing copy of each (and, under
+# jax.grad, one more of each gradient). With those copies and the scale on S, jax.grad's
+# train step ran 1.21× flax's on a CPU (docs/attention.md, docs/benchmarks.md).
 
 
-def _project_back(x: jax.Array, W: jax.Array, dz: jax.Array):
-    """Dense's backward on ``[B, T, F]``: ``(dW = Σ xᵀ dz, db = Σ dz, dx = dz Wᵀ)``."""
-    return jnp.einsum("btf,btk->fk", x, dz), jnp.sum(dz, axis=(0, 1)), dz @ W.T
+def _split_heads(x: jax.Array, W: jax.Array, b: jax.Array, heads: int) -> jax.Array:
+    """``x W + b`` on ``x [B, T, F]``, as ``[B, T, N, dh]``: column ``h·dh + j`` is head
+    ``h``'s ``j``."""
+    f, dim = W.shape
+    dh = dim // heads
+    return (jnp.einsum("btf,fnd->btnd", x, W.reshape(f, heads, dh))
+            + b.reshape(1, 1, heads, dh))
+
+
+def _split_heads_back(x: jax.Array, W: jax.Array, dz: jax.Array):
+    """:func:`_split_heads`' backward for ``dz [B, T, N, dh]``: ``(dW = Σ xᵀ dz [F, N·dh],
+    db = Σ dz [N·dh], dx = dz Wᵀ [B, T, F])``."""
+    f, dim = W.shape
+    heads, dh = dz.shape[2:]
+    dW = jnp.einsum("btf,btnd->fnd", x, dz).reshape(f, dim)
+    dx = jnp.einsum("btnd,fnd->btf", dz, W.reshape(f, heads, dh))
+    return dW, jnp.sum(dz, axis=(0, 1)).reshape(dim), dx
+
+
+def _merge_heads(o: jax.Array, W: jax.Array, b: jax.Array) -> jax.Array:
+    """``[O_1 ‖ … ‖ O_N] W + b`` for ``o [B, T, N, dh]``, ``W [N·dh, K]``: ``[B, T, K]``."""
+    heads, dh = o.shape[2:]
+    # contracted in the order (n, d), as flax's DenseGeneral (einsum picks (d, n), which
+    # costs a transposing copy of O)
+    y = lax.dot_general(o, W.reshape(heads, dh, -1), (((2, 3), (0, 1)), ((), ())))
+    return y + b.reshape(1, 1, -1)
+
+
+def _merge_heads_back(o: jax.Array, W: jax.Array, dy: jax.Array):
+    """:func:`_merge_heads`' backward: ``(dW = Oᵀ dy [N·dh, K], db = Σ dy [K],
+    dO = dy Wᵀ [B, T, N, dh])``."""
+    heads, dh = o.shape[2:]
+    w3 = W.reshape(heads, dh, -1)
+    dW = jnp.einsum("btnd,btk->ndk", o, dy).reshape(W.shape)
+    return dW, jnp.sum(dy, axis=(0, 1)), jnp.einsum("btk,ndk->btnd", dy, w3)
 
 
 class _Parts(NamedTuple):
@@ -451,13 +490,11 @@ def MultiHeadAttention(
         work = jnp.promote_types(dtype, jnp.float32)
         w = {k: v.astype(work) for k, v in params.items()}
         xq, xkv = p.xq.astype(work), p.xkv.astype(work)
-        b, t_q, t_k = xq.shape[0], xq.shape[1], xkv.shape[1]
-        q = _project(xq, w["W_q"], w["b_q"]).reshape(b, t_q, heads, dh)  # Q = x_q W_q + b_q
-        k = _project(xkv, w["W_k"], w["b_k"]).reshape(b, t_k, heads, dh)  # K = x_kv W_k + b_k
-        v = _project(xkv, w["W_v"], w["b_v"]).reshape(b, t_k, heads, dh)  # V = x_kv W_v + b_v
+        q = _split_heads(xq, w["W_q"], w["b_q"], heads)  # Q = x_q W_q + b_q  [B, T_q, N, dh]
+        k = _split_heads(xkv, w["W_k"], w["b_k"], heads)  # K = x_kv W_k + b_k
+        v = _split_heads(xkv, w["W_v"], w["b_v"], heads)  # V = x_kv W_v + b_v
         o4, att = _core(q, k, v, allowed(p), scale)  # O_h = softmax(Q_h K_hᵀ / √dh) V_h
-        o = o4.reshape(b, t_q, dim)  # O = [O_1 ‖ … ‖ O_N]
-        y = _project(o, w["W_o"], w["b_o"])  # y = O W_o + b_o
+        y = _merge_heads(o4, w["W_o"], w["b_o"])  # y = [O_1 ‖ … ‖ O_N] W_o + b_o
         if p.mq is not None:  # padding query steps output 0
             y = jnp.where(p.mq[:, :, None], y, jnp.zeros((), work))
         out = join(y.astype(dtype), p.mask_q_given, p.form_q)
@@ -473,13 +510,12 @@ def MultiHeadAttention(
         dy = dy.astype(xq.dtype)
         if p.mq is not None:  # y = 0 at padding steps: no gradient reaches them
             dy = jnp.where(p.mq[:, :, None], dy, jnp.zeros((), dy.dtype))
-        b, t_q, t_k = xq.shape[0], xq.shape[1], xkv.shape[1]
         g = {}
-        g["W_o"], g["b_o"], do = _project_back(o4.reshape(b, t_q, dim), w["W_o"], dy)
-        dq, dk, dv = _core_backward(q, k, v, att, o4, do.reshape(b, t_q, heads, dh), scale)
-        g["W_q"], g["b_q"], dx_q = _project_back(xq, w["W_q"], dq.reshape(b, t_q, dim))
-        g["W_k"], g["b_k"], dx_k = _project_back(xkv, w["W_k"], dk.reshape(b, t_k, dim))
-        g["W_v"], g["b_v"], dx_v = _project_back(xkv, w["W_v"], dv.reshape(b, t_k, dim))
+        g["W_o"], g["b_o"], do = _merge_heads_back(o4, w["W_o"], dy)
+        dq, dk, dv = _core_backward(q, k, v, att, o4, do, scale)
+        g["W_q"], g["b_q"], dx_q = _split_heads_back(xq, w["W_q"], dq)
+        g["W_k"], g["b_k"], dx_k = _split_heads_back(xkv, w["W_k"], dk)
+        g["W_v"], g["b_v"], dx_v = _split_heads_back(xkv, w["W_v"], dv)
         grads = {k: g[k].astype(jnp.result_type(params[k])) for k in _KEYS}
         dx_kv = dx_k + dx_v  # dx_kv = dK W_kᵀ + dV W_vᵀ
         if not cross:  # x is both the queries and the memory
