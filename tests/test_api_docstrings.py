@@ -27,17 +27,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 #: Documented in prose, not yet in an Args section: {path: the undocumented parameters}.
 NOT_YET = {
-    "funnet.activations.Activation": "doc",
-    "funnet.check.comparison.GradientCheckError": "message result",
-    "funnet.check.comparison.Report": "rows names rtol atol",
-    "funnet.check.comparison.compare": "a b names rtol atol",
-    "funnet.check.comparison.default_tolerances": "dtype numerical scale",
-    "funnet.check.gradients.default_eps": "dtype",
-    "funnet.check.gradients.forward_grad": "f params batch_size",
-    "funnet.check.gradients.numerical_grad": "f params eps batch_size",
-    "funnet.check.visits.walk": "model params x key train probe inside prefix",
-    "funnet.check.witnesses.taylor_slope":
-        "objective params grads probes kinks pieces hvp directions seed",
     "funnet.checkpoint.CheckpointRun": "directory keep",
     "funnet.checkpoint.check_writable": "directory what",
     "funnet.contract.as_layer": "obj",
