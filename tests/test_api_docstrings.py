@@ -27,14 +27,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 #: Documented in prose, not yet in an Args section: {path: the undocumented parameters}.
 NOT_YET = {
-    "funnet.checkpoint.CheckpointRun": "directory keep",
-    "funnet.checkpoint.check_writable": "directory what",
-    "funnet.contract.as_layer": "obj",
-    "funnet.data.check_arrays": "x y num_classes name",
-    "funnet.data.check_finite": "arr label",
-    "funnet.data.load_mnist_idx": "images_path labels_path",
-    "funnet.data.split": "data seed fractions",
-    "funnet.losses.Loss": "name value grad doc ranking task",
     "funnet.train.early_stopping.EarlyStopping":
         "patience monitor min_delta best_value best_loss best_epoch bad_epochs",
     "funnet.train.history.History": "records",
@@ -56,10 +48,37 @@ def _public() -> list[tuple[str, str]]:
     return pairs
 
 
+def missing_from_docstring(obj: griffe.Object) -> list[str]:
+    """The parameters of a griffe function, or of a class's ``__init__``, that its docstrings
+    (the class's and its ``__init__``'s) do not name in a section that documents them."""
+    if obj.is_function:
+        function, sections = obj, ("parameters", "other parameters")
+    elif obj.is_class and "__init__" in obj.all_members:
+        function = obj.all_members["__init__"]
+        if function.is_alias or not function.is_function:
+            return []
+        sections = ("parameters", "other parameters", "attributes")
+    else:
+        return []
+    params = [p.name for p in function.parameters
+              if p.name not in ("self", "cls") and not p.name.startswith("_")]
+    named: set[str] = set()
+    for docstring in (obj.docstring, function.docstring if function is not obj else None):
+        for section in docstring.parse("google") if docstring else ():
+            if section.kind.value in sections:
+                named |= {p.name.lstrip("*") for p in section.value}
+    return [p for p in params if p not in named]
+
+
+def load(package: str, directory: Path) -> griffe.Object:
+    """The package found in ``directory``, loaded as mkdocstrings loads funnet."""
+    return griffe.load(package, search_paths=[str(directory)], docstring_parser="google",
+                       resolve_aliases=True, resolve_external=False)
+
+
 def undocumented() -> dict[str, list[str]]:
     """``{path: undocumented parameters}`` over the public functions and classes."""
-    package = griffe.load("funnet", search_paths=[str(REPO)], docstring_parser="google",
-                          resolve_aliases=True, resolve_external=False)
+    package = load("funnet", REPO)
     found: dict[str, list[str]] = {}
     for module, name in _public():
         key = name if module == "funnet" else f"{module.removeprefix('funnet.')}.{name}"
@@ -69,23 +88,7 @@ def undocumented() -> dict[str, list[str]]:
                 obj = obj.final_target
         except (KeyError, griffe.AliasResolutionError, griffe.CyclicAliasError):
             continue  # not a static definition (an Activation instance, a layer value)
-        if obj.is_function:
-            function, sections = obj, ("parameters", "other parameters")
-        elif obj.is_class and "__init__" in obj.all_members:
-            function = obj.all_members["__init__"]
-            if function.is_alias or not function.is_function:
-                continue
-            sections = ("parameters", "other parameters", "attributes")
-        else:
-            continue
-        params = [p.name for p in function.parameters
-                  if p.name not in ("self", "cls") and not p.name.startswith("_")]
-        named: set[str] = set()
-        for docstring in (obj.docstring, function.docstring if function is not obj else None):
-            for section in docstring.parse("google") if docstring else ():
-                if section.kind.value in sections:
-                    named |= {p.name.lstrip("*") for p in section.value}
-        missing = [p for p in params if p not in named]
+        missing = missing_from_docstring(obj)
         if missing:
             found[obj.path] = missing
     return found
@@ -114,5 +117,64 @@ def test_the_check_sees_an_undocumented_parameter(missing):
     # fit documents every parameter (keep included); value_and_grad's were added here
     assert "funnet.train.loop.fit" not in missing
     assert "funnet.backprop.value_and_grad" not in missing
-    # a callable still in prose is found, with exactly its parameters
-    assert missing["funnet.data.split"] == ["data", "seed", "fractions"]
+
+
+_SAMPLE = '''
+import dataclasses
+
+def documented(a, *args, b=1, _private=2, **kwargs):
+    """Every parameter (but the private one) in Args.
+
+    Args:
+      a: one.
+      *args: more.
+      b: two.
+      **kwargs: the rest.
+    """
+
+def prose(a, b=1):
+    """``a`` and ``b`` are only described here."""
+
+def half(a, b):
+    """One of two.
+
+    Args:
+      a: documented; b is not.
+    """
+
+def attributes(a):
+    """In the wrong section.
+
+    Attributes:
+      a: a function's Attributes section documents no parameter.
+    """
+
+@dataclasses.dataclass
+class Fields:
+    """A dataclass: its fields are its parameters.
+
+    Attributes:
+      x: documented.
+    """
+    x: int
+    y: int = 0
+
+class ByInit:
+    """The class's prose."""
+
+    def __init__(self, p, q=None):
+        """Make one.
+
+        Args:
+          p: documented in ``__init__``'s docstring.
+        """
+'''
+
+
+def test_the_check_names_exactly_the_undocumented_parameters():
+    with griffe.temporary_pypackage("sample", {"__init__.py": _SAMPLE}) as tmp:
+        module = load("sample", tmp.tmpdir)
+        found = {name: missing_from_docstring(module[name]) for name in
+                 ("documented", "prose", "half", "attributes", "Fields", "ByInit")}
+    assert found == {"documented": [], "prose": ["a", "b"], "half": ["b"], "attributes": ["a"],
+                     "Fields": ["y"], "ByInit": ["q"]}
