@@ -142,13 +142,17 @@ class Activation(_Twins):
       f: ``f(x, **hyper) -> y``, the forward formula.
       df: ``df(x, y, **hyper) -> f'(x)``, the hand-derived derivative; ``y = f(x)`` is
         passed so formulas such as ``σ' = σ(1 - σ)`` can reuse it.
-      defaults: the keyword hyperparameters and their defaults (e.g. ``{"slope": 0.01}``);
-        one whose default is ``True``/``False`` (``gelu``'s ``approximate``) takes only those.
-      kinks: the points where ``f'`` jumps (``relu``: ``(0.0,)``): a central difference whose
-        stencil reaches one mixes two slopes, so :func:`funnet.check_model` excludes it.
+      defaults: the keyword hyperparameters and their defaults (e.g. ``{"slope": 0.01}``;
+        the default ``{}``: none); one whose default is ``True``/``False`` (``gelu``'s
+        ``approximate``) takes only those.
+      doc: the activation's own docstring, set as ``act.__doc__`` (``help(act)``, the API
+        pages); the default ``""`` sets none.
+      kinks: the points where ``f'`` jumps (``relu``: ``(0.0,)``; the default ``()``: smooth):
+        a central difference whose stencil reaches one mixes two slopes, so
+        :func:`funnet.check_model` excludes it.
       wiring: how ``f'`` reaches JAX: ``"vjp"`` (``jax.custom_vjp``, the default),
         ``"jvp"`` (``jax.custom_jvp``: :attr:`jvp_twin`) or ``"formula"`` (none: JAX
-        differentiates ``f``; :attr:`formula`).
+        differentiates ``f``; :attr:`formula`); any other raises ``ValueError``.
 
     ``act(x, **hyper)`` evaluates ``f``; ``act.derivative(x, **hyper)`` evaluates ``f'``.
     Hyperparameters are static Python numbers (``nondiff_argnums``).

@@ -70,7 +70,14 @@ def check_writable(directory: str | os.PathLike, what: str = "checkpoint") -> Pa
     """Create ``directory`` if needed and prove it writable, or raise naming it.
 
     Catches, before any training: a path under a file, a read-only mount, ``/proc``, a
-    directory without write permission.
+    directory without write permission. Returns the directory as a ``Path`` (``~``
+    expanded).
+
+    Args:
+        directory: the directory to use; created with its parents if missing. An empty
+            path, or one that exists and is not a directory, raises :class:`CheckpointError`.
+        what: what the directory is for, the first word of the error messages
+            (``"checkpoint directory ... is not writable"``).
     """
     if str(directory) == "":
         raise CheckpointError(f"{what} directory: an empty path (give a directory name)")
@@ -164,6 +171,13 @@ class CheckpointRun:
     Opening one proves the directory writable and takes its lock (else
     :class:`CheckpointError` naming the directory); :meth:`close` (or the end of a
     ``with`` block, or of the process) releases it.
+
+    Args:
+        directory: the run's checkpoint directory, created if missing
+            (:func:`check_writable`); what a killed writer left in it (orbax's temporary
+            step directories) is removed once the lock is held.
+        keep: how many of the newest steps to keep, an int ``>= 1`` (else
+            :class:`CheckpointError`); older ones are deleted as new ones are saved.
     """
 
     def __init__(self, directory: str | os.PathLike, *, keep: int = 3):

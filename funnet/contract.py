@@ -519,6 +519,12 @@ def as_layer(obj: Any) -> Layer:
 
     The pair declares no weight-decayed params and has no hand rule; it is its own forward
     twin (it must not call funnet activations, whose ``custom_vjp`` forward mode refuses).
+
+    Args:
+      obj: a :class:`Layer`, returned unchanged, or a pair of callables ``init(key,
+        input_shape) -> (out_shape, params)`` and ``apply(params, x, **kwargs)``; ``apply``
+        gets ``key``, ``rng`` and ``train`` if it takes ``**kwargs``, else those of them it
+        names. Anything else raises ``TypeError``.
     """
     if isinstance(obj, Layer):
         return obj

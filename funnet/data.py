@@ -102,6 +102,12 @@ def split(
     Cut points are `round(n * f_train)` and `round(n * (f_train + f_valid))`; the parts are
     disjoint and together hold every sample once. Same seed, same split.
 
+    Args:
+        data: the `Dataset` to split (anything with arrays `.x` and `.y` of the same length).
+        seed: the seed of the shuffle.
+        fractions: `(f_train, f_valid, f_test)`, three positive numbers summing to 1; each
+            part must get at least one sample (else `ValueError`).
+
     >>> parts = split(load_digits(), seed=0)
     >>> [len(p) for p in parts]
     [1258, 269, 270]
@@ -171,6 +177,10 @@ def load_mnist_idx(images_path: str | PathLike[str], labels_path: str | PathLike
     with the gzip magic) are decompressed. Returns `x` float32 `[N, rows*cols]` = pixels / 255
     and `y` int32 `[N]`.
 
+    Args:
+        images_path: the IDX image file, `[N, rows, cols]` unsigned bytes.
+        labels_path: the IDX label file, `[N]` unsigned bytes: as many labels as images.
+
     >>> import pathlib, tempfile
     >>> d = pathlib.Path(tempfile.mkdtemp())
     >>> _ = (d / "img").write_bytes(bytes([0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 255]))
@@ -193,8 +203,15 @@ def check_arrays(
 ) -> None:
     """Raise `ValueError` naming `{name}.x` / `{name}.y` if the data cannot be trained on.
 
-    Checks: non-empty; same number of rows; `x` numeric and finite; float `y` finite; 1-D `y`
+    Checks: non-empty; same number of rows; `x` and `y` numeric (or bool) and finite; 1-D `y`
     are class labels: integer-valued and, when `num_classes` is given, in [0, num_classes).
+
+    Args:
+        x: the inputs, one row per sample.
+        y: the targets, as many rows: class labels `[N]` or rows `[N, ...]`.
+        num_classes: the number of classes a 1-D `y` ranges over; `None` (the default):
+            the range is not checked.
+        name: what the data is called in the messages (`"train"`, `"valid"`).
 
     >>> check_arrays(np.ones((3, 2)), np.array([0, 1, 2]), num_classes=3)
     >>> check_arrays(np.array([[0.0], [np.nan]]), np.array([0, 1]))
@@ -226,6 +243,10 @@ def check_arrays(
 
 def check_finite(arr: ArrayLike, label: str) -> None:
     """Raise `ValueError` naming `label` unless `arr` is numeric (or bool) and finite.
+
+    Args:
+        arr: the array to check (anything `np.asarray` takes).
+        label: what `arr` is called in the message, e.g. `"train.x"`.
 
     >>> check_finite(np.array([1.0, np.inf]), "train.x[1]")
     Traceback (most recent call last):

@@ -41,14 +41,25 @@ TASKS = ("regression", "multiclass", "binary")
 class Loss:
     """A loss ``value(pred, target) -> scalar`` with its hand-derived ``grad``.
 
-    ``ranking=True`` marks a loss of two score arrays ``(s, s_c)`` (``max_margin``), whose
-    ``grad`` returns a pair: it is not a loss of a model's output and a target.
+    Calling the loss calls ``value``.
 
-    ``task`` declares what the outputs mean, so that training reports an accuracy for a
-    classification loss, a user's own included: ``"multiclass"`` (outputs are class scores
-    ``[N, K]``; a row is correct when its arg-max is the integer or one-hot label),
-    ``"binary"`` (outputs are logits; correct when ``ŷ > 0`` agrees with the 0/1 target),
-    or ``"regression"`` (no accuracy).
+    Attributes:
+      name: the loss's name, in its ``repr`` and in error messages.
+      value: ``value(pred, target) -> scalar``, the formula in plain ``jax.numpy`` (so
+        ``jax.grad`` differentiates it independently of ``grad``).
+      grad: ``grad(pred, target) -> ∂C/∂pred``, the hand-derived gradient with respect to
+        the first argument (a ranking loss: the pair of gradients of both score arrays).
+      doc: the loss's own docstring, set as ``loss.__doc__`` (``help(loss)``, the API
+        pages); the default ``""`` sets none.
+      ranking: ``True`` marks a loss of two score arrays ``(s, s_c)`` (``max_margin``),
+        whose ``grad`` returns a pair: it is not a loss of a model's output and a target,
+        and hand-derived backprop refuses it. Default ``False``.
+      task: what the outputs mean, so that training reports an accuracy for a
+        classification loss, a user's own included: ``"multiclass"`` (outputs are class
+        scores ``[N, K]``; a row is correct when its arg-max is the integer or one-hot
+        label), ``"binary"`` (outputs are logits; correct when ``ŷ > 0`` agrees with the
+        0/1 target), or ``"regression"`` (the default: no accuracy); anything else raises
+        ``ValueError``.
     """
 
     name: str

@@ -19,8 +19,15 @@ __all__ = ["GradientCheckError", "Report", "Row", "compare", "default_tolerances
 class GradientCheckError(AssertionError):
     """Two gradient methods disagree beyond the tolerance.
 
-    The message names the method pair, the params leaf, the errors and the tolerance;
-    ``.result`` holds the whole :class:`CheckResult` (``print(err.result)`` for the table).
+    Raised by :func:`~funnet.check_model` and :func:`~funnet.check_layer` (a hand backward
+    that returns the wrong structure or no gradient raises it too).
+
+    Args:
+      message: what disagrees: the method pair (or the layer's hand backward and
+        ``jax.vjp`` of its formula), the params leaf or input, the errors and the tolerance.
+      result: the whole result, kept as ``err.result`` (``print(err.result)`` for the
+        tables): the :class:`CheckResult` of ``check_model`` or the :class:`LayerCheck` of
+        ``check_layer``; ``None`` (the default) when the check stopped before one existed.
     """
 
     def __init__(self, message: str, result: Any = None):
@@ -57,7 +64,15 @@ def _fmt(v: float) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Report:
-    """Per-leaf comparison of two pytrees (see :func:`compare`); ``str(report)`` is a table."""
+    """Per-leaf comparison of two pytrees (see :func:`compare`); ``str(report)`` is a table.
+
+    Attributes:
+      rows: one :class:`Row` per params leaf, in pytree order.
+      names: the names of the reference and the compared tree, in the table's title
+        (``"b vs a"``) and header (``max|a|``).
+      rtol: the relative tolerance the rows were judged by.
+      atol: the absolute tolerance the rows were judged by.
+    """
 
     rows: tuple[Row, ...]
     names: tuple[str, str] = ("a", "b")
@@ -164,6 +179,13 @@ def compare(
     host memory (:data:`HOST_LIMIT`), by the same formulas in NumPy. Different tree
     structures or leaf shapes raise ``ValueError``.
 
+    Args:
+      a: the reference pytree of arrays.
+      b: the pytree compared with it: the same structure and leaf shapes.
+      names: what to call ``a`` and ``b`` in the report and in error messages.
+      rtol: the relative tolerance, ``≥ 0``.
+      atol: the absolute tolerance, ``≥ 0``; the default 0 judges by ``rtol`` alone.
+
     >>> import jax.numpy as jnp
     >>> a = {"W": jnp.array([[1.0, 2.0]]), "b": jnp.array([0.5])}
     >>> b = {"W": jnp.array([[1.0, 2.5]]), "b": jnp.array([0.5])}
@@ -245,8 +267,9 @@ def default_tolerances(dtype: Any, *, numerical: bool, scale: float = 1.0) -> tu
 
     ``check_model`` passes ``scale = max|g_ref|`` (the largest entry of the reference
     gradient) for analytic pairs and ``scale = max(max|g_ref|, |R(θ)|)`` (also the objective's
-    value) for numerical pairs, 1 if that is 0. Scaling makes the check independent of the
-    units of the loss. Derivation, ``ε`` = machine epsilon (2.2e-16, 1.2e-7):
+    value) for numerical pairs, 1 if that is 0 (or not finite); the ``forward`` pair, which
+    compares directional derivatives ``⟨∇R, v⟩``, passes the largest of those. Scaling makes
+    the check independent of the units of the loss. Derivation, ``ε`` = machine epsilon (2.2e-16, 1.2e-7):
 
     * Analytic vs analytic (``hand``/``reverse``/``forward``): the same sums in another order,
       so they differ by rounding, ``≈ ε ·`` (terms summed) ``·`` scale: ~1e-16..1e-14 · scale
@@ -267,6 +290,14 @@ def default_tolerances(dtype: Any, *, numerical: bool, scale: float = 1.0) -> tu
       below ~ε cannot be told from rounding: the sensitivity self-test says so.
 
     Any other float dtype gets the float32 values.
+
+    Args:
+      dtype: the dtype of the compared gradients (anything :class:`numpy.dtype` accepts:
+        ``"float64"``, ``jnp.bfloat16``, ...); selects the row of the table.
+      numerical: whether one method of the pair is numerical (central differences) rather
+        than both analytic.
+      scale: the magnitude ``atol`` is relative to (see above); the default 1 gives the
+        table's ``k`` itself.
 
     >>> default_tolerances("float64", numerical=False)
     (1e-09, 1e-12)

@@ -103,6 +103,10 @@ def default_eps(dtype: Any) -> float:
     1.4e-10, 1.2e-11, 2.8e-11, 2.1e-10, 2.1e-9, 2.3e-8 for ``Δ₀`` = 1e-4, 3e-5, 8.7e-6 (the
     default), 1e-6, 1e-7, 1e-8.
 
+    Args:
+      dtype: the floating-point dtype of the params (anything :class:`numpy.finfo` accepts);
+        its machine epsilon is ``ε``.
+
     >>> import numpy as np
     >>> f"{default_eps(np.float64):.1e}", f"{default_eps(np.float32):.1e}"
     ('8.7e-06', '7.1e-03')
@@ -125,17 +129,25 @@ def numerical_grad(
         Δ_i = eps · max(1, |θ_i|)
 
     The denominator is the step actually taken after rounding ``θ_i ± Δ_i`` (≈ ``2Δ_i``).
-    ``eps`` defaults to :func:`default_eps` of the params' dtype, ``(3ε)^(1/3)``: 8.7e-6 in
-    float64, 7.1e-3 in float32. Costs ``2N`` evaluations of ``f`` (``N`` = parameter count),
-    run under ``jax.jit`` as a ``jax.lax.map`` over the coordinates, ``batch_size`` of them at a
-    time under ``jax.vmap`` (default: as many as keep a chunk's ``batch_size × N`` perturbed
-    vectors under 4 Mi elements). ``f`` must be traceable by JAX and return a scalar.
+    Costs ``2N`` evaluations of ``f`` (``N`` = parameter count), run under ``jax.jit`` as a
+    ``jax.lax.map`` over the coordinates, ``batch_size`` of them at a time under ``jax.vmap``.
 
     At a kink of ``f`` (``relu`` at 0, …) within ``Δ`` of ``θ``, the difference quotient mixes
     the two one-sided slopes (``relu`` at 0: ``0.5``) and differs from the analytic
     (sub)gradient, whatever ``eps``.
 
     Returns a pytree like ``params`` (same structure, shapes and dtypes).
+
+    Args:
+      f: ``f(params) -> scalar``, traceable by JAX (it runs under ``jax.jit`` and
+        ``jax.vmap``) and returning a floating-point scalar (else ``TypeError``).
+      params: the pytree of floating-point arrays to differentiate at (else ``TypeError``).
+      eps: the relative step (``Δ_i = eps · max(1, |θ_i|)``), a positive finite number; the
+        default ``None`` takes :func:`default_eps` of the params' dtype, ``(3ε)^(1/3)``:
+        8.7e-6 in float64, 7.1e-3 in float32.
+      batch_size: how many coordinates one ``jax.vmap`` chunk perturbs, an int ``≥ 1``
+        (capped at ``N``); the default ``None`` takes as many as keep a chunk's
+        ``batch_size × N`` perturbed vectors under 4 Mi elements.
 
     >>> import jax.numpy as jnp
     >>> p = {"a": jnp.array([1.0, 2.0]), "b": jnp.array(3.0)}
@@ -180,6 +192,14 @@ def forward_grad(
     ``custom_jvp`` wiring is built from the same hand-derived derivatives (the plain
     ``custom_vjp`` wiring raises a ``TypeError`` that says so). Returns a pytree like
     ``params``.
+
+    Args:
+      f: ``f(params) -> scalar``, traceable by JAX and differentiable in forward mode (as
+        above), returning a floating-point scalar (else ``TypeError``).
+      params: the pytree of floating-point arrays to differentiate at (else ``TypeError``).
+      batch_size: how many tangents one ``jax.vmap`` chunk evaluates, an int ``≥ 1``
+        (capped at ``N``); the default ``None`` takes as many as keep a chunk's
+        ``batch_size × N`` tangent vectors under 4 Mi elements.
 
     >>> import jax, jax.numpy as jnp, funnet
     >>> p = {"w": jnp.array([-1.0, 0.5, 2.0])}

@@ -43,10 +43,24 @@ def walk(model: Layer, params: PyTree, x: Any, *, key: jax.Array | None = None,
          inside: Mapping[str, Any] | None = None, prefix: str = "") -> tuple[Any, list[Visit]]:
     """``(y, visits)``: the output of the stateless ``model`` and every leaf it ran.
 
-    ``probe(path, y) -> y'`` may replace a top-level ``serial`` child's output (the
-    δ-trace adds zero probes there); ``path`` is the child's path. ``inside[path]`` runs
-    that top-level child by its :attr:`~funnet.Layer.inner_deltas` ``probed`` forward with
-    those probes (the δ-trace's probes inside a recurrent layer).
+    ``visits`` lists a :class:`Visit` per leaf layer, in the order they ran.
+
+    Args:
+      model: a stateless :class:`~funnet.Layer` (its leaves run with empty state).
+      params: its params.
+      x: its input.
+      key: the PRNG key, split among ``serial`` and ``parallel`` children as ``apply``
+        splits it; ``None`` (the default): no key, as in ``apply``.
+      train: the training mode every leaf runs in (``Dropout`` drops, ...).
+      probe: ``probe(path, y) -> y'``, which may replace a top-level ``serial`` child's
+        output (the δ-trace adds zero probes there); ``path`` is the child's path
+        (``serial[3]``). ``None`` (the default): outputs are kept.
+      inside: ``{path: probes}``: each top-level ``serial`` child named runs by its
+        :attr:`~funnet.Layer.inner_deltas` ``probed`` forward with those probes (the
+        δ-trace's probes inside a recurrent layer), recorded as one visit. ``None`` (the
+        default): every child runs by its ``apply``.
+      prefix: the path of ``model`` itself, prepended to every visit's path (``" › "``
+        between the parts); the default ``""``: ``model`` is the root.
     """
     visits: list[Visit] = []
     if model.kind == "serial":

@@ -351,11 +351,30 @@ def taylor_slope(objective: Callable[[PyTree], Any], params: PyTree, grads: dict
                  directions: int = 3, seed: int = 0) -> Taylor:
     """The Taylor-remainder test for each gradient in ``grads`` (see :class:`Taylor`).
 
-    ``probes(p)`` returns the kinked pre-activations so that steps which carry one onto or
-    across a kink are dropped: each with its ``kinks``, or with a ``pieces`` function
-    ``z -> [integer arrays]`` (e.g. ``functools.partial(piece_ids, layer)``), a step being
-    dropped when any id changes; ``hvp(v) -> H v`` (pytrees like ``params``,
-    e.g. ``jax.jvp`` of ``jax.grad`` on :func:`funnet.forward_twin`) switches to order 3.
+    Along each direction ``v`` the remainder is evaluated at 17 steps ``h`` from 1e-1 down
+    to 1e-5 (log-spaced, :attr:`Taylor.steps`); a step that carries a kinked
+    pre-activation onto or across a kink is dropped.
+
+    Args:
+      objective: ``R(params) -> scalar``, traceable by JAX (it runs under ``jax.jit``).
+      params: the point ``θ``, a pytree of floating-point arrays; its dtype sets the
+        rounding floor below which remainders are ignored.
+      grads: ``{method: gradient}``, the gradients of ``R`` at ``θ`` to test (pytrees like
+        ``params``); :attr:`Taylor.slopes` has the same keys.
+      probes: ``probes(p) -> [z, ...]``: the kinked pre-activations at params ``p``, watched
+        along each step. ``None`` (the default): no step is dropped.
+      kinks: ``kinks[i]``: the kink points of ``probes(p)[i]``; a step is dropped when the
+        sign of ``z - k`` changes for an entry ``z`` and a kink ``k`` (it crosses, reaches
+        or leaves the kink).
+      pieces: ``pieces[i]``: ``z -> [integer arrays]``, the piece of ``probes(p)[i]`` each
+        unit lies on (e.g. ``functools.partial(piece_ids, layer)``); a step is dropped when
+        any id changes.
+      hvp: ``hvp(v) -> H v``, the Hessian-vector product (pytrees like ``params``, e.g.
+        ``jax.jvp`` of ``jax.grad`` on :func:`funnet.forward_twin`); it switches to order 3.
+        ``None`` (the default): order 2.
+      directions: how many random directions ``v`` (normal, scaled to the norm
+        ``max(|θ|, 1)``); each slope is the median over them.
+      seed: direction ``d`` is drawn with ``jax.random.PRNGKey(seed + d)``.
     """
     theta, unravel = ravel_pytree(params)
     dtype = theta.dtype

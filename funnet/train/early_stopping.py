@@ -26,6 +26,24 @@ class EarlyStopping:
     is rarely the best model. NaN never improves. Training stops once ``patience`` epochs
     in a row did not improve (never, when ``patience`` is ``None``).
 
+    The first three fields configure it; the other four are the state :meth:`update`
+    carries forward (their defaults: nothing seen yet).
+
+    Attributes:
+      patience: how many epochs in a row without improvement stop training, an int
+        ``≥ 1``; ``None`` (the default): never stop, only track the best epoch.
+      monitor: the metric, one of :data:`MONITORS`: ``"valid_loss"`` (the default) or
+        ``"valid_error"`` (``1 - valid_accuracy``, which :meth:`update` then needs).
+      min_delta: how much lower than the best the monitored value must be to improve, a
+        number ``≥ 0`` (the default 0: any decrease).
+      best_value: the best monitored value so far (``inf`` before the first epoch).
+      best_loss: the validation loss of the best epoch (``inf`` before the first), which
+        breaks ties of ``"valid_error"``.
+      best_epoch: the best epoch's number as passed to :meth:`update` (``None`` before
+        the first).
+      bad_epochs: how many epochs in a row have not improved (since the best one, or the
+        first).
+
     >>> es = EarlyStopping(patience=2)
     >>> for epoch, loss in enumerate([0.9, 0.5, 0.6, 0.5], start=1):
     ...     es = es.update(epoch, valid_loss=loss)

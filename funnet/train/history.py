@@ -27,6 +27,10 @@ class History(list):
     ``train_loss``, ``train_accuracy``, ``valid_loss``, ``valid_accuracy``,
     ``learning_rate`` and ``seconds`` (``None`` where not available).
 
+    Args:
+      records: the per-epoch records, each copied into a new ``dict``; the default ``()``:
+        an empty history.
+
     Attributes:
       best_epoch: the best epoch by the monitored validation metric (see
         :class:`~funnet.train.EarlyStopping`; None without validation data).

@@ -53,6 +53,10 @@ __all__ = ["NonFiniteLossError", "fit"]
 class NonFiniteLossError(FloatingPointError):
     """The loss, a gradient or the updated state became NaN/inf during :func:`fit`.
 
+    Args:
+      message: what became non-finite where (epoch, step, global step), whether the last
+        good state was saved, and what to try.
+
     Attributes:
       epoch: the epoch (1-based, as in the history) in which it happened.
       step: the mini-batch index within that epoch (0-based).
@@ -61,9 +65,9 @@ class NonFiniteLossError(FloatingPointError):
       last_good_params: ``last_good_state.params``.
       history: the :class:`History` of the completed epochs.
       path: where the last good state was saved (``fit(checkpoint=...)``), else ``None``.
-      best_params, best_epoch: the params of the best epoch so far by the monitored
-        validation metric and its number, or ``None`` without validation data or before
-        the first epoch completed.
+      best_params: the params of the best epoch so far by the monitored validation
+        metric, or ``None`` without validation data or before the first epoch completed.
+      best_epoch: that epoch's number, or ``None`` likewise.
     """
 
     def __init__(self, message: str, *, epoch: int, step: int, global_step: int,

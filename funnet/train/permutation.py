@@ -30,7 +30,7 @@ def _mix32(v: jax.Array) -> jax.Array:
 def shuffle(key: jax.Array, n: int) -> jax.Array:
     """A pseudo-random permutation of ``range(n)`` (int32), computed on device.
 
-    Each round sorts the 32-bit words ``h << b | p`` (``b = bit_length(n - 1)``) of the
+    Each round sorts the 32-bit words ``h << b | p`` (``b = max(1, bit_length(n - 1))``) of the
     current order, where ``p`` is a row's position in it and ``h = mix(mix(i ⊕ s₁) + s₂)``
     hashes its index ``i`` with two seeds drawn from ``key`` (``mix``: a bijective 32-bit
     hash), and reorders the rows by the sorted positions. One single-operand sort, a
@@ -39,6 +39,13 @@ def shuffle(key: jax.Array, n: int) -> jax.Array:
     ``ceil((2 log2 n - 1) / (32 - b))`` of them, and the expected number of pairs tied in
     every round is below 1. Above ``2**24`` rows it uses
     ``jax.random.permutation``.
+
+    Args:
+      key: the PRNG key: a typed key of any implementation (``jax.random.key(0,
+        impl="rbg")``) or a raw ``uint32`` key (``jax.random.PRNGKey``); the two seeds of
+        every round are drawn from it by ``jax.random.bits``.
+      n: the number of rows, a Python int (it fixes ``b``, the number of rounds and the
+        output's shape ``[n]``).
 
     >>> import jax
     >>> p = shuffle(jax.random.key(0), 10)
