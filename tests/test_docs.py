@@ -130,6 +130,12 @@ def test_benchmarks_page_has_table_marker():
     for row in ("| funnet fit |", "| funnet make_step (per-step) |",
                 "| fn.backprop.value_and_grad |"):
         assert row in text, row
+    # user documentation: what was measured and the tables; the targets and why a missed
+    # one is missed live beside the code, in benchmarks/README.md
+    assert "## What was measured, in short" in text
+    assert "| target | measured" not in text and "Where a target is missed" not in text
+    readme = (REPO / "benchmarks" / "README.md").read_text(encoding="utf-8")
+    assert "## Targets, as measured" in readme and "Where a target is missed" in readme
 
 
 def test_activation_plots_exist_and_are_shown():
