@@ -269,12 +269,14 @@ class FunnetInner(Funnet):
     program through the wrapper's closure, so a changed ``make_step`` makes it raise (the
     table then says "unavailable") instead of timing something else."""
 
+    name = "funnet make_step's jitted program alone (no host checks), reverse"
+
     def __init__(self, fn: ModuleType, init: Init, tx: optax.GradientTransformation,
                  graph: dict[str, np.ndarray]):
         from benchmarks._cnn_peers import jitted_program
 
         super().__init__(fn, init, tx, graph, grad="reverse")
-        self.name = "funnet make_step's jitted program alone (no host checks), reverse"
+        self.name = type(self).name
         self._step = jitted_program(self._step)
 
 
