@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 #: distributions whose versions every results file records
 LIBRARIES = (
-    "funnet", "jax", "jaxlib", "optax", "flax", "dm-haiku", "equinox", "numpy",
+    "funnet", "jax", "jaxlib", "optax", "flax", "dm-haiku", "equinox", "jraph", "numpy",
     "scikit-learn", "matplotlib",
 )
 

@@ -5,4 +5,4 @@ the steady-state cases; ``multidevice`` is last.
 """
 
 CASES = ("digits", "training", "wide", "activations", "backprop", "gradmethods", "checkcost",
-         "cnn", "recurrent", "attention", "compile", "multidevice")
+         "cnn", "recurrent", "attention", "graph", "compile", "multidevice")

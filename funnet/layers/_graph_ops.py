@@ -45,15 +45,19 @@ def inverse_sqrt(d: jax.Array) -> jax.Array:
     return jnp.where(d > 0, 1 / jnp.sqrt(jnp.where(d > 0, d, 1)), 0)
 
 
-def gcn_coefficients(s: jax.Array, r: jax.Array, n: int, dtype: Any) -> jax.Array:
-    r"""``c_e = d_in(r_e)^{-1/2} d_out(s_e)^{-1/2}``: the entries of ``Â`` along the edges.
+def gcn_scales(s: jax.Array, r: jax.Array, n: int, dtype: Any) -> tuple[jax.Array, jax.Array]:
+    r"""``(c_in, c_out)`` ``[N]``: ``d_in^{-1/2}`` and ``d_out^{-1/2}`` per node, the two
+    diagonal factors of ``Â = D_in^{-1/2} Ã D_out^{-1/2}``.
 
     ``d_in(i)`` counts the edges into ``i``, ``d_out(j)`` those out of ``j`` (self loops
-    included when they are in the list), so ``Σ_e c_e [r_e = i][s_e = j] = Â_ij``.
+    included when they are in the list). Edge ``e`` carries ``Â``'s entry
+    ``c_e = c_in[r_e] c_out[s_e]``, so ``Â X = c_in ⊙ scatter(gather(c_out ⊙ X, s), r)``:
+    the scaling is done on the ``N`` nodes, not on the ``E`` edges (no per-edge
+    coefficient array is gathered, multiplied or kept for the backward).
     """
     ones = jnp.ones(s.shape, dtype)
     d_in, d_out = scatter(ones, r, n), scatter(ones, s, n)
-    return gather(inverse_sqrt(d_in), r) * gather(inverse_sqrt(d_out), s)
+    return inverse_sqrt(d_in), inverse_sqrt(d_out)
 
 
 def segment_softmax(scores: jax.Array, r: jax.Array, n: int) -> jax.Array:

@@ -31,7 +31,7 @@ from ..graph import Graph, check_graph
 from ._graph_ops import (
     edge_list,
     gather,
-    gcn_coefficients,
+    gcn_scales,
     graph_cotangent,
     graph_grad,
     node_input_shape,
@@ -80,8 +80,11 @@ def GraphConv(
     both are ``D̃``: ``Â = D̃^{-1/2}(A + I)D̃^{-1/2}``). It is computed along the edges from
     the degrees at every call, ``(Â X)_i = Σ_{e: r_e = i} c_e X_{s_e}`` with
     ``c_e = d_in(r_e)^{-1/2} d_out(s_e)^{-1/2}``, as ``Â (H W)`` (the same product as
-    ``(Â H) W``). Hand backward: with ``δ`` the gradient of the output nodes and
-    ``Âᵀ δ`` one segment sum along the reversed edges, ``dW = (Â H)ᵀ δ = Hᵀ (Âᵀ δ)``,
+    ``(Â H) W``), the two degree factors applied on the nodes:
+    ``Â X = d_in^{-1/2} ⊙ Σ_{e → i} (d_out^{-1/2} ⊙ X)_{s_e}``, so no per-edge array other
+    than the gathered messages is formed. Hand backward: with ``δ`` the gradient of the
+    output nodes and ``Âᵀ δ = d_out^{-1/2} ⊙ Σ_{e: s_e = j} (d_in^{-1/2} ⊙ δ)_{r_e}`` one
+    segment sum along the reversed edges, ``dW = (Â H)ᵀ δ = Hᵀ (Âᵀ δ)``,
     ``db = Σ_nodes δ``, ``dH = (Âᵀ δ) Wᵀ``; the structure gets ``None``.
 
     Isolated nodes keep their own features (``Â_ii = 1``: ``h' = h W + b``); a self loop
@@ -125,16 +128,18 @@ def GraphConv(
     def forward(params, graph):
         check(params)
         h, n, s, r = _graph_input(name, graph, params["W"], loops)
-        c = gcn_coefficients(s, r, n, jnp.result_type(h, params["W"]))
+        c_in, c_out = gcn_scales(s, r, n, jnp.result_type(h, params["W"]))
         hw = h @ params["W"]
-        z = scatter(c[:, None] * gather(hw, s), r, n)  # Â (H W)
+        # Â (H W) = c_in ⊙ Σ_{e → i} (c_out ⊙ H W)_{s_e}: the degree scaling on the nodes
+        z = c_in[:, None] * scatter(gather(c_out[:, None] * hw, s), r, n)
         z = z + params["b"].reshape(1, -1)
-        return graph._replace(nodes=z), (h, s, r, c)
+        return graph._replace(nodes=z), (h, s, r, c_in, c_out)
 
     def backward(params, res, dy):
-        h, s, r, c = res
+        h, s, r, c_in, c_out = res
         delta = graph_cotangent(name, dy, (h.shape[0], out_dim))
-        g = scatter(c[:, None] * gather(delta, r), s, h.shape[0])  # Âᵀ δ, along reversed edges
+        # Âᵀ δ = c_out ⊙ Σ_{e: s_e = j} (c_in ⊙ δ)_{r_e}, along the reversed edges
+        g = c_out[:, None] * scatter(gather(c_in[:, None] * delta, r), s, h.shape[0])
         W, b = params["W"], params["b"]
         return {
             "W": (h.T @ g).astype(W.dtype),  # dW = Hᵀ Âᵀ δ = (Â H)ᵀ δ
