@@ -60,6 +60,12 @@ class Loss:
         label), ``"binary"`` (outputs are logits; correct when ``ŷ > 0`` agrees with the
         0/1 target), or ``"regression"`` (the default: no accuracy); anything else raises
         ``ValueError``.
+      per_row: optional ``per_row(pred, target) -> ℓ [N]``, each row's loss alone
+        (``ℓ_i = value(pred[i:i+1], target[i:i+1])``); declaring it states that ``value``
+        is the mean ``1/N Σ_i ℓ_i`` over the leading axis, so that the gradient of row
+        ``i``'s loss alone is ``N · grad(pred, target)[i]``. Training weights the rows of a
+        padded or masked batch with it (and with ``N · grad``) instead of evaluating the
+        loss once per row under ``jax.vmap``. Default ``None``: the per-row evaluation.
     """
 
     name: str
@@ -68,6 +74,7 @@ class Loss:
     doc: str = ""
     ranking: bool = False
     task: str = "regression"
+    per_row: Callable[..., jax.Array] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -91,6 +98,11 @@ def _n_samples(x: jax.Array) -> int:
     return x.shape[0] if x.ndim else 1
 
 
+def _row_sums(x: jax.Array) -> jax.Array:
+    """``Σ_j x_ij`` over every axis but the leading one: ``[N]``."""
+    return jnp.sum(x.reshape(x.shape[0], -1), axis=1)
+
+
 def _float(x: ArrayLike) -> jax.Array:
     x = jnp.asarray(x)
     return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float))
@@ -111,7 +123,13 @@ def _mse_grad(pred, target):
     return (pred - target) / _n_samples(pred)  # ∂C/∂ŷ = (ŷ - y) / n
 
 
-mse = Loss("mse", _mse, _mse_grad, doc=r"""
+def _mse_rows(pred, target):
+    pred, target = _float(pred), jnp.asarray(target, _float(pred).dtype)
+    _same_shape("mse", pred, target)
+    return _row_sums(jnp.square(pred - target)) / 2  # ℓ_i = ½ Σ_j (ŷ_ij - y_ij)²
+
+
+mse = Loss("mse", _mse, _mse_grad, per_row=_mse_rows, doc=r"""
 Squared error ``C = 1/(2n) Σ (ŷ - y)²``; ``n`` = batch size (leading axis), the sum runs
 over every entry. Hand gradient: ``∂C/∂ŷ = (ŷ - y)/n``.
 
@@ -161,8 +179,16 @@ def _softmax_ce_grad(logits, labels):
     return (jax.nn.softmax(logits, axis=-1) * total - t) / n  # ∂L/∂s = (y Σ_k t_k - t) / N
 
 
+def _softmax_ce_rows(logits, labels):
+    logits = _float(logits)
+    t = _targets("softmax_cross_entropy", logits, labels)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    per = math.prod(logits.shape[1:-1])  # the positions of one row ([T] of a [N, T, K])
+    return -_row_sums(jnp.where(t == 0, jnp.zeros_like(logp), t * logp)) / per
+
+
 softmax_cross_entropy = Loss("softmax_cross_entropy", _softmax_ce, _softmax_ce_grad,
-                             task="multiclass", doc=r"""
+                             task="multiclass", per_row=_softmax_ce_rows, doc=r"""
 Softmax cross-entropy on logits ``s [N, K]``: ``L = -1/N Σ_n Σ_k t_nk log softmax(s_n)_k``.
 
 ``labels``: integer classes ``[N]`` or one-hot / probability targets ``[N, K]``.
@@ -193,7 +219,15 @@ def _bce_grad(logits, labels):
     return (jax.nn.sigmoid(logits) - labels) / _n_samples(logits)  # (σ(z) - y) / N
 
 
-binary_cross_entropy = Loss("binary_cross_entropy", _bce, _bce_grad, task="binary", doc=r"""
+def _bce_rows(logits, labels):
+    logits = _float(logits)
+    labels = jnp.asarray(labels, logits.dtype)
+    _same_shape("binary_cross_entropy", logits, labels, ("logits", "labels"))
+    return _row_sums(jnp.logaddexp(logits, 0) - labels * logits)
+
+
+binary_cross_entropy = Loss("binary_cross_entropy", _bce, _bce_grad, task="binary",
+                            per_row=_bce_rows, doc=r"""
 Binary cross-entropy on logits: ``L = 1/N Σ [softplus(z) - y z]``
 (``= -[y log σ(z) + (1-y) log(1-σ(z))]``), mean over the leading axis. Stable for ±1e4.
 Hand gradient: ``∂L/∂z = (σ(z) - y)/N``.

@@ -150,6 +150,26 @@ def test_hand_grad_matches_jax_grad(loss, pred, target):
     np.testing.assert_allclose(jax.jit(loss.grad)(pred, target), hand, **TIGHT)
 
 
+ROW_CASES = [*LOSS_CASES,
+             ("mse-3d", funnet.mse, RNG.standard_normal((N, 2, 3)), RNG.standard_normal((N, 2, 3))),
+             ("ce-sequence", funnet.softmax_cross_entropy, RNG.standard_normal((N, 3, K)),
+              RNG.integers(0, K, (N, 3)))]
+
+
+@pytest.mark.parametrize("loss, pred, target", [pytest.param(*c[1:], id=c[0]) for c in ROW_CASES])
+def test_per_row_is_each_rows_loss_alone_and_the_loss_is_their_mean(loss, pred, target):
+    pred, target = jnp.asarray(pred), jnp.asarray(target)
+    rows = loss.per_row(pred, target)
+    alone = np.array([float(loss(pred[i:i + 1], target[i:i + 1])) for i in range(N)])
+    assert rows.shape == (N,)
+    np.testing.assert_allclose(rows, alone, **TIGHT)
+    np.testing.assert_allclose(jnp.mean(rows), loss(pred, target), **TIGHT)
+    # what the declaration promises training: row i's gradient alone is N · grad[i]
+    row_grads = np.stack([np.asarray(jax.grad(loss)(pred[i:i + 1], target[i:i + 1]))[0]
+                          for i in range(N)])
+    np.testing.assert_allclose(N * loss.grad(pred, target), row_grads, **TIGHT)
+
+
 def test_softmax_cross_entropy_grad_is_y_minus_t_over_n():
     y = np.exp(_np_log_softmax(LOGITS))
     np.testing.assert_allclose(funnet.softmax_cross_entropy.grad(LOGITS, LABELS),

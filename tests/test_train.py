@@ -223,6 +223,25 @@ def test_a_legitimate_retrace_of_the_epoch_is_not_an_error():
     assert np.isfinite(metrics["train_loss"])
 
 
+@pytest.mark.parametrize("grad", ["reverse", "hand"])
+def test_a_loss_declaring_per_row_trains_masked_rows_as_the_per_row_evaluation(grad):
+    # the declared per-row form replaces the per-row vmap of the loss: the same objective
+    # and gradient, and a different per_row would change them (it is what is used)
+    x, y = blobs(8)
+    model, params = mlp(), init(mlp())
+    w = (jnp.array([1, 1, 0, 1, 1, 1, 0, 1]), 6)
+    undeclared = funnet.Loss("ce", CE.value, CE.grad, task="multiclass")
+    doubled = funnet.Loss("ce", CE.value, CE.grad, task="multiclass",
+                          per_row=lambda o, t: 2 * CE.per_row(o, t))
+    out = {}
+    for name, loss in (("declared", CE), ("undeclared", undeclared), ("doubled", doubled)):
+        lag = train.objective.loss_and_grads(model, loss, l2=0.0, grad=grad)
+        data, _, _, grads = lag(params, (), jnp.asarray(x), jnp.asarray(y), w, None)
+        out[name] = (data, grads)
+    assert_trees_close(out["declared"], out["undeclared"], rtol=1e-12, atol=1e-14)
+    assert float(out["doubled"][0]) == pytest.approx(2 * float(out["declared"][0]), rel=1e-12)
+
+
 def test_grad_autodiff_is_the_old_name_of_reverse():
     x, y = blobs(16)
     model = mlp()

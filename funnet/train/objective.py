@@ -41,9 +41,27 @@ def check_grad(grad: Any) -> str:
     return grad
 
 
+def _declared_rows(loss: Any) -> Callable | None:
+    """The loss's own per-row form (:attr:`Loss.per_row`), if it declares one."""
+    return loss.per_row if isinstance(loss, Loss) else None
+
+
 def _per_row(loss: Callable, out: jax.Array, y: Any) -> jax.Array:
-    """``ℓ_i = loss(out[i:i+1], y[i:i+1])`` for every row: ``[batch]``."""
+    """``ℓ_i = loss(out[i:i+1], y[i:i+1])`` for every row: ``[batch]`` (the loss's declared
+    ``per_row`` form, else the loss on each row under ``jax.vmap``)."""
+    rows = _declared_rows(loss)
+    if rows is not None:
+        return rows(out, y)
     return jax.vmap(lambda o, t: loss(o[None], t[None]))(out, y)
+
+
+def _per_row_grad(loss: Loss, out: jax.Array, y: Any) -> jax.Array:
+    """``∂ℓ_i/∂ŷ_i`` for every row: ``N · ∂L/∂ŷ`` for a loss that declares itself a mean
+    of per-row losses (``per_row``), else the hand gradient of each row alone."""
+    if _declared_rows(loss) is not None:
+        g = loss.grad(out, y)
+        return g * jnp.asarray(out.shape[0], g.dtype)
+    return jax.vmap(lambda o, t: loss.grad(o[None], t[None])[0])(out, y)
 
 
 def _weights(w: tuple[jax.Array, Any], dtype: Any) -> jax.Array:
@@ -69,7 +87,7 @@ def _masked_loss(loss: Loss) -> Loss:
 
     def grad(out, yw):
         y, w = yw
-        g = jax.vmap(lambda o, t: loss.grad(o[None], t[None])[0])(out, y)  # ∂ℓ_i/∂ŷ_i
+        g = _per_row_grad(loss, out, y)  # ∂ℓ_i/∂ŷ_i
         wt = _weights(w, g.dtype)
         return g * wt.reshape(wt.shape + (1,) * (g.ndim - 1))  # δ(L)_i = w_i ∂ℓ_i/∂ŷ_i
 
