@@ -22,6 +22,7 @@ __all__ = [
     "expect_no_params",
     "expect_params",
     "expect_rank",
+    "refuse_graph",
     "shape_of",
     "static_bool",
 ]
@@ -109,8 +110,28 @@ def expect_cotangent(name: str, dy: Any, out_shape: Sequence[int]) -> None:
                          f"output has shape {tuple(out_shape)}: dy = ∂L/∂y must have y's shape")
 
 
+_NODEWISE = "apply the layer to every node with funnet.nodewise(layer), or "
+_TO_ARRAY = ("turn the graph into an array first with funnet.Nodes (one row per node) or "
+             "funnet.Readout (one row per graph)")
+
+
+def refuse_graph(name: str, x: Any, what: str = "the input", *, nodewise: bool = True) -> None:
+    """A :class:`LayerError` naming ``name`` if ``x`` is a :class:`funnet.graph.Graph`
+    given where an array belongs: NumPy's own error (an "inhomogeneous shape" from
+    ``np.ndim``, or ``None`` refused by ``jnp.asarray``) would name neither the layer nor
+    the fix. ``nodewise``: suggest ``funnet.nodewise`` (for a layer on rows)."""
+    from .graph import Graph  # here: funnet.graph imports this module
+
+    if isinstance(x, Graph):
+        raise LayerError(
+            f"{name}: {what} {'are' if what.endswith('s') else 'is'} a funnet.graph.Graph "
+            f"(nodes of shape {shape_of(x.nodes)}), "
+            f"not an array: {_NODEWISE if nodewise else ''}{_TO_ARRAY}")
+
+
 def expect_rank(name: str, x: Any, min_rank: int) -> None:
-    """``x`` must have at least ``min_rank`` axes."""
+    """``x`` must be an array (not a graph) with at least ``min_rank`` axes."""
+    refuse_graph(name, x)
     if np.ndim(x) < min_rank:
         raise LayerError(
             f"{name}: input of shape {shape_of(x)} has rank {np.ndim(x)}, needs ≥ {min_rank}"

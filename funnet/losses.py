@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from ._validate import refuse_graph
 from .contract import PyTree, as_layer
 
 __all__ = [
@@ -83,6 +84,8 @@ class Loss:
         object.__setattr__(self, "__doc__", self.doc or None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> jax.Array:
+        if args:  # a graph model's output is a Graph until Nodes or Readout
+            refuse_graph(self.name, args[0], "the predictions", nodewise=False)
         return self.value(*args, **kwargs)
 
     def __repr__(self) -> str:

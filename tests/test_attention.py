@@ -247,6 +247,35 @@ def test_attention_weights_rows_sum_to_one_over_the_allowed_keys():
     np.testing.assert_allclose(o, np.einsum("bnts,bsnd->btnd", p, v), **TIGHT)
 
 
+def test_large_scores_do_not_overflow():
+    # scores of size ~1e3 (inputs or projections not normalised): exp overflows float64
+    # beyond ≈ 709, so each row's largest allowed score must be subtracted first, with a
+    # mask and without. The witness, attention_ref, subtracts the row maximum too.
+    rng = np.random.default_rng(4)
+    b, t, n, d = 2, 4, 2, 3
+    q, k = _normal(rng, (b, t, n, d), 30.0), _normal(rng, (b, t, n, d), 30.0)
+    v, do = _normal(rng, (b, t, n, d)), _normal(rng, (b, t, n, d))
+    holes = rng.random((b, n, t, t)) < 0.7
+    holes[..., 0] = True  # no row fully masked
+    scores = np.einsum("btnd,bsnd->bnts", q, k) / np.sqrt(d)
+    assert scores.max() > 1e3 and scores[holes].max() > 1e3  # exp(S) = inf unshifted
+
+    @jax.jit
+    def run(q, k, v, do):
+        out = {}
+        for label, mask in (("no mask", None), ("mask", jnp.asarray(holes))):
+            ref_o, pull = jax.vjp(lambda *a, m=mask: attention_ref(*a, m), q, k, v)
+            out[label] = (funnet.dot_product_attention(q, k, v, mask=mask), ref_o,
+                          funnet.dot_product_attention_backward(q, k, v, do, mask=mask),
+                          pull(do))
+        return out
+
+    for label, (o, ref_o, hand, ref) in run(q, k, v, do).items():
+        assert np.all(np.isfinite(o)), label
+        assert_trees_close(o, ref_o, **TIGHT)
+        assert_trees_close(hand, ref, **TIGHT)
+
+
 # --- the layer: hand backward == formula witness == central differences == flax -------------
 
 B, D, HEADS, DIM = 3, 4, 2, 6

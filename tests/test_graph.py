@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _graphs import D, array_of, graphs, padded, random_params
-from _registry import assert_trees_close, dense_ref, membership, readout_ref
+from _registry import assert_trees_close, dense_ref, gat_ref, membership, readout_ref
 from jax.flatten_util import ravel_pytree
 
 import funnet
@@ -301,3 +301,66 @@ def test_a_batch_computes_each_graph_as_if_alone(name):
         np.testing.assert_allclose(y[:9], alone, **TIGHT)
     # the batch's parameter gradient is the sum of the graphs' (dy zero on padding rows)
     assert_trees_close(w["hand"][0], w["alone_dparams"], **TIGHT)
+
+
+# --- graph attention at its edge cases ---------------------------------------------------------
+
+
+def _gat_witnesses(layer, params, heads, dense):
+    """``(y, (dparams, dx), dense y, jax.vjp of the dense formula)`` on the padded batch, for
+    a generic ``dy`` on the real nodes."""
+    g = padded()
+    dy = (jnp.asarray(np.random.default_rng(2).standard_normal((12, 2 * heads)))
+          * funnet.graph.node_mask(g)[:, None])
+
+    @jax.jit
+    def run(params, nodes):
+        graph = g._replace(nodes=nodes)
+        dparams, dx = _hand(layer, params, graph, dy)
+        ref, pull = jax.vjp(lambda p, x: dense(p, g._replace(nodes=x)).nodes, params, nodes)
+        return layer.apply(params, graph).nodes, (dparams, dx.nodes), ref, pull(dy)
+
+    return run(params, g.nodes)
+
+
+def test_graph_attention_subtracts_each_receivers_largest_score():
+    # scores of size ~1e3 (unnormalised features, or large attention vectors): exp
+    # overflows float64 beyond ≈ 709, so the segment softmax must subtract each receiver's
+    # largest score first. The witness (the registry's dense formula) does so too.
+    layer = funnet.GraphAttention(2, heads=2)
+    p = random_params(layer)
+    p = {**p, "a_src": 3e3 * p["a_src"], "a_dst": 3e3 * p["a_dst"]}
+    u, a, _ = gat_scores(p, padded(), 2, 0.2, True)
+    on_edges = np.broadcast_to(np.asarray(a) > 0, u.shape)
+    assert np.asarray(u)[on_edges].max() > 1e3  # exp(u) = inf without the shift
+    y, (dparams, dx), ref, (ref_dparams, ref_dx) = _gat_witnesses(
+        layer, p, 2, lambda p, g: gat_ref(p, g, heads=2))
+    assert np.all(np.isfinite(y)) and np.all(np.isfinite(dx))
+    assert_trees_close(y, ref, **TIGHT)
+    assert_trees_close(dparams, ref_dparams, **TIGHT)
+    assert_trees_close(dx, ref_dx, **TIGHT)
+
+
+def test_graph_attention_with_zero_attention_vectors_takes_the_slope_at_the_kink():
+    # a_src = a_dst = 0 (a_init=zeros: the layer starts as a mean over the neighbours)
+    # puts every score at u = 0, the LeakyReLU's kink; its derivative there is the slope
+    # (the rule for u <= 0, as jax.grad of where(u > 0, u, slope u) takes it), else hand
+    # and reverse-mode training part at the first step
+    layer = funnet.GraphAttention(2, heads=2, negative_slope=0.1)
+    p = random_params(layer)
+    p = {**p, "a_src": jnp.zeros((2, 2)), "a_dst": jnp.zeros((2, 2))}
+    y, (dparams, dx), ref, (ref_dparams, ref_dx) = _gat_witnesses(
+        layer, p, 2, lambda p, g: gat_dense(p, g, heads=2, slope=0.1))
+    # uniform attention: each node's output is the mean of V over its incoming edges
+    # (with multiplicity, its self loop included), in NumPy
+    g = padded()
+    a_tilde = np.zeros((12, 12))
+    np.add.at(a_tilde, (np.asarray(g.receivers), np.asarray(g.senders)), 1.0)
+    a_tilde += np.eye(12)
+    v = np.asarray(g.nodes) @ np.asarray(p["W"])
+    np.testing.assert_allclose(y, a_tilde @ v / a_tilde.sum(1, keepdims=True)
+                               + np.asarray(p["b"]), **TIGHT)
+    assert_trees_close(y, ref, **TIGHT)
+    assert_trees_close(dparams, ref_dparams, **TIGHT)
+    assert_trees_close(dx, ref_dx, **TIGHT)
+    assert np.abs(np.asarray(dparams["a_src"])).max() > 1e-2  # a gradient that could be wrong

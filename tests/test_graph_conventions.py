@@ -8,6 +8,8 @@ O(1) sums of a few terms, compared to rtol 1e-12 (the same sums in another order
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -244,3 +246,67 @@ def test_bad_options_are_named(make, fragment):
 def test_stateful_message_layers_are_refused():
     with pytest.raises(funnet.StatefulModelError, match="BatchNorm"):
         funnet.MessagePassing(funnet.BatchNorm())
+
+
+def test_fit_evaluate_and_predict_refuse_a_graph_even_with_as_many_edges_as_nodes():
+    # a directed 4-cycle: 4 nodes, 4 edges. fit took the same rows of nodes, senders and
+    # receivers as samples (one row count) and trained on a scrambled graph, silently
+    g = _small([0, 1, 2, 3], [1, 2, 3, 0], n=4)
+    net = funnet.serial(funnet.GraphConv(2), funnet.Nodes)
+    p, y = random_params(net), jnp.array([0, 1, 0, 1])
+    calls = {
+        "train.x": lambda: funnet.fit(net, p, (g, y), loss=funnet.softmax_cross_entropy,
+                                      optimizer=optax.sgd(0.1), epochs=1, batch_size=4,
+                                      key=KEY),
+        "data.x": lambda: funnet.evaluate(net, p, (g, y), loss=funnet.softmax_cross_entropy),
+        "predict.x[0]": lambda: funnet.predict(net, p, (g,)),
+    }
+    for label, call in calls.items():
+        with pytest.raises(TypeError, match=rf"^{re.escape(label)} is a funnet.graph.Graph "
+                                            r"\(nodes \(4, 3\), senders \(4,\)\).*make_step"):
+            call()
+
+
+_G = _small([0, 1], [1, 2])
+ARRAY_ONLY = [  # (what is called, the name the error starts with, the suggested fix)
+    ("Dense", lambda: funnet.Dense(2).apply(random_params(funnet.Dense(2)), _G), "Dense",
+     "nodewise"),
+    ("Relu", lambda: funnet.Relu.apply((), _G), "Relu", "nodewise"),
+    ("Dropout, training", lambda: funnet.Dropout(0.5).apply((), _G, key=KEY, train=True),
+     "Dropout", "nodewise"),
+    ("BatchNorm", lambda: funnet.BatchNorm().apply_with_state(
+        *funnet.BatchNorm().init_with_state(KEY, (-1, F))[1:], _G), "BatchNorm", "nodewise"),
+    ("MaxPool", lambda: funnet.MaxPool((1,)).apply((), _G), "MaxPool", "nodewise"),
+    ("a Dense after a graph layer", lambda: funnet.serial(funnet.GraphConv(2), funnet.Dense(2))
+     .apply(random_params(funnet.serial(funnet.GraphConv(2), funnet.Dense(2))), _G),
+     r"serial\[1\] › Dense", "nodewise"),
+    ("FanInSum of two graphs", lambda: funnet.FanInSum.apply((), (_G, _G)), "FanInSum",
+     "input 0 is"),
+    ("FanInConcat of a graph", lambda: funnet.FanInConcat().apply((), (_G.nodes, _G)),
+     "FanInConcat", "input 1 is"),
+    ("a loss", lambda: funnet.softmax_cross_entropy(_G, jnp.zeros(3, jnp.int32)),
+     "softmax_cross_entropy", "the predictions are"),
+]
+
+
+@pytest.mark.parametrize("call, name, fix", [pytest.param(*c[1:], id=c[0]) for c in ARRAY_ONLY])
+def test_a_graph_where_an_array_belongs_is_named_with_the_fix(call, name, fix):
+    # NumPy's "inhomogeneous shape" (or "None is not a valid value for jnp.array") named
+    # neither the layer nor what to do: forgetting Nodes before the loss is the usual slip
+    with pytest.raises(funnet.LayerError, match=rf"^{name}(\(.*\))?: .*funnet.graph.Graph "
+                                                r"\(nodes of shape \(3, \d\)\).*Nodes.*Readout"):
+        call()
+    with pytest.raises(funnet.LayerError, match=fix):
+        call()
+
+
+def test_make_step_names_a_graph_output_reaching_the_loss():
+    g, mask = _small([0, 1], [1, 2]), jnp.array([1.0, 0.0, 1.0])
+    net = funnet.serial(funnet.GraphConv(2), funnet.nodewise(funnet.Tanh))  # no Nodes
+    tx = optax.sgd(0.1)
+    for grad in ("hand", "reverse"):
+        step = funnet.make_step(net, funnet.softmax_cross_entropy, tx, grad=grad)
+        state = funnet.TrainState.create(random_params(net), tx, jax.random.key(0))
+        for batch in ((g, jnp.zeros(3, jnp.int32)), (g, jnp.zeros(3, jnp.int32), mask)):
+            with pytest.raises(funnet.LayerError, match="the predictions are a funnet.graph"):
+                step(state, batch)

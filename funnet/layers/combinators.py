@@ -23,7 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validate import LayerError, ParamsError, check_int, expect_no_params, shape_of
+from .._validate import (
+    LayerError,
+    ParamsError,
+    check_int,
+    expect_no_params,
+    refuse_graph,
+    shape_of,
+)
 from ..contract import Layer, NoBackwardRuleError, PyTree, StatefulModelError, as_layer, layer
 
 __all__ = ["FanInConcat", "FanInSum", "fanout", "parallel", "serial"]
@@ -296,8 +303,11 @@ def _fan_in_init(name: str, combine: Callable) -> Callable:
 
 
 def _fan_in_tuple(name: str, xs: Any) -> None:
+    refuse_graph(name, xs, nodewise=False)
     if not isinstance(xs, (tuple, list)) or not xs:
         raise LayerError(f"{name}: expects a tuple of inputs, got {type(xs).__name__}")
+    for i, x in enumerate(xs):  # fan-ins join arrays, not graphs (docs/graph.md)
+        refuse_graph(name, x, f"input {i}", nodewise=False)
 
 
 def _sum_shapes(shapes):

@@ -40,6 +40,7 @@ from .._validate import (
     check_int,
     expect_cotangent,
     expect_params,
+    refuse_graph,
     shape_of,
 )
 from ..contract import Layer, input_grad, layer
@@ -296,6 +297,7 @@ def _conv_layer(kind: str, name: str, opts: dict, forward_fn: Callable, grads_fn
         }
 
     def checked(params, x):
+        refuse_graph(name, x)
         x = jnp.asarray(x)
         g = geometry(x.shape, "input of shape")
         layout = "[*kernel, C_in, C_out]" if transpose else "[*kernel, C_in/groups, C_out]"

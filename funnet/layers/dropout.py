@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .._validate import LayerError, expect_no_params, static_bool
+from .._validate import LayerError, expect_no_params, refuse_graph, static_bool
 from ..contract import Layer, layer
 from ._paramless import identity_init
 
@@ -41,6 +41,7 @@ def Dropout(rate: float) -> Layer:
 
     def forward(params, x, *, key=None, train=False):
         expect_no_params(name, params)
+        refuse_graph(name, x)  # a graph's nodes: nodewise(Dropout(rate))
         if not static_bool(train, f"{name}: train") or rate == 0:
             return x, None
         if key is None:

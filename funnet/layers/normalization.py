@@ -44,6 +44,7 @@ from .._validate import (
     expect_cotangent,
     expect_params,
     expect_rank,
+    refuse_graph,
     shape_of,
     static_bool,
 )
@@ -250,6 +251,7 @@ def BatchNorm(*, momentum: float = 0.9, epsilon: float = 1e-5, axis: int = -1) -
                                          "var": jnp.ones((c,), dtype)}
 
     def check(params, state, x, mask) -> int:
+        refuse_graph(name, x)
         ax = channel_axis(shape_of(x), "input")
         c = shape_of(x)[ax]
         _vectors(name, "params", params, _KEYS, c, x)

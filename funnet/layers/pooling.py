@@ -53,6 +53,7 @@ from .._validate import (
     check_int,
     expect_cotangent,
     expect_no_params,
+    refuse_graph,
     shape_of,
 )
 from ..contract import Layer, input_grad, layer
@@ -318,6 +319,7 @@ def _pool_layer(g: _Geometry, forward_fn, backward_fn, *, keep_input: bool,
 
     def apply(params, x):
         expect_no_params(g.name, params)
+        refuse_graph(g.name, x)
         return forward_fn(x, *g.resolve(shape_of(x)))
 
     def forward(params, x):
@@ -461,6 +463,7 @@ def _global_avg_pool() -> Layer:
 
     def apply(params, x):
         expect_no_params(name, params)
+        refuse_graph(name, x)
         check(shape_of(x))
         return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))  # y[n, c] = mean_p x[n, p, c]
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..contract import Layer, PyTree, StatefulModelError, as_layer
 from ..data import check_arrays, check_finite
+from ..graph import Graph
 from .objective import accuracy_kind
 
 __all__ = ["as_inputs", "as_targets", "check_data", "check_l2", "input_leaves", "model_and_state",
@@ -90,9 +91,29 @@ def input_leaves(x: Any, name: str) -> list[tuple[str, Any]]:
             for path, a in jax.tree_util.tree_flatten_with_path(x)[0]]
 
 
+def _refuse_graph(x: Any, label: str) -> None:
+    """A TypeError naming ``label`` if ``x`` is (or its tuple holds) a graph."""
+    if isinstance(x, Graph):
+        raise TypeError(
+            f"{label} is a funnet.graph.Graph (nodes {np.shape(x.nodes)}, senders "
+            f"{np.shape(x.senders)}): fit, evaluate and predict shuffle and batch the rows of "
+            "x as samples, but a graph's nodes and edges are not samples (taking the same "
+            "rows of each would scramble the graph); train a graph model with "
+            "funnet.make_step in a loop of your own and score it with model.apply "
+            "(docs/graph.md)")
+    if isinstance(x, tuple):
+        for i, part in enumerate(x):
+            _refuse_graph(part, f"{label}[{i}]")
+
+
 def num_rows(x: Any, name: str) -> int:
     """The number of rows (samples) of the inputs ``x``: its leading length, which every
-    array of a tuple ``x`` shares (else a ValueError naming the arrays and shapes)."""
+    array of a tuple ``x`` shares (else a ValueError naming the arrays and shapes).
+
+    A :class:`~funnet.graph.Graph` is refused: its node and edge arrays are not rows of
+    samples, and taking the same rows of each (even when there are as many edges as
+    nodes) would scramble the graph."""
+    _refuse_graph(x, f"{name}.x")
     leaves = input_leaves(x, name)
     if not leaves:
         raise ValueError(f"{name}.x holds no arrays")

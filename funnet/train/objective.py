@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .._validate import refuse_graph
 from ..backprop import _hand_pass as hand_pass
 from ..contract import Layer
 from ..losses import Loss, l2_penalty
@@ -74,6 +75,7 @@ def weighted(loss: Callable, out: jax.Array, y: Any, w: tuple | None) -> jax.Arr
     """``loss(out, y)``, or ``Σ_i m_i ℓ_i / total`` when ``w = (mask m, total)`` is given."""
     if w is None:
         return loss(out, y)
+    refuse_graph(getattr(loss, "name", "the loss"), out, "the predictions", nodewise=False)
     rows = _per_row(loss, out, y)
     return jnp.sum(_weights(w, rows.dtype) * rows)
 
