@@ -313,9 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2)
     try:
         if args.command == "train":
-            # the first line within a second of start: importing JAX takes seconds
-            print("funnet train: loading JAX…", flush=True)
             _resolve_train_args(args)
+            if (args.process_id or 0) == 0:  # only process 0 prints
+                # the first line within a second of start: importing JAX takes seconds
+                print("funnet train: loading JAX…", flush=True)
             _check_processes_args(parser, args)
             if args.coordinator is not None:
                 _connect(args)  # before anything else touches JAX
