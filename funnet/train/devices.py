@@ -12,7 +12,7 @@ axis whose length the number of devices divides; every other leaf stays replicat
 rule looks at a leaf's shape only, so an optimiser's per-param statistics (Adam's ``mu``
 and ``nu``) get their param's sharding. Inside the compiled epoch XLA's SPMD partitioner
 adds the collectives: it gathers a weight, or the activations, where a layer needs them
-whole, and reduces the gradients onto the shards.
+whole.
 """
 
 from __future__ import annotations
