@@ -14,6 +14,9 @@ One process, the reference: ``fit`` on every device of the process (two under
 ``single_0, ...``); ``OUT.json`` the train-loss and validation-accuracy columns of the
 history and, for the processes, the error of a batch size that does not divide.
 ``--heartbeat S`` is ``jax.distributed.initialize``'s ``heartbeat_timeout_seconds``.
+``--shard`` adds the run with ``shard_params=True`` (``sharded_0, ...``, and with
+``--checkpoint`` its checkpointed and resumed copy ``sharded_resumed_0, ...``) and the
+layout of its first layer's ``W`` between the epochs (``OUT.json``'s ``"layout"``).
 """
 
 from __future__ import annotations
@@ -37,8 +40,11 @@ def main(argv: list[str]) -> None:
                         help="also fit 2 epochs checkpointed in this directory (shared by "
                              "the processes), resume to --epochs, compare with the run")
     parser.add_argument("--disagree", action="store_true",
-                        help="change one training pixel and the key's seed (then fit must "
-                             "refuse to start, naming both)")
+                        help="change one training pixel, the key's seed and shard_params "
+                             "(then fit must refuse to start, naming the three)")
+    parser.add_argument("--shard", action="store_true",
+                        help="also fit with shard_params=True (checkpointed and resumed "
+                             "too with --checkpoint)")
     parser.add_argument("--warm-up", action="store_true",
                         help="fit one epoch first and print 'warm' (the kill test then "
                              "kills a process that is training, not compiling)")
@@ -61,22 +67,40 @@ def main(argv: list[str]) -> None:
     model = funnet.serial(funnet.Dense(32), funnet.Relu, funnet.Dense(10))
     _, params = model.init(jax.random.PRNGKey(0), (-1, 64))
     optimizer = optax.adam(1e-2)
-    train, seed = splits.train, 1
+    train, seed, shard = splits.train, 1, False
     if args.disagree:
         x = train.x.copy()
         x[5, 7] += 0.5
-        train, seed = funnet.data.Dataset(x, train.y), 2
+        train, seed, shard = funnet.data.Dataset(x, train.y), 2, True
 
     def run(devices, batch_size=64, epochs=args.epochs, **kw):
         return funnet.fit(model, params, train, valid=splits.valid,
                           loss=funnet.softmax_cross_entropy, optimizer=optimizer,
                           epochs=epochs, batch_size=batch_size,
                           key=jax.random.PRNGKey(seed), progress=True, devices=devices,
-                          **kw)
+                          **{"shard_params": shard, **kw})
+
+    layout: list = []  # W [64, 32] of a sharded run after each epoch: what this process
+    if args.shard:     # holds of it (the epoch donates its input: look at once)
+        from funnet.train import loop
+
+        one_epoch = loop._one_epoch
+
+        def spy(run_state, *rest):
+            one_epoch(run_state, *rest)
+            w = run_state.state.params[0]["W"]
+            if not w.sharding.is_fully_replicated:  # the replicated runs: nothing to see
+                layout.append({"spec": [str(p) for p in w.sharding.spec],
+                               "local": [list(s.data.shape) for s in w.addressable_shards],
+                               "global": list(w.shape)})
+
+        loop._one_epoch = spy
 
     report: dict = {"process_count": jax.process_count(), "devices": len(jax.devices())}
     if args.reference:
         runs = {"mesh": run(jax.devices()), "single": run(None)}
+        if args.shard:
+            runs["sharded"] = run(jax.devices(), shard_params=True)
     else:
         try:
             run(None, batch_size=63)
@@ -89,6 +113,14 @@ def main(argv: list[str]) -> None:
         if args.checkpoint is not None:
             run(None, epochs=args.epochs - 1, checkpoint=args.checkpoint)
             runs["resumed"] = run(None, checkpoint=args.checkpoint, resume=True)
+        if args.shard:
+            runs["sharded"] = run(None, shard_params=True)
+            report["layout"] = list(layout)
+            if args.checkpoint is not None:
+                where = args.checkpoint.with_name(args.checkpoint.name + "-sharded")
+                run(None, epochs=args.epochs - 1, checkpoint=where, shard_params=True)
+                runs["sharded_resumed"] = run(None, checkpoint=where, resume=True,
+                                              shard_params=True)
     leaves = {}
     for name, (trained, history) in runs.items():
         for i, leaf in enumerate(jax.tree.leaves(trained)):

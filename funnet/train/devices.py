@@ -1,27 +1,74 @@
-r"""Where training runs: one device, or data parallelism over a 1-D mesh.
+r"""Where training runs: one device, or data parallelism over a 1-D mesh, optionally with
+the train state sharded over the same mesh axis (``fit(shard_params=True)``, FSDP-style).
 
 Several processes (``jax.distributed.initialize`` called by the user or a launcher before
 ``fit``): the mesh spans the devices of every process (``devices=None`` means all of
 ``jax.devices()``), every process holds the same full data set, and :meth:`Placement.put`
 turns each process's copy into one global array, replicated over the mesh.
+
+Parameter sharding (:func:`shard_spec`): each leaf of the train state (params, optimiser
+state, model state) of at least :data:`MIN_SHARD_SIZE` elements is split along its largest
+axis whose length the number of devices divides; every other leaf stays replicated. The
+rule looks at a leaf's shape only, so an optimiser's per-param statistics (Adam's ``mu``
+and ``nu``) get their param's sharding. Inside the compiled epoch XLA's SPMD partitioner
+adds the collectives: it gathers a weight, or the activations, where a layer needs them
+whole.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["Placement", "placement"]
+__all__ = ["MIN_SHARD_SIZE", "Placement", "placement", "shard_spec", "state_shardings"]
+
+MIN_SHARD_SIZE = 1024
+"""Leaves with fewer elements stay replicated under ``shard_params``: a 4 KiB float32 leaf
+saves nothing worth a collective."""
+
+
+def shard_spec(shape: tuple[int, ...], size: int, axis: str) -> PartitionSpec:
+    """The :class:`PartitionSpec` of a leaf of ``shape`` sharded over ``size`` devices of mesh
+    axis ``axis``: its largest axis divisible by ``size`` (the first of equal ones), or
+    ``PartitionSpec()`` (replicated) for a leaf under :data:`MIN_SHARD_SIZE` elements or
+    without such an axis.
+
+    >>> shard_spec((64, 32), 2, "batch"), shard_spec((3, 1024), 2, "batch")
+    (P('batch', None), P(None, 'batch'))
+    >>> shard_spec((32, 10), 2, "batch"), shard_spec((1025,), 2, "batch")
+    (P(), P())
+    """
+    shape = tuple(shape)
+    fits = [i for i, d in enumerate(shape) if d % size == 0]
+    if size < 2 or math.prod(shape) < MIN_SHARD_SIZE or not fits:
+        return PartitionSpec()
+    split = max(fits, key=lambda i: shape[i])  # max keeps the first of equal lengths
+    return PartitionSpec(*(axis if i == split else None for i in range(len(shape))))
+
+
+def state_shardings(tree: Any, mesh: tuple[Mesh, str]) -> Any:
+    """A :class:`NamedSharding` per leaf of ``tree`` (arrays or shape structs), by
+    :func:`shard_spec`."""
+    mesh_, axis = mesh
+    return jax.tree.map(lambda a: NamedSharding(mesh_, shard_spec(np.shape(a), mesh_.size,
+                                                                  axis)), tree)
 
 
 class Placement:
-    """The mesh (or ``None``: the default device) and the sharding of replicated values."""
+    """The mesh (or ``None``: the default device), the sharding of replicated values and
+    whether the train state is sharded (``shard_params``)."""
 
-    def __init__(self, mesh: tuple[Mesh, str] | None):
+    def __init__(self, mesh: tuple[Mesh, str] | None, shard_params: bool = False):
+        if shard_params and mesh is None:
+            raise ValueError("shard_params=True needs several devices: pass devices= (a "
+                             "list or a 1-D Mesh of at least 2), or run several processes")
         self.mesh = mesh
+        self.shard_params = shard_params
         if mesh is None:
             self.replicated = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         else:
@@ -35,6 +82,18 @@ class Placement:
     def multiprocess(self) -> bool:
         """Whether the mesh spans devices of other processes (the arrays are global)."""
         return not self.replicated.is_fully_addressable
+
+    @property
+    def layout(self) -> tuple[Mesh, str] | None:
+        """The mesh and axis the train state is sharded over, or ``None`` (replicated)."""
+        return self.mesh if self.shard_params else None
+
+    def gather(self, tree: Any) -> Any:
+        """``tree`` replicated over the mesh (unchanged without ``shard_params``): every
+        device, and every process, then holds whole arrays."""
+        if not self.shard_params or tree is None:
+            return tree
+        return _gatherer(self.replicated)(tree)
 
     def put(self, *arrays: Any) -> tuple:
         """The arrays on the device(s), replicated (``None`` stays ``None``).
@@ -53,14 +112,24 @@ class Placement:
                                             lambda index: host[index])
 
 
-def placement(devices: Any, batch_size: int) -> Placement:
-    """A :class:`Placement` for ``fit(devices=...)``: a list of devices or a 1-D mesh.
+@functools.lru_cache(maxsize=8)
+def _gatherer(sharding: NamedSharding):
+    return jax.jit(lambda tree: tree, out_shardings=sharding)  # XLA: all-gathers
+
+
+def placement(devices: Any, batch_size: int, shard_params: bool = False) -> Placement:
+    """A :class:`Placement` for ``fit(devices=..., shard_params=...)``: a list of devices or
+    a 1-D mesh.
 
     With several processes ``devices=None`` is every device of every process.
+    ``shard_params=True`` needs at least two devices.
     """
+    if not isinstance(shard_params, (bool, np.bool_)):
+        raise TypeError(f"shard_params must be True or False, got {shard_params!r}")
+    shard_params = bool(shard_params)
     if devices is None:
         if jax.process_count() == 1:
-            return Placement(None)
+            return Placement(None, shard_params)
         devices = jax.devices()
     if isinstance(devices, Mesh):
         if devices.devices.ndim != 1:
@@ -74,12 +143,15 @@ def placement(devices: Any, batch_size: int) -> Placement:
         mesh, axis = Mesh(np.array(devs), ("batch",)), "batch"
     if jax.process_count() > 1:
         _check_processes(mesh)
+    if shard_params and mesh.size < 2:
+        raise ValueError("shard_params=True needs several devices, got a mesh of 1 device; "
+                         "pass devices= with at least 2 (or shard_params=False)")
     if batch_size % mesh.size:
         where = (f"devices of all {jax.process_count()} processes"
                  if jax.process_count() > 1 else "devices")
         raise ValueError(f"batch_size {batch_size} must be divisible by the number of "
                          f"{where} ({mesh.size}) for data parallelism")
-    return Placement((mesh, axis))
+    return Placement((mesh, axis), shard_params)
 
 
 def _check_processes(mesh: Mesh) -> None:

@@ -103,6 +103,7 @@ def fit(
     keep: int = 3,
     checkpoint_every: int = 1,
     devices: Sequence[Any] | Any | None = None,
+    shard_params: bool = False,
     grad: str = "reverse",
     on_epoch: Callable[[dict], Any] | None = None,
 ) -> tuple[PyTree, History] | tuple[PyTree, PyTree, History]:
@@ -157,7 +158,8 @@ def fit(
       keep: how many checkpoints to keep (the newest).
       checkpoint_every: save every this many epochs (and after the last one).
       devices: a list of devices or a 1-D ``jax.sharding.Mesh``: data parallelism (the
-        batch axis sharded, params and optimiser state replicated); ``batch_size`` must be
+        batch axis sharded, params and optimiser state replicated unless
+        ``shard_params``); ``batch_size`` must be
         divisible by the number of devices. After ``jax.distributed.initialize`` (several
         processes), ``None`` means every device of every process; each process passes the
         same full ``train``/``valid``, params and key, and gets the same params and
@@ -165,6 +167,17 @@ def fit(
         hash of the data, params, state, key, model and options across the processes
         first and raises ``ValueError`` naming what differs (``loss`` and ``optimizer``
         are not compared).
+      shard_params: FSDP-style parameter sharding over the ``devices`` (at least 2; a
+        ``ValueError`` otherwise): every leaf of the train state (params, optimiser state,
+        model state) of at least 1024 elements is split along its largest axis that the
+        number of devices divides, each device holding ``1/n`` of it; smaller leaves and
+        leaves without such an axis stay replicated. XLA's SPMD partitioner adds the
+        collectives (it gathers a weight, or the activations, where a layer needs them
+        whole); the results equal the replicated run's up to float32 rounding (some sums
+        run in another order), which Adam can amplify. Checkpoints hold the
+        sharded state and restore onto the sharding of the resuming ``fit`` (sharded or
+        not). The returned params (and state, and the best epoch's) are gathered:
+        replicated over the devices as without sharding, usable on every process.
       grad: ``"reverse"`` (``jax.value_and_grad``) or ``"hand"`` (the hand δ-recursion).
       on_epoch: called after each epoch (on every process) with its :class:`History`
         record, e.g. to log it (``funnet train`` prints
@@ -208,7 +221,7 @@ def fit(
     x, y = as_inputs(x), as_targets(y, "train")
     n = num_rows(x, "train")
     batch_size = _batch_size(batch_size, n)
-    place = make_placement(devices, batch_size)
+    place = make_placement(devices, batch_size, shard_params)
     acc_kind = check_data(model, params, model_state, loss, x, y, batch=batch_size,
                           name="train")
     vx = vy = valid_kind = None
@@ -224,15 +237,16 @@ def fit(
     signature = model_signature(model, params, state=model_state)
     if place.multiprocess:  # collectively, before anything else that is collective
         check_agreement({"options": {**config, "epochs": epochs,
-                                     "checkpoint": checkpoint is not None},
+                                     "checkpoint": checkpoint is not None,
+                                     "shard_params": place.shard_params},
                          "model": signature, "params": params, "state": model_state,
                          "key": as_key(key), "train data": (x, y), "valid data": (vx, vy)})
     run = checkpoints.open_checkpoints(checkpoint, resume=resume,
                                        keep=check_int(keep, "keep", minimum=1))
     try:
         x, y, vx, vy = place.put(x, y, vx, vy)
-        first = start_function(optimizer, place.replicated)(params, model_state,
-                                                            as_key(key))
+        first = start_function(optimizer, place.replicated, place.layout)(
+            params, model_state, as_key(key))
         run_state = checkpoints.RunState(first, History(), stopping)
         if run is not None:
             run_state = checkpoints.restore(run, run_state, config=config,
@@ -243,12 +257,14 @@ def fit(
                              "(the total number of epochs, not the ones to add)")
         options = {"l2": l2, "grad": grad, "n": n, "batch_size": batch_size,
                    "acc_kind": acc_kind, "valid_kind": valid_kind, "placement": place.mesh,
+                   "shard_state": place.shard_params,
                    "eval_chunk": _eval_chunk(vx, place),
                    "signature": shapes_of((run_state.state, x, y, vx, vy))}
         bar = ProgressBar(progress and jax.process_index() == 0, epochs, run_state.epoch)
         try:
             while run_state.epoch < epochs and not run_state.history.stopped_early:
-                _one_epoch(run_state, model, loss, optimizer, options, (x, y, vx, vy), run)
+                _one_epoch(run_state, model, loss, optimizer, options, (x, y, vx, vy), run,
+                           place)
                 bar.update(run_state.history[-1], epochs)
                 if on_epoch is not None:
                     on_epoch(dict(run_state.history[-1]))
@@ -261,13 +277,13 @@ def fit(
         if run is not None:
             run.close()
     use_best = patience is not None and run_state.best is not None
-    params, model_state = run_state.best if use_best else (
-        run_state.state.params, run_state.state.model_state)
+    params, model_state = place.gather(run_state.best if use_best else (
+        run_state.state.params, run_state.state.model_state))
     return (params, model_state, run_state.history) if return_state else (
         params, run_state.history)
 
 
-def _one_epoch(run_state, model, loss, optimizer, options, data, run) -> None:
+def _one_epoch(run_state, model, loss, optimizer, options, data, run, place) -> None:
     """Run one epoch in place on ``run_state``; replay it step-checked if not finite."""
     t0 = time.perf_counter()
     number = run_state.epoch + 1
@@ -277,7 +293,7 @@ def _one_epoch(run_state, model, loss, optimizer, options, data, run) -> None:
         _, state, m = epoch_function(model, loss, optimizer, guarded=True, **options)(
             backup, *data)
         if not m["finite"]:
-            _raise_non_finite(state, run_state, number, int(m["bad_step"]), run)
+            _raise_non_finite(state, run_state, number, int(m["bad_step"]), run, place)
     del backup
     run_state.state = state
     record = {"epoch": number, "train_loss": m["train_loss"]}
@@ -287,8 +303,9 @@ def _one_epoch(run_state, model, loss, optimizer, options, data, run) -> None:
     run_state.record(record, track=data[2] is not None)
 
 
-def _raise_non_finite(state, run_state, epoch: int, step: int, run) -> None:
+def _raise_non_finite(state, run_state, epoch: int, step: int, run, place) -> None:
     path = checkpoints.save_last_good(run, state, epoch, step)
+    state = place.gather(state)
     where = f"; the last good state is saved in {str(path)!r}" if path else ""
     global_step = int(state.step)
     raise NonFiniteLossError(
@@ -297,7 +314,7 @@ def _raise_non_finite(state, run_state, epoch: int, step: int, run) -> None:
         f"learning rate, gradient clipping (optax.clip_by_global_norm) or check the data.",
         epoch=epoch, step=step, global_step=global_step, last_good_state=state,
         history=run_state.history, path=path,
-        best_params=None if run_state.best is None else run_state.best[0],
+        best_params=None if run_state.best is None else place.gather(run_state.best[0]),
         best_epoch=run_state.stopping.best_epoch)
 
 

@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ..contract import Layer, PyTree, StatefulModelError, as_layer
 from ..losses import Loss
+from .devices import state_shardings
 from .evaluation import eval_sums, padded_index
 from .inputs import check_l2, take_rows
 from .objective import accuracy_kind, check_grad, loss_and_grads, row_correct
@@ -158,17 +159,20 @@ def _check_labels(model: Layer, loss: Any, state: TrainState, x: Any, y: Any,
 # ------------------------------------------------------------------------------ epoch
 
 
-def tree_finite(tree: PyTree) -> jax.Array:
+def tree_finite(tree: PyTree, per_leaf: bool = False) -> jax.Array:
     """Whether every float in ``tree`` is finite, as one fused reduction.
 
     ``Σ 0·a`` over all leaves is 0 when every entry is finite and NaN otherwise; XLA fuses
     the concatenation into the reduction (one kernel, whatever the number of leaves).
+    ``per_leaf=True`` sums each leaf on its own instead: a sharded leaf then reduces where
+    it lies (a scalar crosses the devices), where the concatenation would gather it whole.
     """
-    leaves = [jnp.ravel(a) for a in jax.tree.leaves(tree)
-              if jnp.issubdtype(a.dtype, jnp.inexact)]
+    leaves = [a for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.inexact)]
     if not leaves:
         return jnp.array(True)
-    flat = jnp.concatenate([a.astype(jnp.result_type(*leaves)) for a in leaves])
+    if per_leaf:
+        return jnp.isfinite(sum(jnp.sum(a * 0).astype(jnp.float32) for a in leaves))
+    flat = jnp.concatenate([jnp.ravel(a).astype(jnp.result_type(*leaves)) for a in leaves])
     return jnp.isfinite(jnp.sum(flat * 0))
 
 
@@ -187,7 +191,8 @@ def learning_rate(opt_state: PyTree) -> jax.Array | None:
 def _make_epoch(objective: Callable, optimizer: optax.GradientTransformation,
                 loss: Callable, *, n: int, batch_size: int, acc_kind: str | None,
                 valid_kind: str | None, model: Layer, placement: tuple[Mesh, str] | None,
-                eval_chunk: int | None, guarded: bool = False) -> Callable:
+                eval_chunk: int | None, guarded: bool = False, shard_state: bool = False
+                ) -> Callable:
     """The jitted epoch: shuffle, one ``lax.scan`` over the mini-batches, validation.
 
     ``epoch(state, x, y, vx, vy) -> (start, state, metrics)``: ``start`` is the epoch's
@@ -201,6 +206,11 @@ def _make_epoch(objective: Callable, optimizer: optax.GradientTransformation,
     from ``start`` with ``guarded=True``: every step then checks its loss, gradients and
     updated state, and from the first non-finite one on no update is applied
     (``metrics["bad_step"]`` is its index), which leaves the last good state.
+
+    ``shard_state=True`` (``fit(shard_params=True)``, needs ``placement``): the state is pinned to
+    :func:`funnet.train.devices.state_shardings` on entry, after every step and on exit, so
+    each device holds its slice of every sharded leaf throughout; XLA adds the collectives
+    that the matmuls need.
     """
     nb = -(-n // batch_size)
     masked = nb * batch_size != n
@@ -211,8 +221,13 @@ def _make_epoch(objective: Callable, optimizer: optax.GradientTransformation,
             return a
         return jax.lax.with_sharding_constraint(a, NamedSharding(placement[0], spec))
 
+    def pin(tree):  # the train state's layout: sharded by the rule, or replicated
+        if not shard_state:
+            return tree
+        return jax.lax.with_sharding_constraint(tree, state_shardings(tree, placement))
+
     def epoch(state, x, y, vx, vy):
-        start = state
+        state = start = pin(state)
         keys = jax.random.split(state.key, nb + 2)
         state = state._replace(key=keys[0])
         idx, mask = padded_index(n, nb, batch_size, shuffle(keys[1], n))
@@ -228,7 +243,7 @@ def _make_epoch(objective: Callable, optimizer: optax.GradientTransformation,
             count = jnp.sum(mb) if masked else float(batch_size)
             data, out, model_state, grads = objective(
                 state.params, state.model_state, xb, yb, (mb, count) if masked else None, kb)
-            new = apply_updates(optimizer, state, grads, model_state)
+            new = pin(apply_updates(optimizer, state, grads, model_state))
             loss_i = data.astype(jnp.float32) * count
             correct = zero
             if acc_kind is not None:
@@ -236,7 +251,7 @@ def _make_epoch(objective: Callable, optimizer: optax.GradientTransformation,
                 correct = jnp.sum(mb * hits) if masked else jnp.sum(hits)
             if guarded:  # slow path: check every step, freeze from the first bad one on
                 finite = jnp.isfinite(data) & tree_finite(
-                    (grads, new.params, new.opt_state, new.model_state))
+                    (grads, new.params, new.opt_state, new.model_state), shard_state)
                 good = ok & finite
                 new = jax.tree.map(lambda a, b: jnp.where(good, a, b), new, state)
                 bad = jnp.where(ok & ~good, i, bad)
@@ -252,7 +267,7 @@ def _make_epoch(objective: Callable, optimizer: optax.GradientTransformation,
             body, carry, (idx, mask, keys[2:]))
         if not guarded:
             ok = jnp.isfinite(loss_sum) & tree_finite(
-                (state.params, state.opt_state, state.model_state))
+                (state.params, state.opt_state, state.model_state), shard_state)
         seen = jnp.maximum(seen, 1.0)
         metrics = {"finite": ok, "bad_step": bad, "train_loss": loss_sum / seen}
         if acc_kind is not None:
@@ -271,12 +286,14 @@ def _make_epoch(objective: Callable, optimizer: optax.GradientTransformation,
         layout[:] = list(metrics)  # one vector, one transfer per epoch
         packed = jnp.stack([jnp.asarray(v).astype(jnp.result_type(float)) for v in
                             metrics.values()])
-        return start, state, packed
+        return start, pin(state), packed
 
     layout: list[str] = []
     options: dict[str, Any] = {}
     if placement is not None:
-        options["out_shardings"] = NamedSharding(placement[0], PartitionSpec())
+        replicated = NamedSharding(placement[0], PartitionSpec())
+        # sharded: the state's outputs keep the layout pinned above
+        options["out_shardings"] = (None, None, replicated) if shard_state else replicated
     jitted = jax.jit(epoch, **options) if guarded else jax.jit(epoch, donate_argnums=0, **options)
 
     def run(state, *args):
@@ -351,7 +368,20 @@ def _start(optimizer: optax.GradientTransformation, params: PyTree, model_state:
     return jax.tree.map(copy, state)
 
 
-def start_function(optimizer: optax.GradientTransformation, sharding: Any) -> Callable:
-    """:func:`_start` jitted, its outputs placed on ``sharding``; cached per optimizer."""
-    return _cached(_START_CACHE, (optimizer, sharding), lambda: jax.jit(
-        functools.partial(_start, optimizer), out_shardings=sharding))
+def start_function(optimizer: optax.GradientTransformation, sharding: Any,
+                   layout: tuple[Mesh, str] | None = None) -> Callable:
+    """:func:`_start` jitted, its outputs placed on ``sharding``; cached per optimizer.
+
+    With ``layout`` (a mesh and axis: ``fit(shard_params=True)``) each leaf of the state is
+    placed by :func:`funnet.train.devices.state_shardings` instead: born sharded, never
+    whole on a device.
+    """
+    if layout is None:
+        return _cached(_START_CACHE, (optimizer, sharding), lambda: jax.jit(
+            functools.partial(_start, optimizer), out_shardings=sharding))
+
+    def start(params, model_state, key):
+        state = _start(optimizer, params, model_state, key)
+        return jax.lax.with_sharding_constraint(state, state_shardings(state, layout))
+
+    return _cached(_START_CACHE, (optimizer, sharding, layout), lambda: jax.jit(start))
