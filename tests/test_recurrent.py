@@ -407,6 +407,27 @@ def test_decay_dtypes_and_jit():
     np.testing.assert_array_equal(p0["b"], np.zeros(8))
 
 
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+def test_inputs_of_another_dtype_get_gradients_of_their_dtype(kind):
+    """x and h0 in float32 with float64 params: the scan runs in float64 (x and h0 cast up)
+    and dx, dh0 come back in float32, the dtype of what they differentiate (as jax.grad's),
+    with the values of the all-float64 run (the witness: x and h0 given in float64)."""
+    rng = np.random.default_rng(43)
+    T, B = 3, 2
+    layer = _layer(kind, return_state=True)
+    params = init_params(layer, (-1, T, F), seed=43)
+    to32, to64 = (functools.partial(jax.tree_util.tree_map, lambda a, t=t: a.astype(t))
+                  for t in (jnp.float32, jnp.float64))
+    x, h0 = to32((_normal(rng, (B, T, F)), _state(kind, rng, B)))
+    dy = funnet.RecurrentOutput((_normal(rng, (B, T, H)), None), _state(kind, rng, B))
+    got, want = (layer.backward(params, layer.forward(params, (xs, None, s))[1], dy)
+                 for xs, s in ((x, h0), to64((x, h0))))
+    dx, dh0 = got[1][0], got[1][2]
+    assert all(d.dtype == jnp.float32 for d in jax.tree_util.tree_leaves((dx, dh0)))
+    assert all(g.dtype == jnp.float64 for g in jax.tree_util.tree_leaves(got[0]))
+    assert_trees_close(to64(got), want, rtol=1e-6, atol=1e-7)
+
+
 # --- Bidirectional ---------------------------------------------------------------------------
 
 
