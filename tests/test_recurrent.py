@@ -428,6 +428,23 @@ def test_inputs_of_another_dtype_get_gradients_of_their_dtype(kind):
     assert_trees_close(to64(got), want, rtol=1e-6, atol=1e-7)
 
 
+def test_init_draws_each_parameter_and_each_direction_from_its_own_key():
+    """init splits its key: W_x, W_h and each bias (the GRU's b_x and b_h) get keys of their
+    own, and so do Bidirectional's two directions. With one initializer for all of them and
+    F = H (equal shapes) a shared key gave W_x == W_h, b_x == b_h, or two directions that
+    start as the same layer."""
+    normal = jax.nn.initializers.normal(1.0)
+    for kind in KINDS:
+        layer = _layer(kind, W_x_init=normal, W_h_init=normal, b_init=normal)
+        _, p = layer.init(KEY, (-1, 5, H))
+        assert p["W_x"].shape == p["W_h"].shape
+        assert not np.allclose(p["W_x"], p["W_h"]), kind
+        if kind == "GRU":
+            assert not np.allclose(p["b_x"], p["b_h"])
+        _, (p_f, p_b) = funnet.Bidirectional(layer).init(KEY, (-1, 5, H))
+        assert not any(np.allclose(p_f[k], p_b[k]) for k in p_f), kind
+
+
 # --- Bidirectional ---------------------------------------------------------------------------
 
 
