@@ -473,14 +473,22 @@ def test_bidirectional_with_lengths():
     last = funnet.Bidirectional(funnet.LSTM(H, return_sequences=False))
 
     @jax.jit
-    def run(params, x, dy):
+    def run(params, x, dy, dy_last, dy_at_ends):
         (y, m), res = layer.forward(params, (x, mask))
         ref_y, pull = jax.vjp(ref, params, x)
+        _, res_last = last.forward(params, (x, mask))
         return (y, m, ref_y, layer.backward(params, res, (dy, None)), pull(dy),
-                last.apply(params, (x, mask)))
+                last.apply(params, (x, mask)), last.backward(params, res_last, dy_last),
+                pull(dy_at_ends))
 
     dy = _normal(rng, (3, T, 2 * H))
-    y, m, ref_y, (dparams, (dx, dmask)), (ref_dparams, ref_dx), both = run(params, x, dy)
+    # the last-step form's gradient is the sequence form's with dy at those steps only
+    dy_last = _normal(rng, (3, 2 * H))
+    dy_at_ends = np.zeros((3, T, 2 * H))
+    dy_at_ends[np.arange(3), np.asarray(lengths) - 1, :H] = dy_last[:, :H]
+    dy_at_ends[:, 0, H:] = dy_last[:, H:]
+    (y, m, ref_y, (dparams, (dx, dmask)), (ref_dparams, ref_dx), both, last_grads,
+     ref_last_grads) = run(params, x, dy, dy_last, jnp.asarray(dy_at_ends))
     np.testing.assert_array_equal(m, mask)
     np.testing.assert_allclose(y, ref_y, **TIGHT)
     assert_trees_close(dparams, ref_dparams, **TIGHT)
@@ -489,6 +497,7 @@ def test_bidirectional_with_lengths():
     # the last-step form: the forward state at each end, the backward one at step 0
     ends = y[np.arange(3), np.asarray(lengths) - 1, :H]
     np.testing.assert_allclose(both, np.concatenate([ends, y[:, 0, H:]], axis=-1), **TIGHT)
+    assert_trees_close(last_grads, (ref_last_grads[0], (ref_last_grads[1], None)), **TIGHT)
 
 
 def test_reverse_time_is_a_mask_aware_involution():
