@@ -150,6 +150,17 @@ def test_update_equals_a_numpy_replay_and_energy_never_increases(order):
         assert np.all(energies[:, -1] < energies[:, 0])  # and they did move
 
 
+def test_random_order_draws_a_fresh_permutation_every_sweep():
+    """``order="random"``: each sweep of N steps is a random permutation of its own, not one
+    order repeated sweep after sweep (the replay above takes the schedule from ``_units``
+    itself, so it cannot see that). Witness: the sweeps of one schedule compared directly."""
+    n, sweeps = 12, 4
+    blocks = np.asarray(hop._units(jax.random.key(5), n, sweeps * n, "random")).reshape(sweeps, n)
+    assert all(sorted(b) == list(range(n)) for b in blocks)
+    # 12! ≈ 4.8e8 orders: two equal ones among 4 independent draws, probability < 1.3e-8
+    assert len({tuple(b) for b in blocks}) == sweeps
+
+
 def test_hebbian_trajectories_from_noisy_cues_descend():
     rng = np.random.default_rng(5)
     xi = random_patterns(rng, 20, N)  # above capacity too: descent holds regardless

@@ -407,6 +407,44 @@ def test_decay_dtypes_and_jit():
     np.testing.assert_array_equal(p0["b"], np.zeros(8))
 
 
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+def test_inputs_of_another_dtype_get_gradients_of_their_dtype(kind):
+    """x and h0 in float32 with float64 params: the scan runs in float64 (x and h0 cast up)
+    and dx, dh0 come back in float32, the dtype of what they differentiate (as jax.grad's),
+    with the values of the all-float64 run (the witness: x and h0 given in float64)."""
+    rng = np.random.default_rng(43)
+    T, B = 3, 2
+    layer = _layer(kind, return_state=True)
+    params = init_params(layer, (-1, T, F), seed=43)
+    to32, to64 = (functools.partial(jax.tree_util.tree_map, lambda a, t=t: a.astype(t))
+                  for t in (jnp.float32, jnp.float64))
+    x, h0 = to32((_normal(rng, (B, T, F)), _state(kind, rng, B)))
+    dy = funnet.RecurrentOutput((_normal(rng, (B, T, H)), None), _state(kind, rng, B))
+    got, want = (layer.backward(params, layer.forward(params, (xs, None, s))[1], dy)
+                 for xs, s in ((x, h0), to64((x, h0))))
+    dx, dh0 = got[1][0], got[1][2]
+    assert all(d.dtype == jnp.float32 for d in jax.tree_util.tree_leaves((dx, dh0)))
+    assert all(g.dtype == jnp.float64 for g in jax.tree_util.tree_leaves(got[0]))
+    assert_trees_close(to64(got), want, rtol=1e-6, atol=1e-7)
+
+
+def test_init_draws_each_parameter_and_each_direction_from_its_own_key():
+    """init splits its key: W_x, W_h and each bias (the GRU's b_x and b_h) get keys of their
+    own, and so do Bidirectional's two directions. With one initializer for all of them and
+    F = H (equal shapes) a shared key gave W_x == W_h, b_x == b_h, or two directions that
+    start as the same layer."""
+    normal = jax.nn.initializers.normal(1.0)
+    for kind in KINDS:
+        layer = _layer(kind, W_x_init=normal, W_h_init=normal, b_init=normal)
+        _, p = layer.init(KEY, (-1, 5, H))
+        assert p["W_x"].shape == p["W_h"].shape
+        assert not np.allclose(p["W_x"], p["W_h"]), kind
+        if kind == "GRU":
+            assert not np.allclose(p["b_x"], p["b_h"])
+        _, (p_f, p_b) = funnet.Bidirectional(layer).init(KEY, (-1, 5, H))
+        assert not any(np.allclose(p_f[k], p_b[k]) for k in p_f), kind
+
+
 # --- Bidirectional ---------------------------------------------------------------------------
 
 
@@ -435,14 +473,22 @@ def test_bidirectional_with_lengths():
     last = funnet.Bidirectional(funnet.LSTM(H, return_sequences=False))
 
     @jax.jit
-    def run(params, x, dy):
+    def run(params, x, dy, dy_last, dy_at_ends):
         (y, m), res = layer.forward(params, (x, mask))
         ref_y, pull = jax.vjp(ref, params, x)
+        _, res_last = last.forward(params, (x, mask))
         return (y, m, ref_y, layer.backward(params, res, (dy, None)), pull(dy),
-                last.apply(params, (x, mask)))
+                last.apply(params, (x, mask)), last.backward(params, res_last, dy_last),
+                pull(dy_at_ends))
 
     dy = _normal(rng, (3, T, 2 * H))
-    y, m, ref_y, (dparams, (dx, dmask)), (ref_dparams, ref_dx), both = run(params, x, dy)
+    # the last-step form's gradient is the sequence form's with dy at those steps only
+    dy_last = _normal(rng, (3, 2 * H))
+    dy_at_ends = np.zeros((3, T, 2 * H))
+    dy_at_ends[np.arange(3), np.asarray(lengths) - 1, :H] = dy_last[:, :H]
+    dy_at_ends[:, 0, H:] = dy_last[:, H:]
+    (y, m, ref_y, (dparams, (dx, dmask)), (ref_dparams, ref_dx), both, last_grads,
+     ref_last_grads) = run(params, x, dy, dy_last, jnp.asarray(dy_at_ends))
     np.testing.assert_array_equal(m, mask)
     np.testing.assert_allclose(y, ref_y, **TIGHT)
     assert_trees_close(dparams, ref_dparams, **TIGHT)
@@ -451,6 +497,7 @@ def test_bidirectional_with_lengths():
     # the last-step form: the forward state at each end, the backward one at step 0
     ends = y[np.arange(3), np.asarray(lengths) - 1, :H]
     np.testing.assert_allclose(both, np.concatenate([ends, y[:, 0, H:]], axis=-1), **TIGHT)
+    assert_trees_close(last_grads, (ref_last_grads[0], (ref_last_grads[1], None)), **TIGHT)
 
 
 def test_reverse_time_is_a_mask_aware_involution():
