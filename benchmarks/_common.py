@@ -301,3 +301,58 @@ def loss_agreement(case: str, ran: dict[str, np.ndarray], ref: str, res: CaseRes
             res.failures.append(f"{case}: {name}'s first-epoch losses differ from {ref}'s "
                                 f"by {rel:.1e} relative (> {epoch_rtol:g})")
     return first_loss, max_rel
+
+
+class EpochCompetitor:
+    """One call = one epoch of ``peer`` (``steps`` per-step calls) on the sequences ``x``
+    and targets ``y``; its k-th call uses permutation k. The first epoch's losses (the
+    warm-up call) are kept for the check. Used by the ``recurrent`` and ``attention`` cases."""
+
+    def __init__(self, peer: Any, x: np.ndarray, y: np.ndarray, batch: int):
+        self.peer, self.x, self.y, self.batch = peer, x, y, batch
+        self.epochs = 0
+        self.first_losses: list[Any] | None = None
+        self.last_losses: list[Any] | None = None
+
+    def __call__(self) -> Any:
+        perm = epoch_permutation(len(self.x), self.epochs)
+        xb, _ = batches(self.x, np.zeros(len(self.x)), perm, self.batch)
+        yb = self.y[perm].reshape(len(xb), self.batch, *self.y.shape[1:])
+        losses = self.peer.epoch(xb, yb)
+        if self.epochs == 0:
+            self.first_losses = losses
+        self.last_losses = losses
+        self.epochs += 1
+        return losses
+
+    def mean_losses(self) -> tuple[float | None, float | None]:
+        """Mean batch loss of the first and of the last epoch (before each update)."""
+        import jax
+
+        def mean(v):
+            return None if v is None else float(np.mean(jax.device_get(v)))
+
+        return mean(self.first_losses), mean(self.last_losses)
+
+
+def init_agreement(case: str, what: str, outputs: dict[str, np.ndarray],
+                   first: dict[str, np.ndarray], ref: str, res: CaseResult, *,
+                   out_rtol: float, first_rtol: float, epoch_rtol: float) -> dict[str, Any]:
+    """Initial outputs and first-epoch losses of every library against ``ref``'s; each
+    disagreement beyond the tolerances is a failure in ``res`` (``what``: the part whose
+    mapping is checked, e.g. ``"the cell"``)."""
+    out: dict[str, Any] = {"reference": ref, "max_rel_output": {}, "first_loss": {},
+                           "max_rel_epoch": {}}
+    if ref in outputs:
+        scale = float(np.max(np.abs(outputs[ref])))
+        for name, o in outputs.items():
+            rel = float(np.max(np.abs(o - outputs[ref]))) / scale
+            out["max_rel_output"][name] = rel
+            if rel > out_rtol:
+                res.failures.append(f"{case}: {name}'s outputs at the shared init differ "
+                                    f"from {ref}'s by {rel:.1e} relative (> {out_rtol:g}): "
+                                    f"the weight mapping or {what} is not the same function")
+    if ref in first:
+        out["first_loss"], out["max_rel_epoch"] = loss_agreement(
+            case, first, ref, res, first_rtol=first_rtol, epoch_rtol=epoch_rtol)
+    return out

@@ -64,13 +64,12 @@ import optax
 from benchmarks._common import (
     CaseResult,
     Ctx,
+    EpochCompetitor,
     Table,
-    batches,
-    epoch_permutation,
     fmt,
     fmt_ratio,
     guarded,
-    loss_agreement,
+    init_agreement,
     require_funnet,
 )
 from benchmarks._rnn_peers import (
@@ -222,55 +221,12 @@ def tree_bytes(tree: Any) -> int:
 # ----------------------------------------------------------------------- train step
 
 
-class EpochCompetitor:
-    """One call = one epoch of ``peer`` (``steps`` per-step calls); its k-th call uses
-    permutation k. The first epoch's losses (the warm-up call) are kept for the check."""
-
-    def __init__(self, peer: Any, x: np.ndarray, y: np.ndarray, batch: int):
-        self.peer, self.x, self.y, self.batch = peer, x, y, batch
-        self.epochs = 0
-        self.first_losses: list[Any] | None = None
-        self.last_losses: list[Any] | None = None
-
-    def __call__(self) -> Any:
-        perm = epoch_permutation(len(self.x), self.epochs)
-        xb, _ = batches(self.x, self.y[:, 0], perm, self.batch)
-        yb = self.y[perm].reshape(len(xb), self.batch, 1)
-        losses = self.peer.epoch(xb, yb)
-        if self.epochs == 0:
-            self.first_losses = losses
-        self.last_losses = losses
-        self.epochs += 1
-        return losses
-
-    def mean_losses(self) -> tuple[float | None, float | None]:
-        """Mean batch loss of the first and of the last epoch (before each update)."""
-        def mean(v):
-            return None if v is None else float(np.mean(jax.device_get(v)))
-
-        return mean(self.first_losses), mean(self.last_losses)
-
-
 def agreement(outputs: dict[str, np.ndarray], first: dict[str, np.ndarray], ref: str,
               res: CaseResult) -> dict[str, Any]:
-    """Initial outputs and first-epoch losses of every library against ``ref``'s; each
-    disagreement beyond the tolerances is a failure in ``res``."""
-    out: dict[str, Any] = {"reference": ref, "max_rel_output": {}, "first_loss": {},
-                           "max_rel_epoch": {}}
-    if ref in outputs:
-        scale = float(np.max(np.abs(outputs[ref])))
-        for name, o in outputs.items():
-            rel = float(np.max(np.abs(o - outputs[ref]))) / scale
-            out["max_rel_output"][name] = rel
-            if rel > OUT_RTOL:
-                res.failures.append(f"recurrent: {name}'s outputs at the shared init differ "
-                                    f"from {ref}'s by {rel:.1e} relative (> {OUT_RTOL:g}): "
-                                    "the weight mapping or the cell is not the same function")
-    if ref in first:
-        out["first_loss"], out["max_rel_epoch"] = loss_agreement(
-            "recurrent", first, ref, res, first_rtol=FIRST_LOSS_RTOL,
-            epoch_rtol=EPOCH_LOSS_RTOL)
-    return out
+    """Initial outputs and first-epoch losses of every library against ``ref``'s
+    (:func:`benchmarks._common.init_agreement` with this case's tolerances)."""
+    return init_agreement("recurrent", "the cell", outputs, first, ref, res, out_rtol=OUT_RTOL,
+                          first_rtol=FIRST_LOSS_RTOL, epoch_rtol=EPOCH_LOSS_RTOL)
 
 
 def _train_step(ctx: Ctx, fn: Any, s: Sizes, res: CaseResult) -> None:
