@@ -45,7 +45,7 @@ import numpy as np
 import optax
 
 from benchmarks._cnn_peers import _replace, jitted_program
-from benchmarks._peers import OptaxStep
+from benchmarks._peers import OptaxStep, train_state_step
 from benchmarks._rnn_peers import RnnPeer, half_mse
 
 Init = dict[str, np.ndarray]
@@ -123,15 +123,7 @@ class Linen(RnnPeer):
         params = jax.tree.map(jnp.asarray, _replace(self.name, ref["params"], params))
         self.state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
-        @jax.jit
-        def step(state, x, y):
-            def loss_fn(params):
-                return half_mse(state.apply_fn({"params": params}, x), y)
-
-            loss, grads = jax.value_and_grad(loss_fn)(state.params)
-            return state.apply_gradients(grads=grads), loss
-
-        self._step = step
+        self._step = train_state_step(half_mse)
 
     def step(self, x, y):
         self.state, loss = self._step(self.state, x, y)

@@ -261,15 +261,7 @@ class Linen(StepPeer):
                   for i, (w, b) in enumerate(init)}
         self.state = train_state.TrainState.create(apply_fn=MLP().apply, params=params, tx=tx)
 
-        @jax.jit
-        def step(state, x, y):
-            def loss_fn(params):
-                return xent(state.apply_fn({"params": params}, x), y)
-
-            loss, grads = jax.value_and_grad(loss_fn)(state.params)
-            return state.apply_gradients(grads=grads), loss
-
-        self._step = step
+        self._step = train_state_step(xent)
 
     def step(self, x, y):
         self.state, loss = self._step(self.state, x, y)
@@ -277,6 +269,22 @@ class Linen(StepPeer):
 
     def logits(self, x):
         return self.state.apply_fn({"params": self.state.params}, jnp.asarray(x))
+
+
+def train_state_step(loss: Callable) -> Callable:
+    """A flax ``TrainState`` step, jitted: ``(state, x, y) -> (state', loss)`` with
+    ``loss(apply_fn({"params": p}, x), y)`` differentiated by ``jax.value_and_grad``
+    (the linen peers of the digits, LSTM and attention cases)."""
+
+    @jax.jit
+    def step(state, x, y):
+        def loss_fn(params):
+            return loss(state.apply_fn({"params": params}, x), y)
+
+        value, grads = jax.value_and_grad(loss_fn)(state.params)
+        return state.apply_gradients(grads=grads), value
+
+    return step
 
 
 # ------------------------------------------------------------------------ flax nnx
