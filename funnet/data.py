@@ -27,6 +27,7 @@ __all__ = [
     "load_digits",
     "load_mnist",
     "load_mnist_idx",
+    "shard",
     "split",
 ]
 
@@ -131,6 +132,56 @@ def split(
         if len(idx) == 0:
             raise ValueError(f"{n} samples with fractions {fractions!r} leave {name} empty")
     return Splits(*(Dataset(data.x[idx], data.y[idx]) for idx in parts))
+
+
+def shard(data: Any, index: int, count: int) -> Dataset:
+    """Part `index` of `count` contiguous parts of `data`'s rows: one process's own rows
+    for `fit(..., local_data=True)`.
+
+    The parts are cut as `np.array_split` cuts (sizes differ by at most one, the larger
+    ones first), so together, in order, they are `data` again, and a run over
+    `count` processes trains on what one process would.
+
+    Args:
+        data: a `Dataset` or an `(x, y)` pair; `x` may be a tuple of arrays with one row
+            per sample each (`None` entries stay).
+        index: the part to take, in `0..count-1` (a process: `jax.process_index()`).
+        count: the number of parts (`jax.process_count()`); at most the number of rows.
+
+    >>> data = Dataset(np.arange(10.0).reshape(5, 2), np.arange(5))
+    >>> [shard(data, i, 2).y.tolist() for i in range(2)]
+    [[0, 1, 2], [3, 4]]
+    >>> shard(data, 2, 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: shard: index 2 must lie in 0..1 (count 2)
+    """
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise ValueError(f"shard: count must be a positive integer, got {count!r}")
+    if (isinstance(index, bool) or not isinstance(index, (int, np.integer))
+            or not 0 <= index < count):
+        raise ValueError(f"shard: index {index!r} must lie in 0..{count - 1} (count {count})")
+    try:
+        x, y = data
+    except (TypeError, ValueError):
+        raise TypeError("shard: data must be an (x, y) pair or a funnet.data.Dataset") from None
+    n = len(y)
+    if count > n:
+        raise ValueError(f"shard: {n} rows cannot make {count} parts of at least one row")
+    start = index * (n // count) + min(index, n % count)  # np.array_split's cut points
+    rows = slice(start, start + n // count + (index < n % count))
+
+    def take(a: Any) -> Any:
+        if a is None:
+            return None
+        if isinstance(a, tuple):
+            parts = [take(part) for part in a]
+            return type(a)(*parts) if hasattr(a, "_fields") else tuple(parts)
+        if len(a) != n:
+            raise ValueError(f"shard: an input array has {len(a)} rows but y has {n}")
+        return a[rows]
+
+    return Dataset(take(x), take(y))
 
 
 def load_mnist(path: str | PathLike[str], *, split: str = "train") -> Dataset:

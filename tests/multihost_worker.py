@@ -17,6 +17,17 @@ history and, for the processes, the error of a batch size that does not divide.
 ``--shard`` adds the run with ``shard_params=True`` (``sharded_0, ...``, and with
 ``--checkpoint`` its checkpointed and resumed copy ``sharded_resumed_0, ...``) and the
 layout of its first layer's ``W`` between the epochs (``OUT.json``'s ``"layout"``).
+``--local`` adds the run with ``local_data=True`` (``local_0, ...``): each process passes
+only its own rows, 700 and 558 of the 1258 training rows and half of the validation rows
+(:func:`funnet.data.shard`); the reference passes all of them.
+``--faults`` runs, instead of everything else, two runs with ``local_data=True`` whose
+outcome the processes must agree on (after two refused at the start, ``OUT.json``'s
+``"same_rows"`` and ``"bad_shard"``: all rows on every process, and a label out of range in
+process 1's rows): early stopping (``patience=2`` against validation
+labels that are shuffled, so the validation loss rises from the first epoch on) and a
+learning rate growing 10⁶× per epoch (a ``NonFiniteLossError``); ``OUT.json``'s
+``"early"`` and ``"non_finite"`` describe them, ``OUT.npz`` holds ``early_0, ...`` (the
+best epoch's params) and ``last_good_0, ...``.
 """
 
 from __future__ import annotations
@@ -45,6 +56,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--shard", action="store_true",
                         help="also fit with shard_params=True (checkpointed and resumed "
                              "too with --checkpoint)")
+    parser.add_argument("--local", action="store_true",
+                        help="also fit with local_data=True, each process its own rows")
+    parser.add_argument("--faults", action="store_true",
+                        help="only the early-stopping and non-finite runs (local_data)")
     parser.add_argument("--warm-up", action="store_true",
                         help="fit one epoch first and print 'warm' (the kill test then "
                              "kills a process that is training, not compiling)")
@@ -58,7 +73,6 @@ def main(argv: list[str]) -> None:
                                    num_processes=args.num_processes,
                                    process_id=args.process_id, initialization_timeout=60,
                                    heartbeat_timeout_seconds=args.heartbeat)
-    import numpy as np
     import optax
 
     import funnet
@@ -73,12 +87,11 @@ def main(argv: list[str]) -> None:
         x[5, 7] += 0.5
         train, seed, shard = funnet.data.Dataset(x, train.y), 2, True
 
-    def run(devices, batch_size=64, epochs=args.epochs, **kw):
-        return funnet.fit(model, params, train, valid=splits.valid,
-                          loss=funnet.softmax_cross_entropy, optimizer=optimizer,
-                          epochs=epochs, batch_size=batch_size,
+    def run(devices, batch_size=64, epochs=args.epochs, data=None, **kw):
+        return funnet.fit(model, params, train if data is None else data,
+                          loss=funnet.softmax_cross_entropy, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
                           key=jax.random.PRNGKey(seed), progress=True, devices=devices,
-                          **{"shard_params": shard, **kw})
+                          **{"shard_params": shard, "valid": splits.valid, **kw})
 
     layout: list = []  # W [64, 32] of a sharded run after each epoch: what this process
     if args.shard:     # holds of it (the epoch donates its input: look at once)
@@ -96,11 +109,25 @@ def main(argv: list[str]) -> None:
 
         loop._one_epoch = spy
 
+    def own_rows(data, cut=None):
+        """This process's rows: ``[:cut]`` or ``[cut:]``, else ``funnet.data.shard``'s."""
+        if args.reference:
+            return data
+        if cut is None:
+            return funnet.data.shard(data, jax.process_index(), jax.process_count())
+        rows = slice(None, cut) if jax.process_index() == 0 else slice(cut, None)
+        return funnet.data.Dataset(data.x[rows], data.y[rows])
+
     report: dict = {"process_count": jax.process_count(), "devices": len(jax.devices())}
+    if args.faults:
+        faults(args, model, params, splits, own_rows, report)
+        return
     if args.reference:
         runs = {"mesh": run(jax.devices()), "single": run(None)}
         if args.shard:
             runs["sharded"] = run(jax.devices(), shard_params=True)
+        if args.local:
+            runs["local"] = run(jax.devices(), local_data=True)
     else:
         try:
             run(None, batch_size=63)
@@ -121,14 +148,82 @@ def main(argv: list[str]) -> None:
                 run(None, epochs=args.epochs - 1, checkpoint=where, shard_params=True)
                 runs["sharded_resumed"] = run(None, checkpoint=where, resume=True,
                                               shard_params=True)
+        if args.local:
+            runs["local"] = run(None, data=own_rows(splits.train, cut=700),
+                                local_data=True, valid=own_rows(splits.valid))
     leaves = {}
     for name, (trained, history) in runs.items():
-        for i, leaf in enumerate(jax.tree.leaves(trained)):
-            leaves[f"{name}_{i}"] = np.asarray(leaf)
+        leaves.update(named_leaves(name, trained))
         report[name] = {"train_loss": history.column("train_loss"),
                         "valid_accuracy": history.column("valid_accuracy")}
-    np.savez(args.out, **leaves)
-    args.out.with_suffix(".json").write_text(json.dumps(report))
+    save(args.out, leaves, report)
+
+
+def named_leaves(name: str, tree) -> dict:
+    import jax
+    import numpy as np
+
+    return {f"{name}_{i}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(tree))}
+
+
+def save(out: Path, leaves: dict, report: dict) -> None:
+    import numpy as np
+
+    np.savez(out, **leaves)
+    out.with_suffix(".json").write_text(json.dumps(report))
+
+
+def faults(args, model, params, splits, own_rows, report: dict) -> None:
+    """Early stopping and a non-finite loss with ``local_data=True`` (see ``--faults``)."""
+    import jax
+    import numpy as np
+    import optax
+
+    import funnet
+
+    shuffled = funnet.data.Dataset(splits.valid.x,
+                                   np.random.default_rng(0).permutation(splits.valid.y))
+    devices = jax.devices() if args.reference else None
+    steps = -(-len(splits.train) // 64)
+
+    def run(optimizer, **kw):
+        return funnet.fit(model, params, own_rows(splits.train, cut=700),
+                          valid=own_rows(shuffled), loss=funnet.softmax_cross_entropy,
+                          optimizer=optimizer, epochs=args.epochs, batch_size=64,
+                          key=jax.random.PRNGKey(1), progress=False, devices=devices,
+                          local_data=True, **kw)
+
+    if not args.reference:  # refused before training, on both processes
+        common = {"loss": funnet.softmax_cross_entropy, "optimizer": optax.adam(1e-2),
+                  "epochs": 1, "batch_size": 64, "key": jax.random.PRNGKey(1),
+                  "local_data": True}
+        try:  # every process passes all rows: each would count twice
+            funnet.fit(model, params, splits.train, **common)
+        except ValueError as e:
+            report["same_rows"] = str(e)
+        mine = own_rows(splits.train, cut=700)
+        if jax.process_index() == 1:  # a label out of range in process 1's rows only
+            mine = funnet.data.Dataset(mine.x, mine.y.copy())
+            mine.y[3] = 10
+        try:
+            funnet.fit(model, params, mine, **common)
+        except ValueError as e:
+            report["bad_shard"] = str(e)
+    best, history = run(optax.adam(1e-2), patience=2)
+    report["early"] = {"epochs": len(history), "stopped_early": history.stopped_early,
+                       "best_epoch": history.best_epoch,
+                       "valid_loss": history.column("valid_loss")}
+    leaves = named_leaves("early", best)
+    exploding = optax.sgd(optax.exponential_decay(1e-2, transition_steps=steps,
+                                                  decay_rate=1e6))
+    try:
+        run(exploding)
+    except funnet.NonFiniteLossError as e:
+        report["non_finite"] = {"epoch": e.epoch, "step": e.step,
+                                "global_step": e.global_step, "message": str(e),
+                                "history": e.history.column("train_loss")}
+        leaves.update(named_leaves("last_good", e.last_good_params))
+    save(args.out, leaves, report)
 
 
 if __name__ == "__main__":

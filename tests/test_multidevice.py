@@ -60,6 +60,47 @@ SCRIPT = textwrap.dedent(r"""
         divisibility = None
     except ValueError as e:
         divisibility = str(e)
+
+    # local_data=True: the rows sharded over the devices, 90 = 4 x 23 - 2 training rows and
+    # 21 = 4 x 6 - 3 validation rows (the last blocks padded); the data each device holds
+    held = []
+    one_epoch = train.loop._one_epoch
+
+    def spy(run_state, model, loss, optimizer, options, data, *rest):
+        held.append([[list(s.data.shape) for s in a.addressable_shards] for a in data[:4]])
+        one_epoch(run_state, model, loss, optimizer, options, data, *rest)
+
+    train.loop._one_epoch = spy
+    local, hl = run(jax.devices(), local_data=True)
+    train.loop._one_epoch = one_epoch
+    local_hand, _ = run(Mesh(np.array(jax.devices()), ("data",)), grad="hand",
+                        local_data=True)
+    local_one, _ = run(None, local_data=True)  # one device: nothing to shard
+
+    # a tuple of inputs (ids, mask) of a sequence model, rows sharded together
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 5, (30, 6)).astype(np.int32)
+    mask = np.arange(6)[None] < rng.integers(1, 7, 30)[:, None]
+    labels = (ids[:, 0] % 2).astype(np.int32)
+    seq = funnet.serial(funnet.parallel(funnet.Embedding(5, 4), funnet.Identity),
+                        funnet.GRU(8, return_sequences=False), funnet.Dense(2))
+    _, seq_params = seq.init(jax.random.PRNGKey(0), ((-1, 6), (-1, 6)))
+
+    def seq_run(**kw):
+        return train.fit(seq, seq_params, ((ids, mask), labels), valid=((ids, mask), labels),
+                         loss=funnet.softmax_cross_entropy, optimizer=tx, epochs=2,
+                         batch_size=8, key=jax.random.PRNGKey(1), progress=False,
+                         devices=jax.devices(), **kw)
+
+    def same(a, b):
+        return all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in
+                   zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    try:
+        run(None, local_data="yes")
+        flag = None
+    except TypeError as e:
+        flag = str(e)
     print(json.dumps({
         "diff_devices": max_diff(single, multi),
         "diff_mesh_hand": max_diff(single, mesh),
@@ -72,6 +113,11 @@ SCRIPT = textwrap.dedent(r"""
         "devices_per_leaf": sorted({len(a.sharding.device_set) for a in jax.tree.leaves(multi)}),
         "divisibility": divisibility,
         "resume_bitwise": bitwise,
+        "local_bitwise": same(local, multi), "local_history": all(hl.column(c) == h4.column(c) for c in
+                                                 ("train_loss", "valid_loss", "valid_accuracy")),
+        "local_hand_bitwise": same(local_hand, mesh), "local_one_bitwise": same(local_one, single),
+        "local_held": held, "local_seq_bitwise": same(seq_run(local_data=True)[0], seq_run()[0]),
+        "local_flag": flag,
     }))
 """)
 
@@ -91,6 +137,16 @@ def test_data_parallel_fit_matches_single_device():
     assert got["devices_per_leaf"] == [4]  # params come back replicated on all 4 devices
     assert "batch_size 8 must be divisible by the number of devices (3)" in got["divisibility"]
     assert got["resume_bitwise"]
+    # local_data=True: each device holds one block of ceil(90 / 4) = 23 training rows and
+    # ceil(21 / 4) = 6 validation rows (the data of every epoch); the run is bitwise the
+    # replicated one (a batch is gathered from every device's block: masked gathers summed
+    # over the devices, which adds only zeros), with autodiff and with the hand backward,
+    # for a tuple of inputs too, and on one device nothing changes
+    blocks = [[[23, 5]] * 4, [[23]] * 4, [[6, 5]] * 4, [[6]] * 4]
+    assert got["local_held"] == [blocks] * 3, got["local_held"]
+    assert got["local_bitwise"] and got["local_history"]
+    assert got["local_hand_bitwise"] and got["local_one_bitwise"] and got["local_seq_bitwise"]
+    assert "local_data must be True or False, got 'yes'" in got["local_flag"]
 
 
 SHARDED = textwrap.dedent(r"""

@@ -218,8 +218,8 @@ def test_a_legitimate_retrace_of_the_epoch_is_not_an_error():
                                  placement=None, eval_chunk=None)
     start = train.step.start_function(optax.sgd(0.1), SingleDeviceSharding(jax.devices()[0]))
     state = start(init(model), (), jax.random.key(0))
-    _, state, _ = run(state, jnp.asarray(x), jnp.asarray(y), None, None)
-    _, state, metrics = run(state, jnp.asarray(x[:16]), jnp.asarray(y[:16]), None, None)
+    _, state, _ = run(state, jnp.asarray(x), jnp.asarray(y), None, None, None, None)
+    _, state, metrics = run(state, jnp.asarray(x[:16]), jnp.asarray(y[:16]), None, None, None, None)
     assert np.isfinite(metrics["train_loss"])
 
 

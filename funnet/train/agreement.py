@@ -1,23 +1,29 @@
 r"""Several processes must start ``fit`` from the same run: a fingerprint compared at start.
 
-Each process holds its own copy of the data, params and key (:mod:`funnet.train.devices`
-puts them on the global mesh as they are); copies that differ would train silently
-inconsistent replicas. :func:`check_agreement` hashes each part of the run on the host
-(BLAKE2b, 8 bytes a part), gathers the digests of every process (one small all-gather) and
-raises on every process, naming the parts and processes that differ.
+Each process holds its own copy of the params and key, and of the data unless
+``fit(local_data=True)`` (:mod:`funnet.train.devices` puts them on the global mesh as they
+are); copies that differ would train silently inconsistent replicas.
+:func:`check_agreement` hashes each part of the run on the host (BLAKE2b, 8 bytes a part),
+gathers the digests of every process (one small all-gather) and raises on every process,
+naming the parts and processes that differ.
+
+:func:`on_every_process` runs a check that may fail on one process only (a process's own
+shard of the data holding a bad label) and makes every process raise: a process that
+raised alone would leave the others waiting in their next collective.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-__all__ = ["check_agreement", "fingerprint"]
+__all__ = ["check_agreement", "fingerprint", "on_every_process"]
 
 
 def fingerprint(value: Any) -> bytes:
@@ -58,3 +64,37 @@ def check_agreement(parts: dict[str, Any]) -> None:
         raise ValueError("fit: the processes do not start the same run; they differ in "
                          + "; ".join(differ) + ". Every process must pass the same "
                          "arguments: the same full data, params, state, key and options")
+
+
+_ERRORS = {"ValueError": ValueError, "TypeError": TypeError}
+
+
+def on_every_process(fn: Callable[[], Any], what: str) -> list[Any]:
+    """``[fn() of process 0, fn() of process 1, ...]``: ``fn``'s JSON-able result gathered
+    from every process.
+
+    If ``fn`` raises on any process, every process raises: that process its own exception,
+    the others the same type (``ValueError``, ``TypeError``, else ``RuntimeError``) with the
+    message prefixed by ``what`` and the failing process. Collective: every process must call
+    it (two small all-gathers). With one process it is ``[fn()]``.
+    """
+    if jax.process_count() == 1:
+        return [fn()]
+    error = None
+    try:
+        outcome = {"ok": fn()}
+    except Exception as e:  # noqa: BLE001 - re-raised below, after the others know
+        error, outcome = e, {"error": type(e).__name__, "message": str(e)}
+    blob = np.frombuffer(json.dumps(outcome).encode(), np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.int32(blob.size))).ravel()
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[:blob.size] = blob
+    table = np.asarray(multihost_utils.process_allgather(padded))
+    outcomes = [json.loads(row[:size].tobytes()) for row, size in zip(table, lengths)]
+    failed = [(p, o) for p, o in enumerate(outcomes) if "error" in o]
+    if error is not None:
+        raise error
+    if failed:
+        p, o = failed[0]
+        raise _ERRORS.get(o["error"], RuntimeError)(f"{what}: process {p}: {o['message']}")
+    return [o["ok"] for o in outcomes]

@@ -3,8 +3,17 @@ the train state sharded over the same mesh axis (``fit(shard_params=True)``, FSD
 
 Several processes (``jax.distributed.initialize`` called by the user or a launcher before
 ``fit``): the mesh spans the devices of every process (``devices=None`` means all of
-``jax.devices()``), every process holds the same full data set, and :meth:`Placement.put`
-turns each process's copy into one global array, replicated over the mesh.
+``jax.devices()``), and :meth:`Placement.put` turns each process's copy of the full data
+into one global array, replicated over the mesh.
+
+Data sharded by rows (``fit(local_data=True)``, :meth:`Placement.put_rows`): each process
+passes only its own rows; the data set is their concatenation in process order. Every
+device of the mesh holds one block of ``k`` rows (its process's rows, split over that
+process's devices in mesh order, the last block padded), so each device stores ``1/n`` of
+the data, and :func:`row_layout`'s index map takes row ``r`` of the concatenation to its
+place. A mini-batch gather then reads rows of every device: XLA's SPMD partitioner gathers
+on each device what it holds and sums the pieces over the devices (one all-reduce of the
+batch per step), never the whole data set.
 
 Parameter sharding (:func:`shard_spec`): each leaf of the train state (params, optimiser
 state, model state) of at least :data:`MIN_SHARD_SIZE` elements is split along its largest
@@ -25,7 +34,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["MIN_SHARD_SIZE", "Placement", "placement", "shard_spec", "state_shardings"]
+__all__ = ["MIN_SHARD_SIZE", "Placement", "placement", "row_layout", "shard_spec",
+           "state_shardings"]
 
 MIN_SHARD_SIZE = 1024
 """Leaves with fewer elements stay replicated under ``shard_params``: a 4 KiB float32 leaf
@@ -106,10 +116,59 @@ class Placement:
                          for a in arrays)
         return tuple(None if a is None else jax.tree.map(self._global, a) for a in arrays)
 
+    def put_rows(self, arrays: Any, counts: list[int]) -> tuple[Any, jax.Array | None]:
+        """``(arrays sharded by rows, rows)`` for ``fit(local_data=True)``: ``arrays`` (a
+        pytree) are this process's ``counts[jax.process_index()]`` rows, ``rows`` the index
+        map of :func:`row_layout`, replicated. Without a mesh (one device) the arrays are
+        put as they are and ``rows`` is ``None``."""
+        if self.mesh is None:
+            return self.put(arrays)[0], None
+        mesh, axis = self.mesh
+        k, rows = row_layout(mesh, counts)
+        devices = list(mesh.devices.flat)
+        mine = [d for d in devices if d.process_index == jax.process_index()]
+        sharding = NamedSharding(mesh, PartitionSpec(axis))
+
+        def leaf(a):
+            host = np.asarray(a)
+            block = np.zeros((len(mine) * k,) + host.shape[1:], host.dtype)
+            block[:len(host)] = host  # the padding is never read: rows points past it
+            pieces = [jax.device_put(block[j * k:(j + 1) * k], d) for j, d in enumerate(mine)]
+            return jax.make_array_from_single_device_arrays(
+                (mesh.size * k,) + host.shape[1:], sharding, pieces)
+
+        return jax.tree.map(leaf, arrays), self.put(rows)[0]
+
     def _global(self, a: Any) -> jax.Array:
         host = np.asarray(a)  # a process-local jax.Array comes to the host first
         return jax.make_array_from_callback(host.shape, self.replicated,
                                             lambda index: host[index])
+
+
+def row_layout(mesh: Mesh, counts: list[int]) -> tuple[int, np.ndarray]:
+    """``(k, rows)`` for data sharded by rows over the 1-D ``mesh``, process ``p`` holding
+    ``counts[p]`` rows.
+
+    Each device holds ``k`` rows: its process's rows in order, split in blocks of ``k`` over
+    that process's devices in mesh order (``k`` the smallest size that fits every process's
+    rows). ``rows [Σ counts]`` is the index, in the global array of ``mesh.size · k`` rows,
+    of each row of the concatenation of the processes' rows in process order.
+
+    >>> from types import SimpleNamespace as Fake  # stand-ins for devices and a mesh
+    >>> def mesh_of(*owners):
+    ...     return Fake(devices=np.array([Fake(process_index=p) for p in owners]))
+    >>> k, rows = row_layout(mesh_of(0, 1), [3, 2])  # process 0: rows 0-2, 1: rows 3-4
+    >>> k, rows.tolist()
+    (3, [0, 1, 2, 3, 4])
+    >>> k, rows = row_layout(mesh_of(0, 0, 1, 1), [3, 2])
+    >>> k, rows.tolist()  # device blocks of 2: [0 1] [2 .] [3 4] [. .]
+    (2, [0, 1, 2, 4, 5])
+    """
+    owners = [d.process_index for d in mesh.devices.flat]
+    slots = [np.flatnonzero(np.array(owners) == p) for p in range(len(counts))]
+    k = max(1, max(-(-c // len(s)) for c, s in zip(counts, slots)))
+    rows = [s[np.arange(c) // k] * k + np.arange(c) % k for c, s in zip(counts, slots)]
+    return k, np.concatenate(rows).astype(np.int32)
 
 
 @functools.lru_cache(maxsize=8)

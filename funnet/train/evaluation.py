@@ -43,14 +43,17 @@ def padded_index(n: int, n_batches: int, batch: int, order: jax.Array | None = N
 
 
 def eval_sums(model: Layer, loss: Callable, params: PyTree, state: PyTree, x: jax.Array,
-              y: jax.Array, batch_size: int | None, *, spread: Callable | None = None) -> dict:
+              y: jax.Array, batch_size: int | None, *, spread: Callable | None = None,
+              rows: jax.Array | None = None) -> dict:
     """``{"loss": mean loss, "accuracy": mean accuracy (when meaningful)}`` over all rows.
 
     ``spread``: data parallelism, a sharding constraint for each chunk's row indices; the
     rows then go in chunks of exactly ``batch_size`` (a multiple of the device count), the
     last one padded and masked, so every device scores its own share of the rows.
+    ``rows``: data sharded by rows, the index of each of the ``len(rows)`` rows in ``x``
+    (:func:`funnet.train.devices.row_layout`; needs ``spread``).
     """
-    n = _rows(x)
+    n = _rows(x) if rows is None else len(rows)
     nb, b = chunks(n, batch_size) if spread is None else (-(-n // batch_size), batch_size)
     kind = None
 
@@ -72,6 +75,8 @@ def eval_sums(model: Layer, loss: Callable, params: PyTree, state: PyTree, x: ja
 
         def body(carry, batch):
             i, m = batch
+            if rows is not None:
+                i = rows[i]
             if spread is not None:
                 i, m = spread(i), spread(m)
             lv, a = score(take_rows(x, i), y[i], (m, n))

@@ -21,15 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 
-from .._validate import check_int
+from .._validate import check_int, static_bool
 from ..contract import Layer, PyTree
 from ..data import Dataset
 from ..losses import Loss
 from ..signature import model_signature
 from . import resume as checkpoints
-from .agreement import check_agreement
+from .agreement import check_agreement, fingerprint, on_every_process
 from .devices import placement as make_placement
 from .early_stopping import EarlyStopping
 from .evaluation import EVAL_CHUNK
@@ -104,6 +105,7 @@ def fit(
     checkpoint_every: int = 1,
     devices: Sequence[Any] | Any | None = None,
     shard_params: bool = False,
+    local_data: bool = False,
     grad: str = "reverse",
     on_epoch: Callable[[dict], Any] | None = None,
 ) -> tuple[PyTree, History] | tuple[PyTree, PyTree, History]:
@@ -162,11 +164,11 @@ def fit(
         ``shard_params``); ``batch_size`` must be
         divisible by the number of devices. After ``jax.distributed.initialize`` (several
         processes), ``None`` means every device of every process; each process passes the
-        same full ``train``/``valid``, params and key, and gets the same params and
-        history; ``checkpoint`` is one directory all processes see. ``fit`` compares a
-        hash of the data, params, state, key, model and options across the processes
-        first and raises ``ValueError`` naming what differs (``loss`` and ``optimizer``
-        are not compared).
+        same params and key and the same full ``train``/``valid`` (or, with
+        ``local_data``, its own rows), and gets the same params and history;
+        ``checkpoint`` is one directory all processes see. ``fit`` compares a hash of the
+        data, params, state, key, model and options across the processes first and raises
+        ``ValueError`` naming what differs (``loss`` and ``optimizer`` are not compared).
       shard_params: FSDP-style parameter sharding over the ``devices`` (at least 2; a
         ``ValueError`` otherwise): every leaf of the train state (params, optimiser state,
         model state) of at least 1024 elements is split along its largest axis that the
@@ -178,6 +180,15 @@ def fit(
         sharded state and restore onto the sharding of the resuming ``fit`` (sharded or
         not). The returned params (and state, and the best epoch's) are gathered:
         replicated over the devices as without sharding, usable on every process.
+      local_data: each process passes only its own rows of ``train`` and ``valid``
+        (:func:`funnet.data.shard` cuts them); the data set is their concatenation in
+        process order, and the run is the one a single process would train on it. The
+        processes may hold different numbers of rows; each checks its own rows, and a bad
+        one raises on every process, naming the process. The rows stay sharded: each device
+        holds about ``1/n`` of the data (with one process and several ``devices`` too);
+        each step then sums the mini-batch over the devices (one all-reduce of the batch).
+        Without several devices it changes nothing. Passing the same rows everywhere is
+        refused (each row would count once per process).
       grad: ``"reverse"`` (``jax.value_and_grad``) or ``"hand"`` (the hand δ-recursion).
       on_epoch: called after each epoch (on every process) with its :class:`History`
         record, e.g. to log it (``funnet train`` prints
@@ -217,34 +228,53 @@ def fit(
         raise ValueError("patience (early stopping) needs validation data: pass valid=")
     if l2:
         model.decay_mask(params)  # a layer that declares no decayed params: refuse it now
-    x, y = unpack(train, "train")
-    x, y = as_inputs(x), as_targets(y, "train")
-    n = num_rows(x, "train")
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    local_data = static_bool(local_data, "local_data")
+    seen: dict[str, Any] = {}
+
+    def inspect() -> dict:  # this process's data (its own rows with local_data=True)
+        seen.update(_inspect(model, params, model_state, loss, train, valid, batch_size))
+        if monitor == "valid_error" and valid is not None and seen["valid_kind"] is None:
+            stopping.value(0.0)  # raises: no accuracy to monitor
+        shard = {"rows": seen["n"], "valid_rows": seen["nv"]}
+        if local_data and jax.process_count() > 1:
+            shard["digest"] = fingerprint((seen["x"], seen["y"])).hex()
+        return shard
+
+    if local_data:  # a bad shard raises on every process, not on its own only
+        shards = on_every_process(inspect, "fit(local_data=True)")
+        _check_shards(shards)
+    else:
+        shards = [inspect()]
+    x, y, vx, vy = (seen[k] for k in ("x", "y", "vx", "vy"))
+    acc_kind, valid_kind = seen["acc_kind"], seen["valid_kind"]
+    n = sum(s["rows"] for s in shards)
     batch_size = _batch_size(batch_size, n)
     place = make_placement(devices, batch_size, shard_params)
-    acc_kind = check_data(model, params, model_state, loss, x, y, batch=batch_size,
-                          name="train")
-    vx = vy = valid_kind = None
-    if valid is not None:
-        vx, vy = unpack(valid, "valid")
-        vx, vy = as_inputs(vx), as_targets(vy, "valid")
-        valid_kind = check_data(model, params, model_state, loss, vx, vy,
-                                batch=min(num_rows(vx, "valid"), EVAL_CHUNK), name="valid")
-        if monitor == "valid_error" and valid_kind is None:
-            stopping.value(0.0)  # raises: no accuracy to monitor
     config = {"n_train": n, "batch_size": batch_size, "grad": grad, "l2": l2,
               "patience": patience, "monitor": monitor, "valid": valid is not None}
     signature = model_signature(model, params, state=model_state)
     if place.multiprocess:  # collectively, before anything else that is collective
+        data = ((x, y), (vx, vy))
+        if local_data:  # each process its own rows: compare their kinds, not their values
+            data = jax.tree.map(lambda a: (np.dtype(a.dtype).str, np.shape(a)[1:]), data)
         check_agreement({"options": {**config, "epochs": epochs,
                                      "checkpoint": checkpoint is not None,
-                                     "shard_params": place.shard_params},
+                                     "shard_params": place.shard_params,
+                                     "local_data": local_data},
                          "model": signature, "params": params, "state": model_state,
-                         "key": as_key(key), "train data": (x, y), "valid data": (vx, vy)})
+                         "key": as_key(key), "train data": data[0], "valid data": data[1]})
     run = checkpoints.open_checkpoints(checkpoint, resume=resume,
                                        keep=check_int(keep, "keep", minimum=1))
     try:
-        x, y, vx, vy = place.put(x, y, vx, vy)
+        if local_data:
+            (x, y), rows = place.put_rows((x, y), [s["rows"] for s in shards])
+            (vx, vy), vrows = ((None, None), None) if vx is None else place.put_rows(
+                (vx, vy), [s["valid_rows"] for s in shards])
+        else:
+            x, y, vx, vy = place.put(x, y, vx, vy)
+            rows = vrows = None
+        nv = None if vx is None else sum(s["valid_rows"] for s in shards)
         first = start_function(optimizer, place.replicated, place.layout)(
             params, model_state, as_key(key))
         run_state = checkpoints.RunState(first, History(), stopping)
@@ -258,13 +288,13 @@ def fit(
         options = {"l2": l2, "grad": grad, "n": n, "batch_size": batch_size,
                    "acc_kind": acc_kind, "valid_kind": valid_kind, "placement": place.mesh,
                    "shard_state": place.shard_params,
-                   "eval_chunk": _eval_chunk(vx, place),
-                   "signature": shapes_of((run_state.state, x, y, vx, vy))}
+                   "eval_chunk": _eval_chunk(nv, place),
+                   "signature": shapes_of((run_state.state, x, y, vx, vy, rows, vrows))}
         bar = ProgressBar(progress and jax.process_index() == 0, epochs, run_state.epoch)
         try:
             while run_state.epoch < epochs and not run_state.history.stopped_early:
-                _one_epoch(run_state, model, loss, optimizer, options, (x, y, vx, vy), run,
-                           place)
+                _one_epoch(run_state, model, loss, optimizer, options,
+                           (x, y, vx, vy, rows, vrows), run, place)
                 bar.update(run_state.history[-1], epochs)
                 if on_epoch is not None:
                     on_epoch(dict(run_state.history[-1]))
@@ -318,8 +348,39 @@ def _raise_non_finite(state, run_state, epoch: int, step: int, run, place) -> No
         best_epoch=run_state.stopping.best_epoch)
 
 
-def _batch_size(batch_size: Any, n: int) -> int:
-    batch_size = check_int(batch_size, "batch_size", minimum=1)
+def _inspect(model, params, model_state, loss, train, valid, batch_size: int) -> dict:
+    """This process's ``train`` and ``valid`` as arrays, checked against the model and
+    ``loss`` (:func:`funnet.train.inputs.check_data`), with their row counts and accuracy
+    kinds."""
+    x, y = unpack(train, "train")
+    x, y = as_inputs(x), as_targets(y, "train")
+    n = num_rows(x, "train")
+    acc_kind = check_data(model, params, model_state, loss, x, y,
+                          batch=min(batch_size, max(n, 1)), name="train")
+    vx = vy = valid_kind = nv = None
+    if valid is not None:
+        vx, vy = unpack(valid, "valid")
+        vx, vy = as_inputs(vx), as_targets(vy, "valid")
+        nv = num_rows(vx, "valid")
+        valid_kind = check_data(model, params, model_state, loss, vx, vy,
+                                batch=min(max(nv, 1), EVAL_CHUNK), name="valid")
+    return {"x": x, "y": y, "vx": vx, "vy": vy, "n": n, "nv": nv, "acc_kind": acc_kind,
+            "valid_kind": valid_kind}
+
+
+def _check_shards(shards: list[dict]) -> None:
+    """With ``local_data=True`` the processes' rows must be their own: equal rows on every
+    process would train on each row ``process_count`` times."""
+    if len(shards) > 1 and len({s["digest"] for s in shards}) == 1:
+        raise ValueError(
+            f"fit(local_data=True): all {len(shards)} processes passed the same training "
+            f"rows ({shards[0]['rows']} each), which would count every row "
+            f"{len(shards)} times; pass each process its own part, e.g. "
+            "funnet.data.shard(train, jax.process_index(), jax.process_count()), or pass "
+            "the full data everywhere with local_data=False")
+
+
+def _batch_size(batch_size: int, n: int) -> int:
     if batch_size > n:  # padding every epoch up to batch_size rows
         warnings.warn(f"batch_size {batch_size} is larger than the {n} training rows; "
                       f"using batch_size={n}", stacklevel=3)
@@ -327,10 +388,9 @@ def _batch_size(batch_size: Any, n: int) -> int:
     return batch_size
 
 
-def _eval_chunk(vx: Any, place: Any) -> int | None:
-    if vx is None:
+def _eval_chunk(nv: int | None, place: Any) -> int | None:
+    if nv is None:
         return None
-    n = num_rows(vx, "valid")
     if place.mesh is not None:  # data parallel: chunks that split evenly over the devices
-        return -(-min(n, EVAL_CHUNK) // place.size) * place.size
-    return EVAL_CHUNK if n > EVAL_CHUNK else None
+        return -(-min(nv, EVAL_CHUNK) // place.size) * place.size
+    return EVAL_CHUNK if nv > EVAL_CHUNK else None

@@ -195,7 +195,10 @@ def _make_epoch(objective: Callable, optimizer: optax.GradientTransformation,
                 ) -> Callable:
     """The jitted epoch: shuffle, one ``lax.scan`` over the mini-batches, validation.
 
-    ``epoch(state, x, y, vx, vy) -> (start, state, metrics)``: ``start`` is the epoch's
+    ``epoch(state, x, y, vx, vy, rows, vrows) -> (start, state, metrics)``: ``rows`` and
+    ``vrows`` are ``None``, or for data sharded by rows (``fit(local_data=True)``) the
+    index of each training and validation row in ``x`` and ``vx``
+    (:func:`funnet.train.devices.row_layout`). ``start`` is the epoch's
     input state (its donated buffers pass straight to it: no copy), ``state`` the state
     after the epoch, ``metrics`` a dict of floats (computed on device as one vector: a
     single transfer per epoch). ``state.key`` is split into the next epoch's key, the
@@ -226,11 +229,14 @@ def _make_epoch(objective: Callable, optimizer: optax.GradientTransformation,
             return tree
         return jax.lax.with_sharding_constraint(tree, state_shardings(tree, placement))
 
-    def epoch(state, x, y, vx, vy):
+    def epoch(state, x, y, vx, vy, rows, vrows):
         state = start = pin(state)
         keys = jax.random.split(state.key, nb + 2)
         state = state._replace(key=keys[0])
-        idx, mask = padded_index(n, nb, batch_size, shuffle(keys[1], n))
+        order = shuffle(keys[1], n)
+        if rows is not None:  # data sharded by rows: where each row of the data set lies
+            order = rows[order]
+        idx, mask = padded_index(n, nb, batch_size, order)
         idx = shard(idx, PartitionSpec(None, axis))
         mask = shard(mask, PartitionSpec(None, axis)) if masked else None
         zero = jnp.zeros((), jnp.float32)
@@ -279,7 +285,7 @@ def _make_epoch(objective: Callable, optimizer: optax.GradientTransformation,
             spread = (None if placement is None else
                       lambda a: shard(a, PartitionSpec(axis)))  # each device its rows
             scores = eval_sums(model, loss, state.params, state.model_state, vx, vy,
-                               eval_chunk, spread=spread)
+                               eval_chunk, spread=spread, rows=vrows)
             metrics["valid_loss"] = scores["loss"]
             if valid_kind is not None:
                 metrics["valid_accuracy"] = scores["accuracy"]
