@@ -56,6 +56,7 @@ MODELS = ("mlp", "cnn")
 #: ``--hidden`` when not given: the hidden Dense widths (mlp) or the conv blocks' channels (cnn)
 DEFAULT_HIDDEN: dict[str, tuple[int, ...]] = {"mlp": (128, 128), "cnn": (16, 32)}
 GRADS = ("reverse", "hand")
+AUTO = "auto"  # --coordinator auto: the cluster's environment, as JAX reads it
 METHODS = ("hand", "formula", "reverse", "forward", "numerical")
 
 
@@ -230,10 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="data-parallel over the first N devices (jax.devices()); "
                             "default: one device, no sharding. On a CPU, emulate N devices "
                             "with XLA_FLAGS=--xla_force_host_platform_device_count=N")
+    train.add_argument("--shard-params", action="store_true",
+                       help="split the params and optimiser state over the devices "
+                            "(FSDP-style fit(shard_params=True): each device holds 1/N of "
+                            "every large weight); needs --devices N ≥ 2 or several "
+                            "processes")
     train.add_argument("--coordinator", default=None, metavar="HOST:PORT",
                        help="one process of a multi-process run coordinated at HOST:PORT "
-                            "(process 0 serves it); default: $FUNNET_COORDINATOR, as "
-                            "python -m funnet.launch sets it, else a single process")
+                            "(process 0 serves it), or 'auto': found by JAX in a Slurm, "
+                            "Open MPI, Kubernetes or Cloud TPU job's environment; default: "
+                            "$FUNNET_COORDINATOR, as python -m funnet.launch sets it, else "
+                            "a single process")
     train.add_argument("--num-processes", type=_positive_int, default=None, metavar="N",
                        help="processes of the run (default: $FUNNET_NUM_PROCESSES)")
     train.add_argument("--process-id", type=_nonnegative_int, default=None, metavar="I",
@@ -314,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             _resolve_train_args(args)
-            if (args.process_id or 0) == 0:  # only process 0 prints
+            if (args.process_id or 0) == 0 and args.coordinator != AUTO:  # only process 0
                 # the first line within a second of start: importing JAX takes seconds
                 print("funnet train: loading JAX…", flush=True)
             _check_processes_args(parser, args)
@@ -346,10 +354,13 @@ def _check_processes_args(parser: argparse.ArgumentParser, args: argparse.Namesp
     if all(v is None for v in given.values()):
         return
     missing = [k for k, v in given.items() if v is None]
+    if args.coordinator == AUTO:  # the cluster's variables give what is missing
+        missing = []
     if missing:
         parser.error(f"a multi-process run needs {', '.join(missing)} too (or the "
                      "FUNNET_* variables python -m funnet.launch sets)")
-    if args.process_id >= args.num_processes:
+    if None not in (args.process_id, args.num_processes) and \
+            args.process_id >= args.num_processes:
         parser.error(f"--process-id {args.process_id} must be below --num-processes "
                      f"{args.num_processes}")
     if args.devices is not None:
@@ -363,6 +374,8 @@ def _connect(args: argparse.Namespace) -> None:
     the process without naming the address)."""
     import socket
 
+    if args.coordinator == AUTO:
+        return _connect_to_cluster(args)
     host, _, port = args.coordinator.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"--coordinator {args.coordinator!r}: expected HOST:PORT")
@@ -385,6 +398,28 @@ def _connect(args: argparse.Namespace) -> None:
     jax.distributed.initialize(coordinator_address=args.coordinator,
                                num_processes=args.num_processes, process_id=args.process_id,
                                initialization_timeout=args.init_timeout)
+
+
+def _connect_to_cluster(args: argparse.Namespace) -> None:
+    """``--coordinator auto``: ``jax.distributed.initialize`` finds the coordinator, the
+    number of processes and this one's rank in the cluster's environment variables (Slurm,
+    Open MPI, a Kubernetes indexed Job, Cloud TPU); ``--num-processes`` and
+    ``--process-id`` override theirs. Then ``args`` holds what it found."""
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives
+    try:
+        jax.distributed.initialize(num_processes=args.num_processes,
+                                   process_id=args.process_id,
+                                   initialization_timeout=args.init_timeout)
+    except ValueError as e:  # JAX: "coordinator_address should be defined."
+        raise RuntimeError(
+            f"--coordinator auto: JAX found no cluster to join ({e}): it reads Slurm "
+            "(SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID), "
+            "Open MPI (OMPI_MCA_orte_hnp_uri, OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_RANK), "
+            "a Kubernetes indexed Job (with the kubernetes package) or Cloud TPU; elsewhere "
+            "pass --coordinator HOST:PORT --num-processes N --process-id I") from None
+    args.num_processes, args.process_id = jax.process_count(), jax.process_index()
 
 
 def _check_train_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -414,6 +449,9 @@ def _check_train_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         if args.batch_size % args.devices:
             parser.error(f"--batch-size {args.batch_size} must be divisible by "
                          f"--devices {args.devices}")
+    if args.shard_params and (args.devices or 1) < 2 and (args.num_processes or 1) < 2:
+        parser.error("--shard-params splits the params over several devices: pass "
+                     "--devices N with N ≥ 2, or run several processes")
 
 
 def _check_plot_path(parser: argparse.ArgumentParser, path: Path) -> None:
@@ -578,19 +616,29 @@ def setup_training(args: argparse.Namespace, splits: Any) -> Training:
 
 
 def fit_training(args: argparse.Namespace, training: Training) -> tuple[Any, Any, Any]:
-    """``funnet train``'s :func:`funnet.train.fit` call: ``(params, state, history)``."""
+    """``funnet train``'s :func:`funnet.train.fit` call: ``(params, state, history)``.
+
+    With several processes each passes only its own part of the training and validation
+    rows (:func:`funnet.data.shard`, ``fit(local_data=True)``): the same run, each device
+    holding its part of the data."""
     import jax
 
-    from . import losses, train
+    from . import data, losses, train
 
     devices = None if args.devices is None else jax.devices()[: args.devices]
     t = training
+    local = jax.process_count() > 1
+
+    def part(d):  # several processes: this process's own rows only
+        return data.shard(d, jax.process_index(), jax.process_count()) if local else d
+
     return train.fit(
-        t.model, t.params, t.splits.train, valid=t.splits.valid, state=t.state,
+        t.model, t.params, part(t.splits.train), valid=part(t.splits.valid), state=t.state,
+        local_data=local,
         loss=losses.softmax_cross_entropy, optimizer=t.optimizer, epochs=args.epochs,
         batch_size=args.batch_size, key=t.key, l2=args.l2, patience=args.patience or None,
         progress=_progress(args) == "bar", checkpoint=args.checkpoint, resume=args.resume,
-        devices=devices, grad=args.grad,
+        devices=devices, shard_params=args.shard_params, grad=args.grad,
         on_epoch=_print_epoch(args.epochs) if _progress(args) == "log" else None)
 
 
@@ -665,7 +713,8 @@ def _train(args: argparse.Namespace) -> int:
     print(f"model: {t.model.name}")
     print(f"optimizer: {args.optimizer}, lr {t.lr:g} ({args.schedule}), batch "
           f"{args.batch_size}, l2 {args.l2:g}, grad {args.grad}"
-          + (f", devices {args.devices}" if args.devices is not None else ""))
+          + (f", devices {args.devices}" if args.devices is not None else "")
+          + (", params sharded" if args.shard_params else ""))
     first = (args.process_id or 0) == 0  # several processes: only process 0 writes files
     if args.checkpoint is not None:
         _record_args(args, t, write=first)  # checked by every process: refused alike

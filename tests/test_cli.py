@@ -117,6 +117,8 @@ def test_train_reads_mnist_npz_with_a_test_set(capsys, tmp_path):
     (["train", "--devices", "99"], "--devices 99: only 1 device(s) available"),
     (["train", "--devices", "0"], "must be > 0"),
     (["train", "--resume"], "--resume needs --checkpoint DIR"),
+    (["train", "--shard-params"], "--shard-params splits the params over several devices"),
+    (["train", "--shard-params", "--devices", "1"], "pass --devices N with N ≥ 2"),
     (["train", "--seed", str(2**64)], "must be ≤ 4294967295"),
     (["train", "--plot", "curves.xyz"], "--plot curves.xyz: unknown image format '.xyz'"),
     (["train", "--plot", "no/such/dir/c.png"], "directory no/such/dir does not exist"),

@@ -85,9 +85,9 @@ def test_two_processes_match_two_devices_and_one(tmp_path):
     logs = [p.with_suffix(".log") for p in (*outs, ref)]
     procs = [start([str(out), "--coordinator", address, "--num-processes", "2",
                     "--process-id", str(i), "--checkpoint", str(tmp_path / "run"),
-                    "--shard"], logs[i])
+                    "--shard", "--local"], logs[i])
              for i, out in enumerate(outs)]
-    procs.append(start([str(ref), "--reference", "--shard"], logs[2], devices=2))
+    procs.append(start([str(ref), "--reference", "--shard", "--local"], logs[2], devices=2))
     for code, log in zip(finish(procs), logs):
         assert code == 0, f"{log.name}: exit {code}\n" + log.read_text()[-3000:]
 
@@ -135,13 +135,64 @@ def test_two_processes_match_two_devices_and_one(tmp_path):
     for out in outs:
         assert all(np.array_equal(a, b) for a, b in zip(load(out, "sharded_resumed"),
                                                         sharded[0]))
+    # local_data=True: process 0 passed training rows 0-699, process 1 rows 700-1257 (and
+    # half of the validation rows each); each device holds its process's rows, and a batch
+    # is gathered from both (masked gathers summed over the devices: adding zeros, exact):
+    # bitwise the run on the full data, on both processes, and what 2 emulated devices
+    # compute with local_data=True
+    for out in outs:
+        assert all(np.array_equal(a, b) for a, b in zip(load(out, "local"), rank0))
+    assert reports[0]["local"] == reports[1]["local"] == reports[0]["mesh"]
+    assert all(np.array_equal(a, b) for a, b in zip(load(ref, "local"), two_devices))
     message = reports[0]["divisibility"]
     assert "batch_size 63 must be divisible by the number of devices of all 2 processes (2)" \
         in message
     print("max |Δ| 2 processes vs 2 devices:", max_diff(rank0, two_devices),
           "vs 1 device:", max_diff(rank0, one_device),
           "sharded vs replicated:", max_diff(sharded[0], rank0),
-          "sharded vs 2 sharded devices:", max_diff(sharded[0], load(ref, "sharded")))
+          "sharded vs 2 sharded devices:", max_diff(sharded[0], load(ref, "sharded")),
+          "local rows vs full data:", max_diff(load(outs[0], "local"), rank0))
+
+
+def test_early_stopping_and_the_non_finite_guard_agree_across_processes(tmp_path):
+    """Two processes with their own rows (``local_data=True``) and a reference on two
+    emulated devices with all rows: early stopping stops every process at the same epoch
+    and returns the same best params; a loss that turns non-finite raises the same
+    ``NonFiniteLossError`` (epoch, step, history, last good params) on every process."""
+    address = f"127.0.0.1:{free_port()}"
+    outs = [tmp_path / f"rank{i}.npz" for i in range(2)]
+    ref = tmp_path / "reference.npz"
+    logs = [p.with_suffix(".log") for p in (*outs, ref)]
+    common = ["--faults", "--epochs", "12"]
+    procs = [start([str(out), "--coordinator", address, "--num-processes", "2",
+                    "--process-id", str(i), *common], logs[i]) for i, out in enumerate(outs)]
+    procs.append(start([str(ref), "--reference", *common], logs[2], devices=2))
+    for code, log in zip(finish(procs), logs):
+        assert code == 0, f"{log.name}: exit {code}\n" + log.read_text()[-3000:]
+    reports = [json.loads(p.with_suffix(".json").read_text()) for p in (*outs, ref)]
+    # refused at the start, on both processes: every process passing all 1258 rows, and a
+    # label out of range in process 1's rows only (process 0 names process 1)
+    for report in reports[:2]:
+        assert report["same_rows"].startswith("fit(local_data=True): all 2 processes passed "
+                                              "the same training rows (1258 each)"), report
+    own = "train.y: 1 label outside [0, 10), first at index 3 (value 10)"
+    assert own in reports[1]["bad_shard"], reports[1]["bad_shard"]
+    assert reports[0]["bad_shard"] == f"fit(local_data=True): process 1: {reports[1]['bad_shard']}"
+    early = reports[0]["early"]
+    # shuffled validation labels: the validation loss rises from epoch 1 on, so with
+    # patience 2 training stops after epoch 3 and returns epoch 1's params
+    assert early["stopped_early"] and early["epochs"] == 3 and early["best_epoch"] == 1, early
+    assert reports[1]["early"] == reports[2]["early"] == early
+    for out in (outs[1], ref):
+        assert all(np.array_equal(a, b) for a, b in zip(load(out, "early"),
+                                                        load(outs[0], "early")))
+    bad = reports[0]["non_finite"]
+    assert bad["epoch"] >= 2 and len(bad["history"]) == bad["epoch"] - 1, bad
+    assert f"non-finite loss or gradient at epoch {bad['epoch']}" in bad["message"]
+    assert reports[1]["non_finite"] == reports[2]["non_finite"] == bad
+    good = [load(out, "last_good") for out in (*outs, ref)]
+    assert all(np.isfinite(a).all() for a in good[0])
+    assert all(np.array_equal(a, b) for other in good[1:] for a, b in zip(other, good[0]))
 
 
 def test_killing_either_process_ends_the_other_with_an_error(tmp_path):
@@ -229,19 +280,37 @@ def _table(output: str, prefix: str = "") -> list[list[str]]:
 
 
 def test_funnet_train_under_the_launcher_prints_once_and_trains_as_one_process(tmp_path):
-    """Two ranks by ``python -m funnet.launch``, checkpointed; beside them one process."""
+    """Two ranks by ``python -m funnet.launch``, checkpointed, each passing fit only its own
+    rows (``local_data``) and holding half of every large weight (``--shard-params``);
+    beside them one process on one device, with all rows and whole weights."""
     logs = [tmp_path / "launch.log", tmp_path / "single.log"]
     with open(logs[0], "w") as f:
         launched = subprocess.Popen([sys.executable, "-m", "funnet.launch", "-n", "2", "--",
-                                     sys.executable, *TRAIN, "--checkpoint",
-                                     str(tmp_path / "run")], env=env(), cwd=ROOT, stdout=f,
+                                     sys.executable, *TRAIN, "--shard-params",
+                                     "--checkpoint", str(tmp_path / "run")], env=env(),
+                                    cwd=ROOT, stdout=f,
                                     stderr=subprocess.STDOUT)
     with open(logs[1], "w") as f:
         single = subprocess.Popen([sys.executable, *TRAIN], env=env(), cwd=ROOT, stdout=f,
                                   stderr=subprocess.STDOUT)
-    codes = finish([launched, single])
-    out, one = (log.read_text() for log in logs)
-    assert codes == [0, 0], out[-3000:] + one[-3000:]
+    # and two ranks as Slurm starts them (srun --ntasks 2 on one node): --coordinator auto
+    # lets jax.distributed.initialize read Slurm's variables (JAX_COORDINATOR_PORT chooses
+    # the port it would derive from the job id)
+    port, slurm = free_port(), []
+    for rank in range(2):
+        variables = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "localhost",
+                     "SLURM_NTASKS": "2", "SLURM_PROCID": str(rank), "SLURM_LOCALID": "0",
+                     "JAX_COORDINATOR_PORT": str(port)}
+        logs.append(tmp_path / f"slurm{rank}.log")
+        with open(logs[-1], "w") as f:
+            slurm.append(subprocess.Popen([sys.executable, *TRAIN, "--coordinator", "auto"],
+                                          env={**env(), **variables}, cwd=ROOT, stdout=f,
+                                          stderr=subprocess.STDOUT))
+    codes = finish([launched, single, *slurm])
+    out, one, *ranks = (log.read_text() for log in logs)
+    assert codes == [0, 0, 0, 0], out[-3000:] + one[-3000:] + "".join(ranks)[-3000:]
+    assert _table(ranks[0]) == _table(one) and "test accuracy" in ranks[0]
+    assert not [line for line in ranks[1].splitlines() if "Gloo" not in line], ranks[1]
     assert "[0] test accuracy:" in out
     rank1 = [line for line in out.splitlines() if line.startswith("[1] ")]
     assert not [line for line in rank1 if "[Gloo]" not in line], rank1  # only 0 prints
@@ -253,6 +322,17 @@ def test_funnet_train_under_the_launcher_prints_once_and_trains_as_one_process(t
     entries = sorted(p.name for p in (tmp_path / "run").iterdir())
     assert {"1", "2", "params.safetensors", "train-args.json"} <= set(entries), entries
     assert not [e for e in entries if "tmp" in e], entries
+
+
+def test_coordinator_auto_without_a_cluster_says_what_it_looked_for():
+    clean = {k: v for k, v in env().items()
+             if not k.startswith(("SLURM_", "OMPI_", "KUBERNETES_", "TPU_"))}
+    got = subprocess.run([sys.executable, *TRAIN, "--coordinator", "auto"], env=clean,
+                         cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
+                         check=False)
+    assert got.returncode == 1, got.stdout + got.stderr
+    assert "funnet train: error: --coordinator auto: JAX found no cluster to join" \
+        in got.stderr and "--coordinator HOST:PORT" in got.stderr, got.stderr
 
 
 def test_an_unreachable_coordinator_is_named_within_the_timeout():
