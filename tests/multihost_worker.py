@@ -28,6 +28,9 @@ labels that are shuffled, so the validation loss rises from the first epoch on) 
 learning rate growing 10⁶× per epoch (a ``NonFiniteLossError``); ``OUT.json``'s
 ``"early"`` and ``"non_finite"`` describe them, ``OUT.npz`` holds ``early_0, ...`` (the
 best epoch's params) and ``last_good_0, ...``.
+``--uneven`` runs, instead of everything else, with 2 devices a process, on a mesh of 3 of
+the 4 (two of process 0, one of process 1): ``local_data=True`` with 58 rows (fewer than a
+batch of 63) and 1200 (``uneven_local_0, ...``) and all rows everywhere (``uneven_full_0, ...``).
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ def main(argv: list[str]) -> None:
                              "too with --checkpoint)")
     parser.add_argument("--local", action="store_true",
                         help="also fit with local_data=True, each process its own rows")
+    parser.add_argument("--uneven", action="store_true",
+                        help="only the runs on 3 of the 4 devices of two processes of 2 "
+                             "devices each, with local_data=True and with all rows")
     parser.add_argument("--faults", action="store_true",
                         help="only the early-stopping and non-finite runs (local_data)")
     parser.add_argument("--warm-up", action="store_true",
@@ -122,7 +128,14 @@ def main(argv: list[str]) -> None:
     if args.faults:
         faults(args, model, params, splits, own_rows, report)
         return
-    if args.reference:
+    if args.uneven:  # process 0's two devices and one of process 1's
+        devices = jax.devices()[:3]
+        report["owners"] = [d.process_index for d in devices]
+        runs = {"uneven_local": run(devices, batch_size=63, local_data=True,
+                                    data=own_rows(splits.train, cut=58),
+                                    valid=own_rows(splits.valid)),
+                "uneven_full": run(devices, batch_size=63)}
+    elif args.reference:
         runs = {"mesh": run(jax.devices()), "single": run(None)}
         if args.shard:
             runs["sharded"] = run(jax.devices(), shard_params=True)

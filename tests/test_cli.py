@@ -532,6 +532,53 @@ def test_train_hands_its_flags_to_fit(monkeypatch, tmp_path):
     assert seen["patience"] is None  # --patience 0 (the default): no early stopping
 
 
+def test_train_of_several_processes_hands_fit_its_own_rows_and_shard_params(monkeypatch):
+    # found by the mutation review (h-mut16): nothing failed when funnet train passed every
+    # process all rows (local_data=False), the full validation rows, process 0's rows
+    # everywhere, or dropped --shard-params: the results are the same, the memory is not
+    seen = {}
+
+    def spy(model, params, train, **kw):
+        seen.update(kw, train=train)
+        raise _Stop
+
+    monkeypatch.setattr(funnet.train, "fit", spy)
+    with pytest.raises(_Stop):
+        cli.main(["train", "--no-progress"])
+    full, full_valid = seen["train"], seen["valid"]
+    assert not seen["local_data"] and not seen["shard_params"]
+    monkeypatch.setattr(cli, "_connect", lambda args: None)  # as if connected, as process 1
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    with pytest.raises(_Stop):
+        cli.main(["train", "--no-progress", "--shard-params", "--coordinator", "127.0.0.1:1",
+                  "--num-processes", "2", "--process-id", "1"])
+    assert seen["local_data"] and seen["shard_params"]
+    for got, rows in ((seen["train"], full), (seen["valid"], full_valid)):
+        mine = funnet.data.shard(rows, 1, 2)
+        np.testing.assert_array_equal(got.x, mine.x)
+        np.testing.assert_array_equal(got.y, mine.y)
+
+
+def test_coordinator_auto_lets_jax_find_the_cluster_and_keeps_what_it_found(monkeypatch):
+    # found by the mutation review (h-mut16): nothing failed when --num-processes and
+    # --process-id did not reach jax.distributed.initialize, or --init-timeout did not
+    import argparse
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(jax.config, "update", lambda *a: None)  # gloo: not in this process
+    monkeypatch.setattr(jax, "process_count", lambda: 4)
+    monkeypatch.setattr(jax, "process_index", lambda: 3)
+    for given in ((None, None), (4, 3)):
+        args = argparse.Namespace(coordinator="auto", num_processes=given[0],
+                                  process_id=given[1], init_timeout=7)
+        cli._connect(args)
+        assert calls.pop() == {"num_processes": given[0], "process_id": given[1],
+                               "initialization_timeout": 7}
+        assert (args.num_processes, args.process_id) == (4, 3)  # as JAX found them
+
+
 def test_help_shows_every_default_and_no_none(capsys):
     for command in ("train", "predict", "check"):
         with pytest.raises(SystemExit):

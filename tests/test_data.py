@@ -123,6 +123,53 @@ def test_split_rejects_empty_part_and_length_mismatch():
         split(Dataset(np.zeros((3, 1)), np.zeros(2)))
 
 
+# --- shard --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, count", [(7, 3), (6, 3), (5, 5), (1258, 2), (11, 4)])
+def test_shard_cuts_where_array_split_does_and_the_parts_make_the_data(n, count):
+    # found by the mutation review (h-mut16): nothing failed with count == n refused, or
+    # with the cut points of np.array_split moved (the larger parts last)
+    data = _indexed(n)
+    parts = [funnet.data.shard(data, i, count) for i in range(count)]
+    assert [len(p.y) for p in parts] == [len(a) for a in np.array_split(np.arange(n), count)]
+    np.testing.assert_array_equal(np.concatenate([p.x for p in parts]), data.x)
+    np.testing.assert_array_equal(np.concatenate([p.y for p in parts]), data.y)
+    assert isinstance(parts[0], Dataset)
+
+
+def test_shard_takes_the_rows_of_every_input_and_keeps_none_and_named_tuples():
+    # found by the mutation review (h-mut16): nothing failed when None inputs, named tuples
+    # of inputs or inputs of another length than y were mishandled
+    from collections import namedtuple
+
+    Inputs = namedtuple("Inputs", "ids mask")
+    ids, mask = np.arange(10).reshape(5, 2), np.arange(5) % 2 == 0
+    part = funnet.data.shard(((ids, None, Inputs(ids, mask)), np.arange(5)), 1, 2)
+    first, none, named = part.x
+    assert none is None and type(named) is Inputs and type(part.x) is tuple
+    np.testing.assert_array_equal(first, ids[3:])
+    np.testing.assert_array_equal(named.mask, mask[3:])
+    np.testing.assert_array_equal(part.y, [3, 4])
+    with pytest.raises(ValueError, match="shard: an input array has 4 rows but y has 5"):
+        funnet.data.shard((np.zeros((4, 2)), np.arange(5)), 0, 2)
+    with pytest.raises(ValueError, match="5 rows cannot make 6 parts"):
+        funnet.data.shard((np.zeros((5, 2)), np.arange(5)), 0, 6)
+
+
+@pytest.mark.parametrize("index, count, message", [
+    (0, 0, "count must be a positive integer, got 0"),
+    (0, True, "count must be a positive integer, got True"),
+    (0, 2.0, "count must be a positive integer, got 2.0"),
+    (-1, 2, "index -1 must lie in 0..1"),
+    (True, 2, "index True must lie in 0..1"),
+])
+def test_shard_rejects_bad_index_and_count(index, count, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        funnet.data.shard(_indexed(5), index, count)
+    assert len(funnet.data.shard(_indexed(5), np.int64(1), np.int64(2)).y) == 2
+
+
 # --- MNIST --------------------------------------------------------------------------------
 
 IMAGES = (np.arange(30).reshape(5, 3, 2) * 8).astype(np.uint8)  # 5 images of 3x2 pixels

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
-from funnet.train.agreement import check_agreement, fingerprint
+from funnet.train.agreement import check_agreement, fingerprint, on_every_process
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = str(ROOT / "tests" / "multihost_worker.py")
@@ -195,6 +196,32 @@ def test_early_stopping_and_the_non_finite_guard_agree_across_processes(tmp_path
     assert all(np.array_equal(a, b) for other in good[1:] for a, b in zip(other, good[0]))
 
 
+def test_own_rows_on_a_mesh_of_two_devices_of_one_process_and_one_of_the_other(tmp_path):
+    """Two processes of two devices each, ``fit`` on three of the four: process 0's 58 rows
+    (fewer than a batch of 63) split over its two devices, process 1's 1200 on one
+    (``local_data=True``; blocks of 1200 rows): bitwise the run with all rows everywhere on
+    the same mesh. Rows 29-57 of the data set lie at 1200-1228 of the global array."""
+    # found by the mutation review (h-mut16): nothing failed when put_rows sized the global
+    # array from this process's devices (len(mine) * process_count) instead of the mesh's,
+    # when the batch size was checked against this process's rows instead of all rows, or
+    # when the epoch or the evaluation read row r at r (not rows[r]): in every other test
+    # the layout kept each row at its index
+    address = f"127.0.0.1:{free_port()}"
+    outs = [tmp_path / f"rank{i}.npz" for i in range(2)]
+    logs = [p.with_suffix(".log") for p in outs]
+    procs = [start([str(out), "--coordinator", address, "--num-processes", "2",
+                    "--process-id", str(i), "--uneven"], logs[i], devices=2)
+             for i, out in enumerate(outs)]
+    for code, log in zip(finish(procs), logs):
+        assert code == 0, f"{log.name}: exit {code}\n" + log.read_text()[-3000:]
+    reports = [json.loads(p.with_suffix(".json").read_text()) for p in outs]
+    assert reports[0]["owners"] == [0, 0, 1] and reports[0]["devices"] == 4
+    full = load(outs[0], "uneven_full")
+    for out, report in zip(outs, reports):
+        assert all(np.array_equal(a, b) for a, b in zip(load(out, "uneven_local"), full))
+        assert report["uneven_local"] == reports[0]["uneven_full"]
+
+
 def test_killing_either_process_ends_the_other_with_an_error(tmp_path):
     """SIGKILL one of two training processes: the other fails, it does not hang.
 
@@ -268,6 +295,54 @@ def test_fingerprint_tells_apart_values_dtypes_shapes_and_key_implementations():
     check_agreement({"data": x})  # one process: agrees with itself
 
 
+def _as_process(monkeypatch, me: int, others: dict) -> None:
+    """This process as process ``me`` of ``len(others) + 1``: the other processes'
+    outcomes of ``on_every_process`` (``{"ok": ...}`` or ``{"error": ..., "message": ...}``)
+    come from a stand-in for ``process_allgather``."""
+    from jax.experimental import multihost_utils
+
+    blobs = {p: np.frombuffer(json.dumps(o).encode(), np.uint8) for p, o in others.items()}
+    count = len(others) + 1
+
+    def allgather(x):
+        x = np.asarray(x)
+        if x.ndim == 0:  # the lengths
+            return np.array([int(x) if p == me else blobs[p].size for p in range(count)])
+        return np.stack([x if p == me else np.pad(blobs[p], (0, x.size - blobs[p].size))
+                         for p in range(count)])
+
+    monkeypatch.setattr(jax, "process_count", lambda: count)
+    monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
+
+
+def test_on_every_process_gathers_in_process_order_and_names_the_first_failing_one(
+        monkeypatch):
+    # found by the mutation review (h-mut16): nothing failed when the outcomes came back in
+    # another order, a TypeError elsewhere became a RuntimeError, the error named the
+    # last failing process or this one, or this process's own error was not the one raised
+    _as_process(monkeypatch, 1, {0: {"ok": {"rows": 700, "name": "a longer outcome"}},
+                                 2: {"ok": [5]}})
+    assert on_every_process(lambda: 3, "check") == [{"rows": 700, "name": "a longer outcome"},
+                                                    3, [5]]
+    _as_process(monkeypatch, 0, {1: {"ok": 1}, 2: {"error": "TypeError", "message": "bad y"},
+                                 3: {"error": "ValueError", "message": "bad x"}})
+    with pytest.raises(TypeError) as info:
+        on_every_process(lambda: 0, "fit(local_data=True)")
+    assert str(info.value) == "fit(local_data=True): process 2: bad y"
+    _as_process(monkeypatch, 0, {1: {"error": "KeyError", "message": "'x'"}})
+    with pytest.raises(RuntimeError, match=r"^check: process 1: 'x'$"):
+        on_every_process(lambda: 0, "check")
+    own = ValueError("my own rows")
+
+    def fail():
+        raise own
+
+    _as_process(monkeypatch, 1, {0: {"error": "TypeError", "message": "theirs"}})
+    with pytest.raises(ValueError) as info:
+        on_every_process(fail, "check")
+    assert info.value is own
+
+
 TRAIN = ["-m", "funnet", "train", "--epochs", "2", "--batch-size", "64", "--hidden", "16",
          "--no-progress"]
 
@@ -312,6 +387,7 @@ def test_funnet_train_under_the_launcher_prints_once_and_trains_as_one_process(t
     assert _table(ranks[0]) == _table(one) and "test accuracy" in ranks[0]
     assert not [line for line in ranks[1].splitlines() if "Gloo" not in line], ranks[1]
     assert "[0] test accuracy:" in out
+    assert ", params sharded" in out  # --shard-params reached the run (h-mut16)
     rank1 = [line for line in out.splitlines() if line.startswith("[1] ")]
     assert not [line for line in rank1 if "[Gloo]" not in line], rank1  # only 0 prints
     table = _table(out, "[0] ")

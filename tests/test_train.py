@@ -223,6 +223,26 @@ def test_a_legitimate_retrace_of_the_epoch_is_not_an_error():
     assert np.isfinite(metrics["train_loss"])
 
 
+def test_local_data_on_one_device_puts_the_rows_on_it_once(monkeypatch):
+    # found by the mutation review (h-mut16): nothing failed when fit(local_data=True) on
+    # one device handed the host arrays to every epoch (copied to the device each time)
+    x, y = blobs()
+    held = []
+    one_epoch = train.loop._one_epoch
+
+    def spy(run_state, model, loss, optimizer, options, data, *rest):
+        held.append([isinstance(a, jax.Array) for a in data[:4]] + list(data[4:]))
+        return one_epoch(run_state, model, loss, optimizer, options, data, *rest)
+
+    monkeypatch.setattr(train.loop, "_one_epoch", spy)
+    local, history = quiet_fit(MLP, init(MLP), (x, y), valid=(x[:20], y[:20]),
+                               local_data=True)
+    assert held == [[True] * 4 + [None, None]] * 3  # on the device; no row map: as they are
+    full, same = quiet_fit(MLP, init(MLP), (x, y), valid=(x[:20], y[:20]))
+    assert leaves_equal(local, full) and history.column("valid_loss") == same.column(
+        "valid_loss")
+
+
 @pytest.mark.parametrize("grad", ["reverse", "hand"])
 def test_a_loss_declaring_per_row_trains_masked_rows_as_the_per_row_evaluation(grad):
     # the declared per-row form replaces the per-row vmap of the loss: the same objective
