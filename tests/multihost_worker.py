@@ -22,8 +22,8 @@ only its own rows, 700 and 558 of the 1258 training rows and half of the validat
 (:func:`funnet.data.shard`); the reference passes all of them.
 ``--faults`` runs, instead of everything else, two runs with ``local_data=True`` whose
 outcome the processes must agree on (after two refused at the start, ``OUT.json``'s
-``"same_rows"`` and ``"bad_shard"``: all rows on every process, and a label out of range in
-process 1's rows): early stopping (``patience=2`` against validation
+``"same_rows"``, ``"bad_shard"`` and ``"mixed"``: all rows on every process, a label out of
+range in process 1's rows, and ``local_data`` True on process 0 only): early stopping (``patience=2`` against validation
 labels that are shuffled, so the validation loss rises from the first epoch on) and a
 learning rate growing 10⁶× per epoch (a ``NonFiniteLossError``); ``OUT.json``'s
 ``"early"`` and ``"non_finite"`` describe them, ``OUT.npz`` holds ``early_0, ...`` (the
@@ -64,6 +64,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--uneven", action="store_true",
                         help="only the runs on 3 of the 4 devices of two processes of 2 "
                              "devices each, with local_data=True and with all rows")
+    parser.add_argument("--one-fit", action="store_true",
+                        help="only one fit of one epoch; its error (if any) in OUT.json")
     parser.add_argument("--faults", action="store_true",
                         help="only the early-stopping and non-finite runs (local_data)")
     parser.add_argument("--warm-up", action="store_true",
@@ -127,6 +129,13 @@ def main(argv: list[str]) -> None:
     report: dict = {"process_count": jax.process_count(), "devices": len(jax.devices())}
     if args.faults:
         faults(args, model, params, splits, own_rows, report)
+        return
+    if args.one_fit:
+        try:
+            run(None, epochs=1)
+        except ValueError as e:
+            report["error"] = str(e)
+        save(args.out, {}, report)
         return
     if args.uneven:  # process 0's two devices and one of process 1's
         devices = jax.devices()[:3]
@@ -222,6 +231,12 @@ def faults(args, model, params, splits, own_rows, report: dict) -> None:
             funnet.fit(model, params, mine, **common)
         except ValueError as e:
             report["bad_shard"] = str(e)
+        try:  # process 0 its own rows, process 1 all rows with local_data=False
+            funnet.fit(model, params, own_rows(splits.train, cut=700) if
+                       jax.process_index() == 0 else splits.train,
+                       **{**common, "local_data": jax.process_index() == 0})
+        except ValueError as e:
+            report["mixed"] = str(e)
     best, history = run(optax.adam(1e-2), patience=2)
     report["early"] = {"epochs": len(history), "stopped_early": history.stopped_early,
                        "best_epoch": history.best_epoch,

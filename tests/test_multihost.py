@@ -179,6 +179,11 @@ def test_early_stopping_and_the_non_finite_guard_agree_across_processes(tmp_path
     own = "train.y: 1 label outside [0, 10), first at index 3 (value 10)"
     assert own in reports[1]["bad_shard"], reports[1]["bad_shard"]
     assert reports[0]["bad_shard"] == f"fit(local_data=True): process 1: {reports[1]['bad_shard']}"
+    for report in reports[:2]:  # told at the first collective, not left in another one
+        assert report["mixed"] == ("fit: the processes differ in local_data: True on "
+                                   "process 0, False on process 1; every process passes "
+                                   "either its own rows (local_data=True) or all rows "
+                                   "(False)"), report
     early = reports[0]["early"]
     # shuffled validation labels: the validation loss rises from epoch 1 on, so with
     # patience 2 training stops after epoch 3 and returns epoch 1's params
@@ -220,6 +225,23 @@ def test_own_rows_on_a_mesh_of_two_devices_of_one_process_and_one_of_the_other(t
     for out, report in zip(outs, reports):
         assert all(np.array_equal(a, b) for a, b in zip(load(out, "uneven_local"), full))
         assert report["uneven_local"] == reports[0]["uneven_full"]
+
+
+def test_processes_with_different_numbers_of_devices_are_refused_naming_them(tmp_path):
+    """Process 0 with 2 devices, process 1 with 1: JAX's gathers would fail with a reshape
+    error naming nothing; fit names the counts, on both processes."""
+    address = f"127.0.0.1:{free_port()}"
+    outs = [tmp_path / f"rank{i}.npz" for i in range(2)]
+    logs = [p.with_suffix(".log") for p in outs]
+    procs = [start([str(out), "--coordinator", address, "--num-processes", "2",
+                    "--process-id", str(i), "--one-fit"], logs[i], devices=2 - i)
+             for i, out in enumerate(outs)]
+    for code, log in zip(finish(procs), logs):
+        assert code == 0, f"{log.name}: exit {code}\n" + log.read_text()[-3000:]
+    for out in outs:
+        error = json.loads(out.with_suffix(".json").read_text()).get("error", "")
+        assert error.startswith("fit: every process needs the same number of devices, got "
+                                "2 on process 0, 1 on process 1"), error
 
 
 def test_killing_either_process_ends_the_other_with_an_error(tmp_path):

@@ -14,6 +14,7 @@ raised alone would leave the others waiting in their next collective.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 from collections.abc import Callable
@@ -69,6 +70,20 @@ def check_agreement(parts: dict[str, Any]) -> None:
 _ERRORS = {"ValueError": ValueError, "TypeError": TypeError}
 
 
+def check_devices_per_process(what: str) -> None:
+    """A ``ValueError`` (on every process alike: it reads the global device list) unless
+    every process has as many devices as the others; JAX's multi-process gathers
+    (``multihost_utils.process_allgather``) assume it and would fail with a reshape error
+    naming nothing."""
+    counts = collections.Counter(d.process_index for d in jax.devices())
+    if len(set(counts.values())) > 1:
+        raise ValueError(
+            f"{what}: every process needs the same number of devices, got "
+            + ", ".join(f"{c} on process {p}" for p, c in sorted(counts.items()))
+            + "; give each process as many (CUDA_VISIBLE_DEVICES, local_device_ids of "
+            "jax.distributed.initialize, or the same XLA_FLAGS device count on CPUs)")
+
+
 def on_every_process(fn: Callable[[], Any], what: str) -> list[Any]:
     """``[fn() of process 0, fn() of process 1, ...]``: ``fn``'s JSON-able result gathered
     from every process.
@@ -80,6 +95,7 @@ def on_every_process(fn: Callable[[], Any], what: str) -> list[Any]:
     """
     if jax.process_count() == 1:
         return [fn()]
+    check_devices_per_process(what)
     error = None
     try:
         outcome = {"ok": fn()}
