@@ -60,6 +60,10 @@ def main(argv: list[str]) -> None:
                         help="also fit with local_data=True, each process its own rows")
     parser.add_argument("--faults", action="store_true",
                         help="only the early-stopping and non-finite runs (local_data)")
+    parser.add_argument("--one-sided", action="store_true",
+                        help="only fits whose arguments are wrong on process 1 alone (or "
+                             "differ in a way the collectives see first): each must raise "
+                             "a ValueError on both processes")
     parser.add_argument("--warm-up", action="store_true",
                         help="fit one epoch first and print 'warm' (the kill test then "
                              "kills a process that is training, not compiling)")
@@ -121,6 +125,9 @@ def main(argv: list[str]) -> None:
     report: dict = {"process_count": jax.process_count(), "devices": len(jax.devices())}
     if args.faults:
         faults(args, model, params, splits, own_rows, report)
+        return
+    if args.one_sided:
+        one_sided(args, model, params, splits, report)
         return
     if args.reference:
         runs = {"mesh": run(jax.devices()), "single": run(None)}
@@ -224,6 +231,40 @@ def faults(args, model, params, splits, own_rows, report: dict) -> None:
                                 "history": e.history.column("train_loss")}
         leaves.update(named_leaves("last_good", e.last_good_params))
     save(args.out, leaves, report)
+
+
+def one_sided(args, model, params, splits, report: dict) -> None:
+    """Fits that are wrong on process 1 only (a NaN pixel in its copy of the full data, its
+    batch_size), or whose processes differ in ``local_data`` or ``resume``: each must raise
+    a ValueError on both processes, not leave process 0 waiting in a collective."""
+    import jax
+    import numpy as np
+    import optax
+
+    import funnet
+
+    one = jax.process_index() == 1
+    common = {"loss": funnet.softmax_cross_entropy, "optimizer": optax.adam(1e-2),
+              "epochs": 1, "batch_size": 64, "key": jax.random.PRNGKey(1),
+              "progress": False}
+    funnet.fit(model, params, splits.train, **common)  # the collectives are set up: warm
+    x = splits.train.x.copy()
+    if one:
+        x[5, 3] = np.nan
+    cases = {
+        "nan_row": ((funnet.data.Dataset(x, splits.train.y),), {}),
+        "batch_size": ((splits.train,), {"batch_size": 63 if one else 64}),
+        "local_data": ((funnet.data.shard(splits.train, jax.process_index(), 2),),
+                       {"local_data": not one}),
+        "resume": ((splits.train,), {"checkpoint": args.checkpoint, "resume": not one}),
+    }
+    for name, (data, kw) in cases.items():
+        try:
+            funnet.fit(model, params, *data, **{**common, **kw})
+            report[name] = None
+        except ValueError as e:
+            report[name] = str(e)
+    save(args.out, {}, report)
 
 
 if __name__ == "__main__":

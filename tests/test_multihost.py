@@ -256,6 +256,35 @@ def test_processes_that_differ_are_refused_naming_the_difference(tmp_path):
                 "(process 1 ≠ process 0)") in text, text[-3000:]
 
 
+def test_an_error_of_one_process_raises_on_both_and_differing_flags_are_named(tmp_path):
+    """After a first fit (the collectives set up), process 1 alone has a NaN pixel in its
+    copy of the full data, then a batch_size the devices do not divide; then the processes
+    differ in local_data, then in resume. Each raises a ValueError on both processes
+    (before the fix process 0 waited in a collective: a gloo error after 30 s, or the
+    5-minute shutdown barrier)."""
+    address = f"127.0.0.1:{free_port()}"
+    logs = [tmp_path / f"rank{i}.log" for i in range(2)]
+    procs = [start([str(tmp_path / f"rank{i}.npz"), "--coordinator", address,
+                    "--num-processes", "2", "--process-id", str(i), "--one-sided",
+                    "--checkpoint", str(tmp_path / "ck")], logs[i]) for i in range(2)]
+    codes = finish(procs, timeout=90)
+    reports = []
+    for code, log, i in zip(codes, logs, range(2)):
+        assert code == 0, f"{log.name}: exit {code}\n{log.read_text()[-3000:]}"
+        reports.append(json.loads((tmp_path / f"rank{i}.json").read_text()))
+    zero, one = reports
+    assert one["nan_row"] == "train.x: 1 non-finite value (NaN or inf), first at index (5, 3)"
+    assert zero["nan_row"] == f"fit: process 1: {one['nan_row']}"
+    assert one["batch_size"].startswith("batch_size 63 must be divisible by the number of "
+                                        "devices of all 2 processes (2)"), one
+    assert zero["batch_size"] == f"fit: process 1: {one['batch_size']}"
+    for name in ("local_data", "resume"):
+        for report in reports:
+            assert report[name].startswith("fit: the processes do not start the same run; "
+                                           "they differ in options (process 1 ≠ process 0)"), \
+                report
+
+
 def test_fingerprint_tells_apart_values_dtypes_shapes_and_key_implementations():
     x = np.arange(6, dtype=np.float32)
     same = fingerprint({"x": x.copy(), "n": 3})

@@ -241,16 +241,26 @@ def fit(
             shard["digest"] = fingerprint((seen["x"], seen["y"])).hex()
         return shard
 
-    if local_data:  # a bad shard raises on every process, not on its own only
-        shards = on_every_process(inspect, "fit(local_data=True)")
-        _check_shards(shards)
-    else:
-        shards = [inspect()]
+    # Several processes: a check that fails on one process only (its data, its batch_size)
+    # must raise on every process, else the others wait in their next collective; and
+    # every process runs the same collectives whatever its arguments, so that differing
+    # arguments reach check_agreement below instead of mismatched collectives.
+    several = jax.process_count() > 1
+    what = "fit(local_data=True)" if local_data else "fit"
+    shards = on_every_process(inspect, what) if several else [inspect()]
     x, y, vx, vy = (seen[k] for k in ("x", "y", "vx", "vy"))
     acc_kind, valid_kind = seen["acc_kind"], seen["valid_kind"]
+    if not local_data:  # every process passed the full data: its own count is the count
+        shards = [shards[jax.process_index()]]
     n = sum(s["rows"] for s in shards)
     batch_size = _batch_size(batch_size, n)
-    place = make_placement(devices, batch_size, shard_params)
+    placed: dict[str, Any] = {}
+
+    def place_it() -> None:
+        placed["place"] = make_placement(devices, batch_size, shard_params)
+
+    on_every_process(place_it, what) if several else place_it()
+    place = placed["place"]
     config = {"n_train": n, "batch_size": batch_size, "grad": grad, "l2": l2,
               "patience": patience, "monitor": monitor, "valid": valid is not None}
     signature = model_signature(model, params, state=model_state)
@@ -259,11 +269,15 @@ def fit(
         if local_data:  # each process its own rows: compare their kinds, not their values
             data = jax.tree.map(lambda a: (np.dtype(a.dtype).str, np.shape(a)[1:]), data)
         check_agreement({"options": {**config, "epochs": epochs,
-                                     "checkpoint": checkpoint is not None,
+                                     "checkpoint": None if checkpoint is None
+                                     else str(checkpoint), "resume": bool(resume),
+                                     "keep": keep, "checkpoint_every": every,
                                      "shard_params": place.shard_params,
                                      "local_data": local_data},
                          "model": signature, "params": params, "state": model_state,
                          "key": as_key(key), "train data": data[0], "valid data": data[1]})
+    if local_data:  # after check_agreement: every process passed local_data=True
+        _check_shards(shards)
     run = checkpoints.open_checkpoints(checkpoint, resume=resume,
                                        keep=check_int(keep, "keep", minimum=1))
     try:
