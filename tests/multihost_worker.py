@@ -22,8 +22,8 @@ only its own rows, 700 and 558 of the 1258 training rows and half of the validat
 (:func:`funnet.data.shard`); the reference passes all of them.
 ``--faults`` runs, instead of everything else, two runs with ``local_data=True`` whose
 outcome the processes must agree on (after two refused at the start, ``OUT.json``'s
-``"same_rows"``, ``"bad_shard"`` and ``"mixed"``: all rows on every process, a label out of
-range in process 1's rows, and ``local_data`` True on process 0 only): early stopping (``patience=2`` against validation
+``"same_rows"`` and ``"bad_shard"``: all rows on every process, and a label out of range in
+process 1's rows): early stopping (``patience=2`` against validation
 labels that are shuffled, so the validation loss rises from the first epoch on) and a
 learning rate growing 10⁶× per epoch (a ``NonFiniteLossError``); ``OUT.json``'s
 ``"early"`` and ``"non_finite"`` describe them, ``OUT.npz`` holds ``early_0, ...`` (the
@@ -68,6 +68,10 @@ def main(argv: list[str]) -> None:
                         help="only one fit of one epoch; its error (if any) in OUT.json")
     parser.add_argument("--faults", action="store_true",
                         help="only the early-stopping and non-finite runs (local_data)")
+    parser.add_argument("--one-sided", action="store_true",
+                        help="only fits whose arguments are wrong on process 1 alone (or "
+                             "differ in a way the collectives see first): each must raise "
+                             "a ValueError on both processes")
     parser.add_argument("--warm-up", action="store_true",
                         help="fit one epoch first and print 'warm' (the kill test then "
                              "kills a process that is training, not compiling)")
@@ -136,6 +140,9 @@ def main(argv: list[str]) -> None:
         except ValueError as e:
             report["error"] = str(e)
         save(args.out, {}, report)
+        return
+    if args.one_sided:
+        one_sided(args, model, params, splits, report)
         return
     if args.uneven:  # process 0's two devices and one of process 1's
         devices = jax.devices()[:3]
@@ -231,12 +238,6 @@ def faults(args, model, params, splits, own_rows, report: dict) -> None:
             funnet.fit(model, params, mine, **common)
         except ValueError as e:
             report["bad_shard"] = str(e)
-        try:  # process 0 its own rows, process 1 all rows with local_data=False
-            funnet.fit(model, params, own_rows(splits.train, cut=700) if
-                       jax.process_index() == 0 else splits.train,
-                       **{**common, "local_data": jax.process_index() == 0})
-        except ValueError as e:
-            report["mixed"] = str(e)
     best, history = run(optax.adam(1e-2), patience=2)
     report["early"] = {"epochs": len(history), "stopped_early": history.stopped_early,
                        "best_epoch": history.best_epoch,
@@ -252,6 +253,40 @@ def faults(args, model, params, splits, own_rows, report: dict) -> None:
                                 "history": e.history.column("train_loss")}
         leaves.update(named_leaves("last_good", e.last_good_params))
     save(args.out, leaves, report)
+
+
+def one_sided(args, model, params, splits, report: dict) -> None:
+    """Fits that are wrong on process 1 only (a NaN pixel in its copy of the full data, its
+    batch_size), or whose processes differ in ``local_data`` or ``resume``: each must raise
+    a ValueError on both processes, not leave process 0 waiting in a collective."""
+    import jax
+    import numpy as np
+    import optax
+
+    import funnet
+
+    one = jax.process_index() == 1
+    common = {"loss": funnet.softmax_cross_entropy, "optimizer": optax.adam(1e-2),
+              "epochs": 1, "batch_size": 64, "key": jax.random.PRNGKey(1),
+              "progress": False}
+    funnet.fit(model, params, splits.train, **common)  # the collectives are set up: warm
+    x = splits.train.x.copy()
+    if one:
+        x[5, 3] = np.nan
+    cases = {
+        "nan_row": ((funnet.data.Dataset(x, splits.train.y),), {}),
+        "batch_size": ((splits.train,), {"batch_size": 63 if one else 64}),
+        "local_data": ((funnet.data.shard(splits.train, jax.process_index(), 2),),
+                       {"local_data": not one}),
+        "resume": ((splits.train,), {"checkpoint": args.checkpoint, "resume": not one}),
+    }
+    for name, (data, kw) in cases.items():
+        try:
+            funnet.fit(model, params, *data, **{**common, **kw})
+            report[name] = None
+        except ValueError as e:
+            report[name] = str(e)
+    save(args.out, {}, report)
 
 
 if __name__ == "__main__":

@@ -179,11 +179,7 @@ def test_early_stopping_and_the_non_finite_guard_agree_across_processes(tmp_path
     own = "train.y: 1 label outside [0, 10), first at index 3 (value 10)"
     assert own in reports[1]["bad_shard"], reports[1]["bad_shard"]
     assert reports[0]["bad_shard"] == f"fit(local_data=True): process 1: {reports[1]['bad_shard']}"
-    for report in reports[:2]:  # told at the first collective, not left in another one
-        assert report["mixed"] == ("fit: the processes differ in local_data: True on "
-                                   "process 0, False on process 1; every process passes "
-                                   "either its own rows (local_data=True) or all rows "
-                                   "(False)"), report
+
     early = reports[0]["early"]
     # shuffled validation labels: the validation loss rises from epoch 1 on, so with
     # patience 2 training stops after epoch 3 and returns epoch 1's params
@@ -303,6 +299,38 @@ def test_processes_that_differ_are_refused_naming_the_difference(tmp_path):
         assert ("ValueError: fit: the processes do not start the same run; they differ in "
                 "options (process 1 ≠ process 0); key (process 1 ≠ process 0); train data "
                 "(process 1 ≠ process 0)") in text, text[-3000:]
+
+
+def test_an_error_of_one_process_raises_on_both_and_differing_flags_are_named(tmp_path):
+    """After a first fit (the collectives set up), process 1 alone has a NaN pixel in its
+    copy of the full data, then a batch_size the devices do not divide; then the processes
+    differ in local_data, then in resume. Each raises a ValueError on both processes
+    (before the fix process 0 waited in a collective: a gloo error after 30 s, or the
+    5-minute shutdown barrier)."""
+    address = f"127.0.0.1:{free_port()}"
+    logs = [tmp_path / f"rank{i}.log" for i in range(2)]
+    procs = [start([str(tmp_path / f"rank{i}.npz"), "--coordinator", address,
+                    "--num-processes", "2", "--process-id", str(i), "--one-sided",
+                    "--checkpoint", str(tmp_path / "ck")], logs[i]) for i in range(2)]
+    codes = finish(procs, timeout=90)
+    reports = []
+    for code, log, i in zip(codes, logs, range(2)):
+        assert code == 0, f"{log.name}: exit {code}\n{log.read_text()[-3000:]}"
+        reports.append(json.loads((tmp_path / f"rank{i}.json").read_text()))
+    zero, one = reports
+    assert one["nan_row"] == "train.x: 1 non-finite value (NaN or inf), first at index (5, 3)"
+    assert zero["nan_row"] == f"fit: process 1: {one['nan_row']}"
+    assert one["batch_size"].startswith("batch_size 63 must be divisible by the number of "
+                                        "devices of all 2 processes (2)"), one
+    assert zero["batch_size"] == f"fit: process 1: {one['batch_size']}"
+    for report in reports:  # told at the first collective, not left in another one
+        assert report["local_data"] == (
+            "fit: the processes differ in local_data: True on process 0, False on process "
+            "1; every process passes either its own rows (local_data=True) or all rows "
+            "(False)"), report
+        assert report["resume"].startswith("fit: the processes do not start the same run; "
+                                           "they differ in options (process 1 ≠ process 0)"), \
+            report
 
 
 def test_fingerprint_tells_apart_values_dtypes_shapes_and_key_implementations():
@@ -444,3 +472,16 @@ def test_an_unreachable_coordinator_is_named_within_the_timeout():
     assert (f"funnet train: error: coordinator {address} unreachable after 2 s"
             in got.stderr), got.stderr
     assert time.monotonic() - start_time < 60
+
+
+def test_rows_that_two_of_three_processes_both_pass_are_refused():
+    # found by the new-user review (h-rev16): only all processes passing the same rows was
+    # refused; with three, two of them passing the same rows trained on those rows twice
+    from funnet.train.loop import _check_shards
+
+    with pytest.raises(ValueError, match=r"processes 0, 2 passed the same training rows "
+                                         r"\(5 each\), which would count those rows 2 times"):
+        _check_shards([{"digest": d, "rows": 5} for d in "aba"])
+    with pytest.raises(ValueError, match=r"all 3 processes passed the same training rows"):
+        _check_shards([{"digest": d, "rows": 5} for d in "aaa"])
+    _check_shards([{"digest": d, "rows": 5} for d in "abc"])  # each its own rows

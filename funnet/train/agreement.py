@@ -64,7 +64,9 @@ def check_agreement(parts: dict[str, Any]) -> None:
     if differ:
         raise ValueError("fit: the processes do not start the same run; they differ in "
                          + "; ".join(differ) + ". Every process must pass the same "
-                         "arguments: the same full data, params, state, key and options")
+                         "arguments: the same params, state, key and options, and the same "
+                         "full data (with local_data=True: rows of the same dtypes and "
+                         "shapes)")
 
 
 _ERRORS = {"ValueError": ValueError, "TypeError": TypeError}

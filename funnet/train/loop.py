@@ -236,21 +236,32 @@ def fit(
         seen.update(_inspect(model, params, model_state, loss, train, valid, batch_size))
         if monitor == "valid_error" and valid is not None and seen["valid_kind"] is None:
             stopping.value(0.0)  # raises: no accuracy to monitor
-        shard = {"rows": seen["n"], "valid_rows": seen["nv"]}
+        shard = {"rows": seen["n"], "valid_rows": seen["nv"], "local_data": local_data}
         if local_data and jax.process_count() > 1:
             shard["digest"] = fingerprint((seen["x"], seen["y"])).hex()
         return shard
 
-    if local_data:  # a bad shard raises on every process, not on its own only
-        shards = on_every_process(inspect, "fit(local_data=True)")
-        _check_shards(shards)
-    else:
-        shards = [inspect()]
+    # Several processes: a check that fails on one process only (its data, its batch_size)
+    # must raise on every process, else the others wait in their next collective; and
+    # every process runs the same collectives whatever its arguments, so that differing
+    # arguments reach check_agreement below instead of mismatched collectives.
+    several = jax.process_count() > 1
+    what = "fit(local_data=True)" if local_data else "fit"
+    shards = on_every_process(inspect, what) if several else [inspect()]
+    _check_local_data(shards)
     x, y, vx, vy = (seen[k] for k in ("x", "y", "vx", "vy"))
     acc_kind, valid_kind = seen["acc_kind"], seen["valid_kind"]
+    if not local_data:  # every process passed the full data: its own count is the count
+        shards = [shards[jax.process_index()]]
     n = sum(s["rows"] for s in shards)
     batch_size = _batch_size(batch_size, n)
-    place = make_placement(devices, batch_size, shard_params)
+    placed: dict[str, Any] = {}
+
+    def place_it() -> None:
+        placed["place"] = make_placement(devices, batch_size, shard_params)
+
+    on_every_process(place_it, what) if several else place_it()
+    place = placed["place"]
     config = {"n_train": n, "batch_size": batch_size, "grad": grad, "l2": l2,
               "patience": patience, "monitor": monitor, "valid": valid is not None}
     signature = model_signature(model, params, state=model_state)
@@ -259,11 +270,14 @@ def fit(
         if local_data:  # each process its own rows: compare their kinds, not their values
             data = jax.tree.map(lambda a: (np.dtype(a.dtype).str, np.shape(a)[1:]), data)
         check_agreement({"options": {**config, "epochs": epochs,
-                                     "checkpoint": checkpoint is not None,
-                                     "shard_params": place.shard_params,
-                                     "local_data": local_data},
+                                     "checkpoint": None if checkpoint is None
+                                     else str(checkpoint), "resume": bool(resume),
+                                     "keep": keep, "checkpoint_every": every,
+                                     "shard_params": place.shard_params},
                          "model": signature, "params": params, "state": model_state,
                          "key": as_key(key), "train data": data[0], "valid data": data[1]})
+    if local_data:  # after check_agreement: every process passed local_data=True
+        _check_shards(shards)
     run = checkpoints.open_checkpoints(checkpoint, resume=resume,
                                        keep=check_int(keep, "keep", minimum=1))
     try:
@@ -368,16 +382,38 @@ def _inspect(model, params, model_state, loss, train, valid, batch_size: int) ->
             "valid_kind": valid_kind}
 
 
+def _check_local_data(shards: list[dict]) -> None:
+    """Every process must pass the same ``local_data`` (its rows are then counted alike)."""
+    flags = [s["local_data"] for s in shards]
+    if len(set(flags)) > 1:
+        raise ValueError("fit: the processes differ in local_data: " + ", ".join(
+            f"{flag} on process {p}" for p, flag in enumerate(flags)) + "; every process "
+            "passes either its own rows (local_data=True) or all rows (False)")
+
+
 def _check_shards(shards: list[dict]) -> None:
-    """With ``local_data=True`` the processes' rows must be their own: equal rows on every
-    process would train on each row ``process_count`` times."""
-    if len(shards) > 1 and len({s["digest"] for s in shards}) == 1:
+    """With ``local_data=True`` the processes' rows must be their own: rows that two
+    processes both pass would count twice (every row ``process_count`` times when all pass
+    the same)."""
+    fix = ("pass each process its own part, e.g. funnet.data.shard(train, "
+           "jax.process_index(), jax.process_count()), or pass the full data everywhere "
+           "with local_data=False")
+    if len(shards) < 2:
+        return
+    if len({s["digest"] for s in shards}) == 1:
         raise ValueError(
             f"fit(local_data=True): all {len(shards)} processes passed the same training "
             f"rows ({shards[0]['rows']} each), which would count every row "
-            f"{len(shards)} times; pass each process its own part, e.g. "
-            "funnet.data.shard(train, jax.process_index(), jax.process_count()), or pass "
-            "the full data everywhere with local_data=False")
+            f"{len(shards)} times; {fix}")
+    same: dict[str, list[int]] = {}
+    for p, s in enumerate(shards):
+        same.setdefault(s["digest"], []).append(p)
+    for group in same.values():
+        if len(group) > 1:
+            raise ValueError(
+                f"fit(local_data=True): processes {', '.join(map(str, group))} passed the "
+                f"same training rows ({shards[group[0]]['rows']} each), which would count "
+                f"those rows {len(group)} times; {fix}")
 
 
 def _batch_size(batch_size: int, n: int) -> int:
