@@ -214,13 +214,31 @@ def _subprocess(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess
                           text=True, env=env, cwd=ROOT, timeout=timeout, check=False)
 
 
-def test_python_dash_m_funnet_train_one_epoch():
-    proc = _subprocess("train", "--epochs", "1", "--hidden", "16", "--no-progress")
+def test_python_dash_m_funnet_train_one_epoch_and_sharded_on_two_devices():
+    args = ("train", "--epochs", "1", "--hidden", "16", "--batch-size", "64", "--no-progress")
+    proc = _subprocess(*args)
     assert proc.returncode == 0, proc.stderr
     assert "test accuracy:" in proc.stdout
     assert proc.stdout.splitlines()[0] == "funnet train: loading JAX…"
     bad = _subprocess("train", "--hidden", "12,x")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    # the side of --shard-params's check that lets a run through (the mutation review
+    # h-mut16: refusing --devices 2 too failed no test): 2 emulated devices, params
+    # sharded, the same history as the one device above
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": flags.strip()}
+    sharded = subprocess.run([sys.executable, "-m", "funnet", *args, "--devices", "2",
+                              "--shard-params"], capture_output=True, text=True, env=env,
+                             cwd=ROOT, timeout=120, check=False)
+    assert sharded.returncode == 0, sharded.stderr
+
+    def table(out):  # the history rows, without the seconds
+        return [line.split()[:-1] for line in out.splitlines()
+                if line.split() and line.split()[0].rstrip("*").isdigit()]
+
+    assert "devices 2, params sharded" in sharded.stdout, sharded.stdout
+    assert table(sharded.stdout) == table(proc.stdout) and len(table(proc.stdout)) == 1
 
 
 def test_defaults_reach_96_percent_on_digits():
