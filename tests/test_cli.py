@@ -528,15 +528,23 @@ class _Stop(Exception):
     """Raised by the fit spy below: cli.main lets it through (it is no runtime error)."""
 
 
-def test_train_hands_its_flags_to_fit(monkeypatch, tmp_path):
-    # found by the mutation review (h-mut11): nothing failed when --patience never reached fit
-    seen = {}
+@pytest.fixture
+def fit_spy(monkeypatch) -> dict:
+    """``funnet.train.fit`` replaced by a spy: what ``funnet train`` hands it (its keyword
+    arguments, ``model`` and ``train``) lands in the returned dict, then it raises _Stop."""
+    seen: dict = {}
 
     def spy(model, params, train, **kw):
-        seen.update(kw, model=model)
+        seen.update(kw, model=model, train=train)
         raise _Stop
 
     monkeypatch.setattr(funnet.train, "fit", spy)
+    return seen
+
+
+def test_train_hands_its_flags_to_fit(fit_spy, tmp_path):
+    # found by the mutation review (h-mut11): nothing failed when --patience never reached fit
+    seen = fit_spy
     with pytest.raises(_Stop):
         cli.main(["train", "--patience", "3", "--l2", "0.5", "--grad", "hand", "--epochs", "7",
                   "--batch-size", "10", "--hidden", "5,6", "--activation", "elu",
@@ -550,17 +558,12 @@ def test_train_hands_its_flags_to_fit(monkeypatch, tmp_path):
     assert seen["patience"] is None  # --patience 0 (the default): no early stopping
 
 
-def test_train_of_several_processes_hands_fit_its_own_rows_and_shard_params(monkeypatch):
+def test_train_of_several_processes_hands_fit_its_own_rows_and_shard_params(monkeypatch,
+                                                                           fit_spy):
     # found by the mutation review (h-mut16): nothing failed when funnet train passed every
     # process all rows (local_data=False), the full validation rows, process 0's rows
     # everywhere, or dropped --shard-params: the results are the same, the memory is not
-    seen = {}
-
-    def spy(model, params, train, **kw):
-        seen.update(kw, train=train)
-        raise _Stop
-
-    monkeypatch.setattr(funnet.train, "fit", spy)
+    seen = fit_spy
     with pytest.raises(_Stop):
         cli.main(["train", "--no-progress"])
     full, full_valid = seen["train"], seen["valid"]

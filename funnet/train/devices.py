@@ -9,8 +9,8 @@ into one global array, replicated over the mesh.
 Data sharded by rows (``fit(local_data=True)``, :meth:`Placement.put_rows`): each process
 passes only its own rows; the data set is their concatenation in process order. Every
 device of the mesh holds one block of ``k`` rows (its process's rows, split over that
-process's devices in mesh order, the last block padded), so each device stores ``1/n`` of
-the data, and :func:`row_layout`'s index map takes row ``r`` of the concatenation to its
+process's devices in mesh order, padded to the largest process's block), so each device
+stores about ``1/n`` of the data when the processes hold about as many rows, and :func:`row_layout`'s index map takes row ``r`` of the concatenation to its
 place. A mini-batch gather then reads rows of every device: XLA's SPMD partitioner gathers
 on each device what it holds and sums the pieces over the devices (one all-reduce of the
 batch per step), never the whole data set.

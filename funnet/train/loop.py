@@ -245,9 +245,8 @@ def fit(
     # must raise on every process, else the others wait in their next collective; and
     # every process runs the same collectives whatever its arguments, so that differing
     # arguments reach check_agreement below instead of mismatched collectives.
-    several = jax.process_count() > 1
     what = "fit(local_data=True)" if local_data else "fit"
-    shards = on_every_process(inspect, what) if several else [inspect()]
+    shards = on_every_process(inspect, what)  # one process: [inspect()]
     _check_local_data(shards)
     x, y, vx, vy = (seen[k] for k in ("x", "y", "vx", "vy"))
     acc_kind, valid_kind = seen["acc_kind"], seen["valid_kind"]
@@ -255,13 +254,10 @@ def fit(
         shards = [shards[jax.process_index()]]
     n = sum(s["rows"] for s in shards)
     batch_size = _batch_size(batch_size, n)
-    placed: dict[str, Any] = {}
-
-    def place_it() -> None:
-        placed["place"] = make_placement(devices, batch_size, shard_params)
-
-    on_every_process(place_it, what) if several else place_it()
-    place = placed["place"]
+    placed: list = []  # a Placement is no JSON-able result: kept here, not gathered
+    on_every_process(lambda: placed.append(make_placement(devices, batch_size, shard_params)),
+                     what)
+    place = placed[0]
     config = {"n_train": n, "batch_size": batch_size, "grad": grad, "l2": l2,
               "patience": patience, "monitor": monitor, "valid": valid is not None}
     signature = model_signature(model, params, state=model_state)
